@@ -1,0 +1,53 @@
+"""pytest fixtures for the compat tests (see harness.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import Server  # noqa: E402
+
+
+def reference_only() -> bool:
+    """COMPAT_REFERENCE_ONLY=1: use real etcd where pgraftd would run (validates the tests)."""
+    return os.environ.get("COMPAT_REFERENCE_ONLY", "") not in ("", "0", "false", "no")
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def server_factory(request):
+    """server_factory(kind) -> started Server; all are stopped at teardown.
+
+    When the test failed, the tail of each server's log is printed (pytest shows it
+    under "Captured stdout teardown").
+    """
+    servers: list[Server] = []
+
+    def make(kind: str, start: bool = True, **kw) -> Server:
+        s = Server(kind, **kw)
+        servers.append(s)
+        if start:
+            s.start()
+        return s
+
+    yield make
+
+    failed = any(
+        getattr(request.node, "rep_" + w, None) is not None
+        and getattr(request.node, "rep_" + w).failed
+        for w in ("setup", "call")
+    )
+    for s in servers:
+        if failed:
+            print(f"\n{s.describe()}\n{s.log_tail(60)}")
+        s.stop(cleanup=True)

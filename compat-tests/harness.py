@@ -1,0 +1,313 @@
+"""Small harness to run a single-member etcd-compatible server and drive it with etcdctl.
+
+Two kinds of server are supported:
+
+* ``"etcd"``    -> the reference, ``/usr/bin/etcd`` (override with env ``ETCD``)
+* ``"pgraftd"`` -> our server, env ``PGRAFTD`` or ``<repo>/target/debug/pgraftd``
+
+Both are started with the same etcd-style flags for a one-member cluster on free
+127.0.0.1 ports, with a fresh data dir in a private work dir.  The server's stdout and
+stderr go to ``<workdir>/server.log``; ``Server.log_tail()`` returns its end for failure
+messages.  Every wait in here is bounded in time.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+WORK_ROOT = HERE / ".work"  # git-ignored
+
+ETCD_BIN = os.environ.get("ETCD", "/usr/bin/etcd")
+ETCDCTL_BIN = os.environ.get("ETCDCTL", "/usr/bin/etcdctl")
+
+KINDS = ("etcd", "pgraftd")
+
+READY_TIMEOUT = float(os.environ.get("COMPAT_READY_TIMEOUT", "30"))
+STOP_TIMEOUT = 10.0
+
+_live_servers: "set[Server]" = set()
+
+
+class HarnessError(RuntimeError):
+    pass
+
+
+def pgraftd_path() -> Path:
+    p = os.environ.get("PGRAFTD")
+    if p:
+        path = Path(p)
+        if not path.is_absolute():
+            path = REPO_ROOT / path
+        return path
+    return REPO_ROOT / "target" / "debug" / "pgraftd"
+
+
+def server_binary(kind: str) -> Path:
+    if kind == "etcd":
+        path = Path(ETCD_BIN)
+        hint = "install it with: apt-get install -y etcd-server etcd-client"
+    elif kind == "pgraftd":
+        path = pgraftd_path()
+        hint = "build it with `cargo build --bins` at the repo root, or set PGRAFTD=/path/to/pgraftd"
+    else:
+        raise ValueError(f"unknown server kind {kind!r} (expected one of {KINDS})")
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise HarnessError(f"{kind} binary not found or not executable at {path}: {hint}")
+    return path
+
+
+def require_etcdctl() -> None:
+    if not (Path(ETCDCTL_BIN).is_file() and os.access(ETCDCTL_BIN, os.X_OK)):
+        raise HarnessError(
+            f"etcdctl not found at {ETCDCTL_BIN}: apt-get install -y etcd-client"
+        )
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (bind to port 0, read, close)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def tcp_open(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def etcdctl_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+    env["ETCDCTL_API"] = "3"
+    return env
+
+
+class Server:
+    """One single-member server process (etcd or pgraftd)."""
+
+    def __init__(self, kind: str, name: str = "compat", token: str = "compat-token"):
+        self.kind = kind
+        self.name = name
+        self.token = token
+        self.binary = server_binary(kind)
+        require_etcdctl()
+        WORK_ROOT.mkdir(parents=True, exist_ok=True)
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=WORK_ROOT))
+        self.data_dir = self.workdir / "data"
+        self.log_path = self.workdir / "server.log"
+        self.client_port, self.peer_port = free_ports(2)
+        self.client_url = f"http://127.0.0.1:{self.client_port}"
+        self.peer_url = f"http://127.0.0.1:{self.peer_port}"
+        self.endpoint = f"127.0.0.1:{self.client_port}"
+        self.proc: subprocess.Popen | None = None
+        self._log_file = None
+        self.starts = 0
+
+    # ----------------------------------------------------------------- lifecycle
+    def command(self) -> list[str]:
+        return [
+            str(self.binary),
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.client_url,
+            "--advertise-client-urls", self.client_url,
+            "--listen-peer-urls", self.peer_url,
+            "--initial-advertise-peer-urls", self.peer_url,
+            "--initial-cluster", f"{self.name}={self.peer_url}",
+            "--initial-cluster-state", "new",
+            "--initial-cluster-token", self.token,
+            "--log-level", os.environ.get("COMPAT_LOG_LEVEL", "info"),
+        ]
+
+    def start(self, timeout: float = READY_TIMEOUT) -> "Server":
+        if self.proc is not None and self.proc.poll() is None:
+            raise HarnessError(f"{self.kind} already running (pid {self.proc.pid})")
+        self.starts += 1
+        self._log_file = open(self.log_path, "ab", buffering=0)
+        self._log_file.write(
+            f"\n==== harness: start #{self.starts} at {time.strftime('%H:%M:%S')}: "
+            f"{' '.join(self.command())}\n".encode()
+        )
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            start_new_session=True,
+        )
+        _live_servers.add(self)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
+        """Wait until a linearizable read succeeds (`etcdctl endpoint health`)."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise HarnessError(
+                    f"{self.kind} exited with code {self.proc.returncode} before it was ready\n"
+                    + self.log_tail()
+                )
+            if tcp_open(self.client_port):
+                last = self.etcdctl("endpoint", "health", timeout=10)
+                if last[0] == 0:
+                    return
+            time.sleep(0.2)
+        raise HarnessError(
+            f"{self.kind} not ready after {timeout:.0f}s on {self.endpoint}; "
+            f"last `etcdctl endpoint health`: {last!r}\n" + self.log_tail()
+        )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL, wait: float = STOP_TIMEOUT) -> int | None:
+        """Send `sig` to the server and wait (bounded) for it to exit; returns its exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                if sig == signal.SIGKILL:
+                    raise HarnessError(f"{self.kind} pid {self.proc.pid} survived SIGKILL")
+                return None
+        self._close_log()
+        return self.proc.returncode
+
+    def restart(self, timeout: float = READY_TIMEOUT) -> "Server":
+        """Stop (SIGTERM, then SIGKILL) if running, and start again on the same data dir and ports."""
+        if self.alive():
+            self.stop(cleanup=False)
+        return self.start(timeout)
+
+    def stop(self, cleanup: bool = True) -> None:
+        """SIGTERM, bounded wait, then SIGKILL.  cleanup removes the data dir (the log stays)."""
+        if self.proc is not None and self.proc.poll() is None:
+            if self.kill(signal.SIGTERM, wait=STOP_TIMEOUT) is None:
+                self.kill(signal.SIGKILL)
+        self._close_log()
+        _live_servers.discard(self)
+        if cleanup:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    # ---------------------------------------------------------------- reporting
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as e:
+            return f"(no server log: {e})"
+        tail = "\n".join(text.splitlines()[-lines:])
+        return f"---- last {lines} lines of {self.log_path} ----\n{tail}\n---- end of log ----"
+
+    def describe(self) -> str:
+        state = "running" if self.alive() else (
+            f"exited with {self.proc.returncode}" if self.proc else "not started")
+        return f"{self.kind} ({self.binary}) on {self.endpoint}, {state}, workdir {self.workdir}"
+
+    # ------------------------------------------------------------------ etcdctl
+    def etcdctl_argv(self, *args: str) -> list[str]:
+        return [
+            ETCDCTL_BIN,
+            f"--endpoints={self.endpoint}",
+            "--dial-timeout=2s",
+            "--command-timeout=5s",
+            *args,
+        ]
+
+    def etcdctl(self, *args: str, input: str | None = None, timeout: float = 20):
+        """Run etcdctl against this server; returns (returncode, stdout, stderr).
+
+        stdin is /dev/null unless `input` is given.  A run that outlives `timeout`
+        is killed and reported as returncode None.
+        """
+        try:
+            cp = subprocess.run(
+                self.etcdctl_argv(*args),
+                input=input if input is not None else None,
+                stdin=None if input is not None else subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                env=etcdctl_env(),
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+            err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+            return None, out, err + f"\n[harness: killed after {timeout}s]"
+        return cp.returncode, cp.stdout, cp.stderr
+
+    def etcdctl_for(self, *args: str, seconds: float, input: str | None = None):
+        """Run a long-running etcdctl command (e.g. watch) for `seconds`, then SIGKILL it.
+
+        Returns (returncode, stdout, stderr); returncode is "killed" if it was still
+        running when the time was up, else its own exit code.
+        """
+        p = self.popen_etcdctl(*args, input=input)
+        return self.finish_popen(p, seconds)
+
+    def popen_etcdctl(self, *args: str, input: str | None = None) -> subprocess.Popen:
+        p = subprocess.Popen(
+            self.etcdctl_argv(*args),
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=etcdctl_env(),
+        )
+        if input is not None:
+            p.stdin.write(input)
+            p.stdin.flush()
+        return p
+
+    @staticmethod
+    def finish_popen(p: subprocess.Popen, seconds: float):
+        try:
+            out, err = p.communicate(timeout=seconds)
+            return p.returncode, out, err
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate(timeout=10)
+            return "killed", out, err
+
+
+def _cleanup_all() -> None:
+    for s in list(_live_servers):
+        try:
+            s.stop(cleanup=True)
+        except Exception:
+            pass
+
+
+atexit.register(_cleanup_all)

@@ -1,0 +1,54 @@
+//! `etcdserverpb.Watch`: bridges the gRPC stream to a [`crate::watch::stream`] task.
+
+use super::require_leader;
+use crate::service::EtcdServer;
+use crate::watch::stream::{self, HeaderFn, StreamConfig};
+use etcd_proto::etcdserverpb::watch_server::Watch;
+use etcd_proto::etcdserverpb::{WatchRequest, WatchResponse};
+use futures::StreamExt;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub struct WatchService(pub Arc<EtcdServer>);
+
+/// Responses buffered per stream before the stream task waits for the client.
+const OUT_BUFFER: usize = 128;
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream =
+        Pin<Box<dyn futures::Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        require_leader(&self.0, &req)?;
+        let requests = req.into_inner();
+        // A broken request stream ends our reading of it; events keep flowing until the client
+        // stops reading the responses.
+        let requests = requests
+            .take_while(|r| futures::future::ready(r.is_ok()))
+            .filter_map(|r| futures::future::ready(r.ok()));
+        let (tx, rx) = tokio::sync::mpsc::channel(OUT_BUFFER);
+        let server = self.0.clone();
+        let header: HeaderFn = {
+            let server = server.clone();
+            Arc::new(move |rev| server.header(rev))
+        };
+        let cfg = StreamConfig {
+            progress_interval: server.cfg.watch_progress_notify_interval,
+            max_response_bytes: server.cfg.max_request_bytes + 512 * 1024,
+        };
+        tokio::spawn(stream::serve(
+            server.hub.clone(),
+            header,
+            cfg,
+            Box::pin(requests),
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+    }
+}

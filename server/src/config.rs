@@ -1,0 +1,312 @@
+//! pgraftd's configuration: etcd's flag names and `ETCD_*` environment variables, with etcd's
+//! defaults, in one place, so pgraftd drops in wherever etcd runs.
+
+use clap::Parser;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The version of the etcd API pgraft speaks, reported by Status and `/version`.
+pub const ETCD_VERSION: &str = "3.5.0";
+/// The cluster version reported to clients (major.minor.0).
+pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
+pub const PGRAFT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "pgraftd",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (etcd API 3.5)"),
+    about = "pgraft: an etcd v3 compatible, Raft-replicated key-value store"
+)]
+pub struct Config {
+    /// Human-readable name for this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+
+    /// Path to the data directory (default: "<name>.etcd").
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// List of URLs to listen on for client traffic.
+    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379")]
+    pub listen_client_urls: String,
+
+    /// List of this member's client URLs to advertise to the rest of the cluster.
+    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", default_value = "http://localhost:2379")]
+    pub advertise_client_urls: String,
+
+    /// List of URLs to listen on for peer traffic.
+    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://localhost:2380")]
+    pub listen_peer_urls: String,
+
+    /// List of this member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: String,
+
+    /// Initial cluster configuration for bootstrapping: "name=peerURL,..." (default:
+    /// "<name>=<initial-advertise-peer-urls>").
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+
+    /// Initial cluster state ("new" or "existing").
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", default_value = "new")]
+    pub initial_cluster_state: String,
+
+    /// Initial cluster token for the cluster during bootstrap.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+
+    /// Maximum number of operations permitted in a transaction.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+
+    /// Maximum client request size in bytes the server will accept.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1572864)]
+    pub max_request_bytes: usize,
+
+    /// Time (in milliseconds) of a heartbeat interval.
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+
+    /// Time (in milliseconds) for an election to timeout.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+
+    /// Number of committed transactions to trigger a snapshot (log compaction).
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100000)]
+    pub snapshot_count: u64,
+
+    /// Duration of periodic watch progress notifications.
+    #[arg(
+        long = "experimental-watch-progress-notify-interval",
+        env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m",
+        value_parser = parse_duration
+    )]
+    pub watch_progress_notify_interval: Duration,
+
+    /// Log level: debug, info, warn, error.
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["pgraftd"])
+    }
+}
+
+/// A flag value that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// One member of `--initial-cluster`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialMember {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+impl Config {
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", self.name)))
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval)
+    }
+
+    pub fn election(&self) -> Duration {
+        Duration::from_millis(self.election_timeout)
+    }
+
+    /// etcd's minimum lease TTL: ceil(1.5 x election timeout) seconds.
+    pub fn min_lease_ttl(&self) -> i64 {
+        (3 * self.election_timeout).div_ceil(2000) as i64
+    }
+
+    /// How long a proposal may wait (etcd's `ReqTimeout`: 5 s + 2 x election timeout).
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(5) + 2 * self.election()
+    }
+
+    pub fn advertise_client_urls(&self) -> Vec<String> {
+        split_urls(&self.advertise_client_urls)
+    }
+
+    pub fn advertise_peer_urls(&self) -> Vec<String> {
+        split_urls(&self.initial_advertise_peer_urls)
+    }
+
+    /// Members of `--initial-cluster`, grouped by name (a name may list several URLs).
+    pub fn initial_members(&self) -> Result<Vec<InitialMember>, ConfigError> {
+        let spec = match &self.initial_cluster {
+            Some(s) => s.clone(),
+            None => format!("{}={}", self.name, self.initial_advertise_peer_urls),
+        };
+        let mut members: Vec<InitialMember> = Vec::new();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, url) = part.split_once('=').ok_or_else(|| {
+                ConfigError(format!("--initial-cluster: {part:?} is not name=url"))
+            })?;
+            parse_url(url)?;
+            match members.iter_mut().find(|m| m.name == name) {
+                Some(m) => m.peer_urls.push(url.to_string()),
+                None => members.push(InitialMember {
+                    name: name.to_string(),
+                    peer_urls: vec![url.to_string()],
+                }),
+            }
+        }
+        if !members.iter().any(|m| m.name == self.name) {
+            return Err(ConfigError(format!(
+                "couldn't find local name {:?} in the initial cluster configuration",
+                self.name
+            )));
+        }
+        Ok(members)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.initial_cluster_state != "new" && self.initial_cluster_state != "existing" {
+            return Err(ConfigError(format!(
+                "--initial-cluster-state: {:?} is not \"new\" or \"existing\"",
+                self.initial_cluster_state
+            )));
+        }
+        if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(ConfigError(
+                "--election-timeout must be at least 5 times --heartbeat-interval".into(),
+            ));
+        }
+        if self.max_txn_ops == 0 {
+            return Err(ConfigError("--max-txn-ops must be positive".into()));
+        }
+        self.initial_members()?;
+        self.client_listen_addrs()?;
+        Ok(())
+    }
+
+    pub fn client_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        split_urls(&self.listen_client_urls)
+            .iter()
+            .map(|u| parse_url(u))
+            .collect()
+    }
+}
+
+fn split_urls(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// `http://host:port` to a socket address (`localhost` is 127.0.0.1).
+pub fn parse_url(u: &str) -> Result<SocketAddr, ConfigError> {
+    let parsed = url::Url::parse(u).map_err(|e| ConfigError(format!("invalid URL {u:?}: {e}")))?;
+    match parsed.scheme() {
+        "http" => {}
+        "https" => {
+            return Err(ConfigError(format!(
+                "{u:?}: TLS is not supported yet; use http://"
+            )))
+        }
+        s => return Err(ConfigError(format!("{u:?}: unsupported scheme {s:?}"))),
+    }
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| ConfigError(format!("{u:?}: missing host")))?;
+    let host = if host == "localhost" { "127.0.0.1" } else { host };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = parsed
+        .port()
+        .ok_or_else(|| ConfigError(format!("{u:?}: missing port")))?;
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| ConfigError(format!("{u:?}: {e}")))?
+        .next()
+        .ok_or_else(|| ConfigError(format!("{u:?}: no address")))
+}
+
+/// etcd-style durations: "10m", "500ms", "1h30m", "2s".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err("empty duration".into());
+    }
+    while !rest.is_empty() {
+        let n_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("missing unit in duration {s:?}"))?;
+        let n: f64 = rest[..n_end]
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}"))?;
+        rest = &rest[n_end..];
+        let u_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..u_end] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            u => return Err(format!("unknown unit {u:?} in duration {s:?}")),
+        };
+        total += Duration::from_secs_f64(n * unit);
+        rest = &rest[u_end..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_etcd() {
+        let c = Config::default();
+        assert_eq!(c.name, "default");
+        assert_eq!(c.data_dir(), PathBuf::from("default.etcd"));
+        assert_eq!(c.max_request_bytes, 1572864);
+        assert_eq!(c.max_txn_ops, 128);
+        assert_eq!(c.min_lease_ttl(), 2);
+        assert_eq!(
+            c.client_listen_addrs().unwrap(),
+            vec!["127.0.0.1:2379".parse().unwrap()]
+        );
+        assert_eq!(
+            c.initial_members().unwrap(),
+            vec![InitialMember {
+                name: "default".into(),
+                peer_urls: vec!["http://localhost:2380".into()]
+            }]
+        );
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("10").is_err());
+    }
+
+    #[test]
+    fn bad_flags_are_rejected() {
+        let c = Config::parse_from(["pgraftd", "--initial-cluster-state", "maybe"]);
+        assert!(c.validate().is_err());
+        let c = Config::parse_from(["pgraftd", "--initial-cluster", "other=http://127.0.0.1:1"]);
+        assert!(c.validate().is_err());
+        let c = Config::parse_from(["pgraftd", "--listen-client-urls", "https://127.0.0.1:1"]);
+        assert!(c.validate().is_err());
+    }
+}

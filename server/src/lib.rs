@@ -1,0 +1,22 @@
+//! pgraft's server: an etcd v3 compatible key-value store. One state machine (MVCC store,
+//! leases) changed only by applying the raft log, and faces (gRPC today) that translate wire
+//! formats to the [`service::EtcdServer`] pipeline. See `DESIGN.md` for the whole picture.
+
+pub mod api;
+pub mod apply;
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod lease;
+pub mod membership;
+pub mod mvcc;
+pub mod node;
+pub mod raft;
+pub mod request;
+pub mod service;
+pub mod txn;
+pub mod wait;
+pub mod watch;
+
+pub use config::Config;
+pub use node::Node;

@@ -1,0 +1,251 @@
+//! The raft log and hard state on fjall, behind raft-rs's [`Storage`] trait.
+//!
+//! The node loop is the only writer: it appends entries and the hard state in one batch with a
+//! single fdatasync per Ready ([`RaftStorage::persist`]). Raft reads through the trait; a small
+//! in-memory header (first/last index, hard state, conf state) answers the cheap questions.
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use fjall::PersistMode;
+use parking_lot::RwLock;
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+use std::sync::Arc;
+
+const HARD_STATE: &str = "hard_state";
+const CONF_STATE: &str = "conf_state";
+/// Index and term of the last entry dropped by log compaction (the log starts after it).
+const LOG_START: &str = "log_start";
+
+#[derive(Default)]
+struct Header {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// (index, term) of the entry just before the first one kept.
+    start: (u64, u64),
+    last_index: u64,
+}
+
+#[derive(Clone)]
+pub struct RaftStorage {
+    backend: Backend,
+    header: Arc<RwLock<Header>>,
+}
+
+fn idx_key(i: u64) -> [u8; 8] {
+    i.to_be_bytes()
+}
+
+fn pb_err(e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(e.to_string().into()))
+}
+
+impl RaftStorage {
+    pub fn open(backend: Backend) -> Result<Self> {
+        let mut h = Header::default();
+        if let Some(v) = backend.raft_meta.get(HARD_STATE)? {
+            h.hard_state = HardState::parse_from_bytes(&v).map_err(Error::internal)?;
+        }
+        if let Some(v) = backend.raft_meta.get(CONF_STATE)? {
+            h.conf_state = ConfState::parse_from_bytes(&v).map_err(Error::internal)?;
+        }
+        if let Some(v) = backend.raft_meta.get(LOG_START)? {
+            let b: &[u8] = &v;
+            if b.len() != 16 {
+                return Err(Error::internal("bad log_start"));
+            }
+            h.start = (
+                u64::from_be_bytes(b[..8].try_into().unwrap()),
+                u64::from_be_bytes(b[8..].try_into().unwrap()),
+            );
+        }
+        h.last_index = match backend.raft_log.last_key_value() {
+            Some(g) => {
+                let k = g.key()?;
+                u64::from_be_bytes(k.as_ref().try_into().map_err(Error::internal)?)
+            }
+            None => h.start.0,
+        };
+        Ok(RaftStorage {
+            backend,
+            header: Arc::new(RwLock::new(h)),
+        })
+    }
+
+    /// True when this member has never been bootstrapped.
+    pub fn is_empty(&self) -> bool {
+        let h = self.header.read();
+        h.conf_state.voters.is_empty() && h.conf_state.learners.is_empty() && h.last_index == 0
+    }
+
+    pub fn conf_state(&self) -> ConfState {
+        self.header.read().conf_state.clone()
+    }
+
+    /// Records the initial membership of a new cluster.
+    pub fn bootstrap(&self, voters: Vec<u64>) -> Result<()> {
+        let cs = ConfState {
+            voters,
+            ..Default::default()
+        };
+        self.set_conf_state(&cs)
+    }
+
+    /// Raises the stored commit index to `index` if it is lower. The applied index is written
+    /// without waiting for the next hard state, so after a crash it may be ahead of the stored
+    /// commit; every applied entry was committed, so this restores the invariant raft needs.
+    pub fn ensure_commit(&self, index: u64) -> Result<()> {
+        let hs = {
+            let h = self.header.read();
+            if h.hard_state.commit >= index {
+                return Ok(());
+            }
+            let mut hs = h.hard_state.clone();
+            hs.commit = index;
+            hs
+        };
+        self.persist(&[], Some(&hs), true)
+    }
+
+    pub fn set_conf_state(&self, cs: &ConfState) -> Result<()> {
+        let bytes = cs.write_to_bytes().map_err(Error::internal)?;
+        self.backend.raft_meta.insert(CONF_STATE, bytes)?;
+        self.header.write().conf_state = cs.clone();
+        Ok(())
+    }
+
+    /// Appends `entries` (truncating any conflicting suffix) and sets the hard state, in one
+    /// batch; fdatasync'ed when `sync` is set. Nothing raft sends after this may depend on data
+    /// that is not durable, so callers pass `Ready::must_sync()`.
+    pub fn persist(&self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<()> {
+        let mut batch = self.backend.db.batch();
+        let mut last = None;
+        if let Some(first) = entries.first() {
+            let old_last = self.header.read().last_index;
+            for i in first.index..=old_last {
+                batch.remove(&self.backend.raft_log, idx_key(i));
+            }
+            for e in entries {
+                let bytes = e.write_to_bytes().map_err(Error::internal)?;
+                batch.insert(&self.backend.raft_log, idx_key(e.index), bytes);
+            }
+            last = entries.last().map(|e| e.index);
+        }
+        if let Some(hs) = hs {
+            let bytes = hs.write_to_bytes().map_err(Error::internal)?;
+            batch.insert(&self.backend.raft_meta, HARD_STATE, bytes);
+        }
+        let mode = sync.then_some(PersistMode::SyncData);
+        batch.durability(mode).commit()?;
+        let mut h = self.header.write();
+        if let Some(l) = last {
+            h.last_index = l;
+        }
+        if let Some(hs) = hs {
+            h.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Drops log entries up to and including `index` (already applied and reflected in the
+    /// state machine).
+    pub fn compact(&self, index: u64) -> Result<()> {
+        let (first, term) = {
+            let h = self.header.read();
+            if index <= h.start.0 || index > h.last_index {
+                return Ok(());
+            }
+            (h.start.0 + 1, self.term(index).map_err(Error::internal)?)
+        };
+        let mut batch = self.backend.db.batch();
+        for i in first..=index {
+            batch.remove(&self.backend.raft_log, idx_key(i));
+        }
+        let mut start = index.to_be_bytes().to_vec();
+        start.extend_from_slice(&term.to_be_bytes());
+        batch.insert(&self.backend.raft_meta, LOG_START, start);
+        batch.commit()?;
+        self.header.write().start = (index, term);
+        Ok(())
+    }
+
+    fn read_entry(&self, i: u64) -> raft::Result<Entry> {
+        match self.backend.raft_log.get(idx_key(i)).map_err(pb_err)? {
+            Some(v) => Entry::parse_from_bytes(&v).map_err(pb_err),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+}
+
+impl Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let h = self.header.read();
+        Ok(RaftState::new(h.hard_state.clone(), h.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        {
+            let h = self.header.read();
+            if low <= h.start.0 {
+                return Err(raft::Error::Store(StorageError::Compacted));
+            }
+            if high > h.last_index + 1 {
+                return Err(raft::Error::Store(StorageError::Unavailable));
+            }
+        }
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        for item in self.backend.raft_log.range(idx_key(low)..idx_key(high)) {
+            let (_, v) = item.into_inner().map_err(pb_err)?;
+            let e = Entry::parse_from_bytes(&v).map_err(pb_err)?;
+            size += e.compute_size() as u64;
+            // Always return at least one entry.
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e);
+        }
+        if out.is_empty() && low < high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        {
+            let h = self.header.read();
+            if idx == h.start.0 {
+                return Ok(h.start.1);
+            }
+            if idx < h.start.0 {
+                return Err(raft::Error::Store(StorageError::Compacted));
+            }
+            if idx > h.last_index {
+                return Err(raft::Error::Store(StorageError::Unavailable));
+            }
+        }
+        Ok(self.read_entry(idx)?.term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.header.read().start.0 + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.header.read().last_index)
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // State transfer to other members comes with the multi-member cluster; a single member
+        // never needs a snapshot of itself.
+        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    }
+}

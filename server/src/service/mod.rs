@@ -1,0 +1,279 @@
+//! The request pipeline every face shares (etcd's `EtcdServer` v3 methods): validate, then
+//! writes are proposed through raft and answered once applied; linearizable reads wait for a
+//! ReadIndex, serializable reads are local. Faces only translate wire formats.
+
+mod idgen;
+
+use crate::apply::{Applied, ApplyResult};
+use crate::backend::Backend;
+use crate::config::{Config, ETCD_VERSION};
+use crate::error::{Error, Result};
+use crate::lease::{Lessor, MAX_LEASE_TTL};
+use crate::membership::Membership;
+use crate::mvcc::Store;
+use crate::raft::RaftHandle;
+use crate::request::{InternalRequest, Op};
+use crate::txn;
+use crate::wait::Wait;
+use crate::watch::WatchHub;
+use etcd_proto::etcdserverpb::*;
+pub use idgen::IdGen;
+use prost::Message;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct EtcdServer {
+    pub cfg: Config,
+    pub backend: Backend,
+    pub store: Arc<Store>,
+    pub lessor: Arc<Lessor>,
+    pub hub: Arc<WatchHub>,
+    pub membership: Arc<Membership>,
+    pub raft: RaftHandle,
+    pub wait: Arc<Wait<ApplyResult>>,
+    pub ids: IdGen,
+}
+
+/// Unwraps the expected variant of an applied result.
+macro_rules! expect_applied {
+    ($res:expr, $variant:ident) => {
+        match $res {
+            Applied::$variant(r) => Ok(r),
+            other => Err(Error::Internal(format!(
+                "pgraft: unexpected apply result {other:?}"
+            ))),
+        }
+    };
+}
+
+impl EtcdServer {
+    pub fn member_id(&self) -> u64 {
+        self.membership.member_id
+    }
+
+    pub fn cluster_id(&self) -> u64 {
+        self.membership.cluster_id
+    }
+
+    /// A full response header at store revision `revision` (0 leaves it out).
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id(),
+            member_id: self.member_id(),
+            revision,
+            raft_term: self.raft.status.term(),
+        }
+    }
+
+    fn fill(&self, h: &mut Option<ResponseHeader>) {
+        let rev = h.as_ref().map_or(0, |h| h.revision);
+        *h = Some(self.header(rev));
+    }
+
+    /// Proposes one write and waits until this member has applied it.
+    async fn propose(&self, op: Op) -> Result<Applied> {
+        let id = self.ids.next();
+        let data = InternalRequest { id, op: Some(op) }.encode_to_vec();
+        if data.len() > self.cfg.max_request_bytes {
+            return Err(Error::RequestTooLarge);
+        }
+        let rx = self.wait.register(id);
+        if let Err(e) = self.raft.propose(id, data) {
+            self.wait.cancel(id);
+            return Err(e);
+        }
+        match tokio::time::timeout(self.cfg.request_timeout(), rx).await {
+            Ok(Ok(res)) => res,
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => {
+                self.wait.cancel(id);
+                Err(Error::Timeout)
+            }
+        }
+    }
+
+    /// Waits for a linearizable read point.
+    async fn linearizable_barrier(&self) -> Result<()> {
+        match tokio::time::timeout(self.cfg.request_timeout(), self.raft.read_index()).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    fn check_size(&self, m: &impl Message) -> Result<()> {
+        if m.encoded_len() > self.cfg.max_request_bytes {
+            return Err(Error::RequestTooLarge);
+        }
+        Ok(())
+    }
+
+    pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse> {
+        txn::check_range(&r)?;
+        if !r.serializable {
+            self.linearizable_barrier().await?;
+        }
+        let rr = self.store.range(&r)?;
+        Ok(RangeResponse {
+            header: Some(self.header(rr.rev)),
+            kvs: rr.kvs,
+            more: rr.more,
+            count: rr.count,
+        })
+    }
+
+    pub async fn put(&self, r: PutRequest) -> Result<PutResponse> {
+        txn::check_put_request(&r)?;
+        let mut resp = expect_applied!(self.propose(Op::Put(r)).await?, Put)?;
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+
+    pub async fn delete_range(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        txn::check_delete(&r)?;
+        let mut resp = expect_applied!(self.propose(Op::DeleteRange(r)).await?, DeleteRange)?;
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+
+    pub async fn txn(&self, r: TxnRequest) -> Result<TxnResponse> {
+        txn::check_txn_request(&r, self.cfg.max_txn_ops)?;
+        let mut resp = if txn::is_read_only(&r) {
+            self.check_size(&r)?;
+            if !txn::is_serializable(&r) {
+                self.linearizable_barrier().await?;
+            }
+            // A read-only txn runs locally, against one consistent view of the store.
+            let mut w = self.store.write();
+            w.begin_txn();
+            let res = txn::apply(&mut w, &self.lessor, &r);
+            w.end_txn();
+            res?
+        } else {
+            expect_applied!(self.propose(Op::Txn(r)).await?, Txn)?
+        };
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+
+    pub async fn compact(&self, r: CompactionRequest) -> Result<CompactionResponse> {
+        let mut resp = expect_applied!(self.propose(Op::Compaction(r)).await?, Compaction)?;
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+
+    pub async fn lease_grant(&self, mut r: LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+        if r.ttl > MAX_LEASE_TTL {
+            return Err(Error::LeaseTtlTooLarge);
+        }
+        if r.id == 0 {
+            r.id = self.ids.next_lease_id();
+        }
+        let mut resp = expect_applied!(self.propose(Op::LeaseGrant(r)).await?, LeaseGrant)?;
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+
+    pub async fn lease_revoke(&self, r: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
+        let mut resp = expect_applied!(self.propose(Op::LeaseRevoke(r)).await?, LeaseRevoke)?;
+        self.fill(&mut resp.header);
+        Ok(resp)
+    }
+
+    /// One keepalive: the renewed TTL, or `LeaseNotFound`.
+    pub async fn lease_renew(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
+        if !self.raft.status.is_leader() {
+            // Keepalives are served by the leader; forwarding arrives with the cluster.
+            return Err(if self.raft.status.leader() == 0 {
+                Error::NoLeader
+            } else {
+                Error::NotLeader
+            });
+        }
+        let header = Some(self.header(self.store.current_rev()));
+        let ttl = self.lessor.renew(id).ok_or(Error::LeaseNotFound)?;
+        Ok(LeaseKeepAliveResponse { header, id, ttl })
+    }
+
+    pub async fn lease_time_to_live(
+        &self,
+        r: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse> {
+        let header = Some(self.header(self.store.current_rev()));
+        Ok(match self.lessor.time_to_live(r.id) {
+            Some(info) => LeaseTimeToLiveResponse {
+                header,
+                id: r.id,
+                ttl: info.remaining,
+                granted_ttl: info.granted,
+                keys: if r.keys { info.keys } else { Vec::new() },
+            },
+            None => LeaseTimeToLiveResponse {
+                header,
+                id: r.id,
+                ttl: -1,
+                ..Default::default()
+            },
+        })
+    }
+
+    pub async fn lease_leases(&self) -> Result<LeaseLeasesResponse> {
+        Ok(LeaseLeasesResponse {
+            header: Some(self.header(self.store.current_rev())),
+            leases: self
+                .lessor
+                .ids()
+                .into_iter()
+                .map(|id| LeaseStatus { id })
+                .collect(),
+        })
+    }
+
+    pub fn status(&self) -> StatusResponse {
+        let st = &self.raft.status;
+        let size = self.backend.disk_space() as i64;
+        StatusResponse {
+            header: Some(self.header(self.store.current_rev())),
+            version: ETCD_VERSION.to_string(),
+            db_size: size,
+            leader: st.leader(),
+            raft_index: st.commit_index(),
+            raft_term: st.term(),
+            raft_applied_index: st.applied_index(),
+            errors: if st.leader() == 0 {
+                vec![Error::NoLeader.to_string()]
+            } else {
+                Vec::new()
+            },
+            db_size_in_use: size,
+            is_learner: false,
+            ..Default::default()
+        }
+    }
+
+    pub fn member_list(&self) -> MemberListResponse {
+        MemberListResponse {
+            header: Some(self.header(0)),
+            members: self.membership.members(),
+        }
+    }
+
+    /// The leader's lease expiry duty: propose a revoke for every expired lease.
+    pub fn revoke_expired_leases(&self) {
+        if !self.raft.status.is_leader() {
+            return;
+        }
+        for id in self.lessor.expired() {
+            let req = InternalRequest {
+                id: self.ids.next(),
+                op: Some(Op::LeaseRevoke(LeaseRevokeRequest { id })),
+            };
+            if self.raft.propose(req.id, req.encode_to_vec()).is_err() {
+                return;
+            }
+            tracing::debug!(lease = id, "proposed revoke of expired lease");
+        }
+    }
+}
+
+/// How often the leader looks for expired leases.
+pub const LEASE_CHECK_INTERVAL: Duration = Duration::from_millis(500);

@@ -1,0 +1,357 @@
+//! One client Watch stream (etcd's `serverWatchStream` + `watchStream`), independent of the wire:
+//! the gRPC face feeds it requests and forwards its responses; the HTTP gateway does the same.
+//!
+//! Guarantees: `created` goes out before any event of that watcher; events leave in revision
+//! order, every revision whole (unless the watcher asked for `fragment`), none twice.
+
+use super::WatchHub;
+use crate::error::Error;
+use crate::mvcc::KeyRange;
+use etcd_proto::etcdserverpb::watch_create_request::FilterType;
+use etcd_proto::etcdserverpb::watch_request::RequestUnion;
+use etcd_proto::etcdserverpb::{
+    ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
+};
+use etcd_proto::mvccpb::{event::EventType, Event};
+use futures::{Stream, StreamExt};
+use prost::Message;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Builds a full response header for a store revision (0: no revision).
+pub type HeaderFn = Arc<dyn Fn(i64) -> ResponseHeader + Send + Sync>;
+
+pub struct StreamConfig {
+    /// etcd's `--experimental-watch-progress-notify-interval`.
+    pub progress_interval: Duration,
+    /// Responses of a `fragment` watcher above this size are split.
+    pub max_response_bytes: usize,
+}
+
+/// Revisions fetched per catch-up step (etcd's `watchBatchMaxRevs`).
+const MAX_REVS_PER_BATCH: usize = 1000;
+
+struct Watcher {
+    range: KeyRange,
+    next_rev: i64,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+    fragment: bool,
+    notified_since_tick: bool,
+}
+
+struct WatchStream {
+    hub: Arc<WatchHub>,
+    header: HeaderFn,
+    cfg: StreamConfig,
+    out: mpsc::Sender<WatchResponse>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_id: i64,
+}
+
+/// The client went away: stop serving the stream.
+struct Closed;
+
+/// Serves one stream until the client stops reading. Requests ending (client half-close) does
+/// not end the stream: events keep flowing, as in etcd.
+pub async fn serve<S>(
+    hub: Arc<WatchHub>,
+    header: HeaderFn,
+    cfg: StreamConfig,
+    mut requests: S,
+    out: mpsc::Sender<WatchResponse>,
+) where
+    S: Stream<Item = WatchRequest> + Unpin,
+{
+    let mut revs = hub.subscribe();
+    let mut ticker = tokio::time::interval(cfg.progress_interval);
+    ticker.tick().await;
+    let mut ws = WatchStream {
+        hub,
+        header,
+        cfg,
+        out,
+        watchers: BTreeMap::new(),
+        next_id: 0,
+    };
+    let mut input_open = true;
+    loop {
+        let step = tokio::select! {
+            req = requests.next(), if input_open => match req {
+                Some(r) => ws.handle(r).await,
+                None => { input_open = false; Ok(()) }
+            },
+            changed = revs.changed() => match changed {
+                Ok(()) => ws.catch_up().await,
+                Err(_) => Err(Closed),
+            },
+            _ = ticker.tick() => ws.progress_tick().await,
+            _ = ws.out.closed() => Err(Closed),
+        };
+        if step.is_err() {
+            return;
+        }
+    }
+}
+
+impl WatchStream {
+    async fn send(&self, resp: WatchResponse) -> Result<(), Closed> {
+        self.out.send(resp).await.map_err(|_| Closed)
+    }
+
+    fn current(&self) -> i64 {
+        self.hub.current_rev()
+    }
+
+    async fn handle(&mut self, req: WatchRequest) -> Result<(), Closed> {
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
+            Some(RequestUnion::CancelRequest(c)) => {
+                if self.watchers.remove(&c.watch_id).is_some() {
+                    self.send(WatchResponse {
+                        header: Some((self.header)(self.current())),
+                        watch_id: c.watch_id,
+                        canceled: true,
+                        ..Default::default()
+                    })
+                    .await?;
+                }
+                Ok(())
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                // Catching up first makes every watcher synced, so the notify may go out.
+                self.catch_up().await?;
+                self.send(WatchResponse {
+                    header: Some((self.header)(self.current())),
+                    watch_id: -1,
+                    ..Default::default()
+                })
+                .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn reject(&self, reason: String) -> Result<(), Closed> {
+        self.send(WatchResponse {
+            header: Some((self.header)(self.current())),
+            watch_id: -1,
+            created: true,
+            canceled: true,
+            cancel_reason: reason,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Closed> {
+        let key = if c.key.is_empty() { vec![0] } else { c.key };
+        let range = KeyRange::new(&key, &c.range_end);
+        if range.is_empty() {
+            return self.reject("mvcc: watcher range is empty".into()).await;
+        }
+        if c.start_revision < 0 {
+            return self.reject(Error::Compacted.to_string()).await;
+        }
+        let id = if c.watch_id != 0 {
+            if self.watchers.contains_key(&c.watch_id) {
+                return self
+                    .reject("mvcc: duplicate watch ID provided on the WatchStream".into())
+                    .await;
+            }
+            c.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id += 1;
+            self.next_id - 1
+        };
+        let current = self.current();
+        let filters: Vec<i32> = c.filters;
+        self.watchers.insert(
+            id,
+            Watcher {
+                range,
+                next_rev: if c.start_revision == 0 {
+                    current + 1
+                } else {
+                    c.start_revision
+                },
+                prev_kv: c.prev_kv,
+                no_put: filters.contains(&(FilterType::Noput as i32)),
+                no_delete: filters.contains(&(FilterType::Nodelete as i32)),
+                progress_notify: c.progress_notify,
+                fragment: c.fragment,
+                notified_since_tick: false,
+            },
+        );
+        self.send(WatchResponse {
+            header: Some((self.header)(current)),
+            watch_id: id,
+            created: true,
+            ..Default::default()
+        })
+        .await?;
+        self.catch_up().await
+    }
+
+    /// Brings every watcher up to the hub's current revision.
+    async fn catch_up(&mut self) -> Result<(), Closed> {
+        let current = self.current();
+        loop {
+            self.cancel_compacted().await?;
+            let Some(from) = self
+                .watchers
+                .values()
+                .map(|w| w.next_rev)
+                .filter(|r| *r <= current)
+                .min()
+            else {
+                return Ok(());
+            };
+            let revs = match self.hub.events(from, current, MAX_REVS_PER_BATCH) {
+                Ok(r) => r,
+                // A compaction raced with us: the next turn cancels the affected watchers.
+                Err(Error::Compacted) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "watch history read failed");
+                    return Err(Closed);
+                }
+            };
+            let upto = current.min(from + MAX_REVS_PER_BATCH as i64 - 1);
+            let mut sends = Vec::new();
+            for (id, w) in self.watchers.iter_mut() {
+                if w.next_rev > upto {
+                    continue;
+                }
+                let events: Vec<Event> = revs
+                    .iter()
+                    .filter(|r| r.rev >= w.next_rev)
+                    .flat_map(|r| r.events.iter())
+                    .filter(|e| w.wants(e))
+                    .map(|e| w.shape(e))
+                    .collect();
+                w.next_rev = upto + 1;
+                if !events.is_empty() {
+                    w.notified_since_tick = true;
+                    sends.push((*id, w.fragment, events));
+                }
+            }
+            for (id, fragment, events) in sends {
+                self.send_events(id, fragment, upto, events).await?;
+            }
+        }
+    }
+
+    async fn cancel_compacted(&mut self) -> Result<(), Closed> {
+        let compact = self.hub.store().compact_rev();
+        let behind: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.next_rev < compact)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in behind {
+            self.watchers.remove(&id);
+            self.send(WatchResponse {
+                header: Some((self.header)(0)),
+                watch_id: id,
+                canceled: true,
+                compact_revision: compact,
+                ..Default::default()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn send_events(
+        &self,
+        id: i64,
+        fragment: bool,
+        rev: i64,
+        events: Vec<Event>,
+    ) -> Result<(), Closed> {
+        let header = Some((self.header)(rev));
+        let size: usize = events.iter().map(|e| e.encoded_len()).sum();
+        if !fragment || size <= self.cfg.max_response_bytes || events.len() < 2 {
+            return self
+                .send(WatchResponse {
+                    header,
+                    watch_id: id,
+                    events,
+                    ..Default::default()
+                })
+                .await;
+        }
+        let mut chunks: Vec<Vec<Event>> = vec![Vec::new()];
+        let mut chunk_size = 0;
+        for e in events {
+            let n = e.encoded_len();
+            if chunk_size + n > self.cfg.max_response_bytes && !chunks.last().unwrap().is_empty() {
+                chunks.push(Vec::new());
+                chunk_size = 0;
+            }
+            chunk_size += n;
+            chunks.last_mut().unwrap().push(e);
+        }
+        let last = chunks.len() - 1;
+        for (i, events) in chunks.into_iter().enumerate() {
+            self.send(WatchResponse {
+                header: header.clone(),
+                watch_id: id,
+                events,
+                fragment: i != last,
+                ..Default::default()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Periodic progress notifications for synced watchers that asked for them and had nothing
+    /// to report since the last tick.
+    async fn progress_tick(&mut self) -> Result<(), Closed> {
+        let current = self.current();
+        let mut due = Vec::new();
+        for (id, w) in self.watchers.iter_mut() {
+            if w.progress_notify && w.next_rev > current && !w.notified_since_tick {
+                due.push(*id);
+            }
+            w.notified_since_tick = false;
+        }
+        for id in due {
+            self.send(WatchResponse {
+                header: Some((self.header)(current)),
+                watch_id: id,
+                ..Default::default()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Watcher {
+    fn wants(&self, e: &Event) -> bool {
+        let Some(kv) = &e.kv else { return false };
+        if !self.range.contains(&kv.key) {
+            return false;
+        }
+        let is_delete = e.r#type == EventType::Delete as i32;
+        !(is_delete && self.no_delete || !is_delete && self.no_put)
+    }
+
+    fn shape(&self, e: &Event) -> Event {
+        Event {
+            r#type: e.r#type,
+            kv: e.kv.clone(),
+            prev_kv: if self.prev_kv { e.prev_kv.clone() } else { None },
+        }
+    }
+}
