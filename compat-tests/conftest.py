@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import time
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Server  # noqa: E402
+from harness import WORK_ROOT, Server  # noqa: E402
+
+
+def pytest_sessionstart(session):
+    """Drop work dirs (server logs, transcripts) of runs older than a day."""
+    if WORK_ROOT.is_dir():
+        cutoff = time.time() - 86400
+        for d in WORK_ROOT.iterdir():
+            if d.is_dir() and d.stat().st_mtime < cutoff:
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def reference_only() -> bool:

@@ -157,7 +157,11 @@ class Server:
             start_new_session=True,
         )
         _live_servers.add(self)
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop(cleanup=False)  # leave no process behind; keep data and log
+            raise
         return self
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:

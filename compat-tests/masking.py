@@ -26,6 +26,7 @@ appearance, so "the same ID" must stay "the same ID" on both sides):
 10. etcdctl's own client log lines on stderr: "ts" and the random client UUID in
     "target"                                            -> <TS>, client-<UUID>
 11. tables are re-rendered without padding (column widths follow the masked values).
+12. (layout only) JSON lines are re-printed one field a line, so that a diff points at the field.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ TABLE_COLUMNS = {
 
 
 class Masker:
-    def __init__(self, client_port: int, peer_port: int):
+    def __init__(self, client_port: int, peer_port: int, pretty_json: bool = False):
+        """pretty_json: print JSON one field a line (line-level diffs); else compact."""
+        self.indent = 1 if pretty_json else None
         self.urls = [
             (f"http://127.0.0.1:{client_port}", "<CLIENT_URL>"),
             (f"http://127.0.0.1:{peer_port}", "<PEER_URL>"),
@@ -111,7 +114,8 @@ class Masker:
                     pass
                 else:
                     obj = self._json(obj, None, False, ttls)
-                    out.append(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
+                    out.append(json.dumps(obj, separators=(",", ":"), ensure_ascii=False,
+                                          indent=self.indent))
                     continue
             m = FIELDS.match(s)
             if m:

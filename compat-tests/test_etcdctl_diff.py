@@ -364,7 +364,7 @@ def _quote(a: str) -> str:
 
 
 def mask_entries(entries: list[Entry], server: Server) -> None:
-    m = Masker(server.client_port, server.peer_port)
+    m = Masker(server.client_port, server.peer_port, pretty_json=True)
     for e in entries:
         parts, ttls = [], []
         for label, text in (("$", e.cmd), ("[stdin]", e.input), ("[exit]", str(e.rc)),
@@ -411,7 +411,7 @@ def test_step(st: Step):
     if cand.masked != ref.masked:
         diff = "".join(difflib.unified_diff(
             ref.masked.splitlines(True), cand.masked.splitlines(True),
-            fromfile=f"etcd/{st.name}", tofile=f"{cand_server.kind}/{st.name}"))
+            fromfile=f"etcd/{st.name}", tofile=f"{cand_server.kind}/{st.name}", n=6))
         problems.append(f"transcripts differ after masking:\n{diff}")
     elif len(cand.ttls) != len(ref.ttls) or any(
             abs(a - b) > TTL_TOLERANCE for a, b in zip(ref.ttls, cand.ttls)):
