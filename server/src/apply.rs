@@ -8,19 +8,20 @@
 use crate::backend::{meta_key, Backend};
 use crate::error::{Error, Result};
 use crate::lease::Lessor;
+use crate::membership::Membership;
 use crate::mvcc::{KeyRange, Store, Writer};
 use crate::raft::StateMachine;
-use crate::request::{InternalRequest, Op};
+use crate::request::{ConfChangeContext, InternalRequest, Op};
 use crate::txn;
 use crate::wait::Wait;
 use crate::watch::WatchHub;
 use etcd_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
-    PutResponse, ResponseHeader, TxnResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, Member,
+    PutRequest, PutResponse, ResponseHeader, TxnResponse,
 };
 use prost::Message;
-use raft::eraftpb::{Entry, EntryType};
+use raft::eraftpb::{ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Snapshot};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ pub enum Applied {
     Compaction(CompactionResponse),
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
+    /// A membership change: the member list after it.
+    Members(Vec<Member>),
 }
 
 pub type ApplyResult = Result<Applied>;
@@ -42,6 +45,7 @@ pub struct Applier {
     pub store: Arc<Store>,
     pub lessor: Arc<Lessor>,
     pub hub: Arc<WatchHub>,
+    pub membership: Arc<Membership>,
     pub wait: Arc<Wait<ApplyResult>>,
     /// Added to every lease's TTL when this member becomes leader.
     pub lease_extend: Duration,
@@ -92,6 +96,56 @@ impl StateMachine for Applier {
         Ok(())
     }
 
+    fn apply_conf_change(&mut self, index: u64, cc: &ConfChangeV2, _cs: &ConfState) -> Result<()> {
+        let ctx = ConfChangeContext::decode(cc.context.as_ref()).unwrap_or_default();
+        let mut batch = self.backend.db.batch();
+        for change in cc.get_changes() {
+            let id = change.node_id;
+            let member = |is_learner: bool| {
+                let mut m = ctx.member.clone().unwrap_or_default();
+                m.id = id;
+                m.is_learner = is_learner;
+                m
+            };
+            match change.get_change_type() {
+                ConfChangeType::AddNode => self.membership.add(&mut batch, member(false)),
+                ConfChangeType::AddLearnerNode => self.membership.add(&mut batch, member(true)),
+                ConfChangeType::RemoveNode => self.membership.remove(&mut batch, id),
+            }
+        }
+        batch.insert(
+            &self.backend.meta,
+            meta_key::APPLIED_INDEX,
+            index.to_be_bytes().to_vec(),
+        );
+        batch.commit()?;
+        tracing::info!(index, members = ?self.membership.members().iter().map(|m| format!("{:x}", m.id)).collect::<Vec<_>>(), "membership changed");
+        self.wait.trigger(
+            ctx.request_id,
+            Ok(Applied::Members(self.membership.members())),
+        );
+        Ok(())
+    }
+
+    fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
+        let index = snapshot.get_metadata().index;
+        crate::snapshot::install(&self.backend, &snapshot.data, index)?;
+        let leased_keys = self.store.reload()?;
+        load_leases(&self.backend, &self.lessor, leased_keys)?;
+        self.membership.reload()?;
+        self.hub.reset();
+        tracing::info!(
+            index,
+            revision = self.store.current_rev(),
+            "installed snapshot"
+        );
+        Ok(())
+    }
+
+    fn peers(&self) -> Vec<(u64, String)> {
+        self.membership.peers()
+    }
+
     fn proposal_dropped(&mut self, id: u64, err: Error) {
         self.wait.trigger(id, Err(err));
     }
@@ -114,6 +168,22 @@ impl Applier {
             Op::Compaction(r) => compact(w, &r).map(Applied::Compaction),
             Op::LeaseGrant(r) => self.lease_grant(w, &r).map(Applied::LeaseGrant),
             Op::LeaseRevoke(r) => self.lease_revoke(w, &r).map(Applied::LeaseRevoke),
+            Op::MemberAttributes(m) => {
+                self.membership.update(&mut w.batch, m.id, |x| {
+                    x.name = m.name;
+                    x.client_ur_ls = m.client_ur_ls;
+                });
+                Ok(Applied::Members(self.membership.members()))
+            }
+            Op::MemberUpdate(m) => {
+                if !self
+                    .membership
+                    .update(&mut w.batch, m.id, |x| x.peer_ur_ls = m.peer_ur_ls)
+                {
+                    return Err(Error::MemberNotFound);
+                }
+                Ok(Applied::Members(self.membership.members()))
+            }
         }
     }
 
@@ -150,6 +220,26 @@ impl Applier {
             header: rev_header(w.txn_read_rev()),
         })
     }
+}
+
+/// Fills the lessor from the stored leases and re-attaches their keys.
+pub fn load_leases(
+    backend: &Backend,
+    lessor: &Lessor,
+    leased_keys: Vec<(Vec<u8>, i64)>,
+) -> Result<()> {
+    let mut leases = Vec::new();
+    for item in backend.lease.iter() {
+        let (k, v) = item.into_inner()?;
+        let id = i64::from_be_bytes(k.as_ref().try_into().map_err(Error::internal)?);
+        let ttl = i64::from_be_bytes(v.as_ref().try_into().map_err(Error::internal)?);
+        leases.push((id, ttl));
+    }
+    lessor.reset(leases);
+    for (key, lease) in leased_keys {
+        lessor.attach(lease, &key);
+    }
+    Ok(())
 }
 
 /// Checks a Put against the state before its transaction (etcd's `checkRequestPut`).

@@ -33,6 +33,26 @@ pub enum Error {
     LeaseTtlTooLarge,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    #[error("etcdserver: member ID already exist")]
+    MemberExist,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExist,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
+    #[error("etcdserver: rpc not supported for learner")]
+    NotSupportedForLearner,
+    #[error("etcdserver: cluster ID mismatch")]
+    ClusterIdMismatch,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
     #[error("etcdserver: too many requests")]
@@ -56,6 +76,9 @@ pub enum Error {
     /// A feature pgraft does not offer yet: answered as gRPC `Unimplemented`, never faked.
     #[error("{0}")]
     Unimplemented(String),
+    /// An error another member answered with (a forwarded request), passed on unchanged.
+    #[error("{1}")]
+    Remote(Code, String),
     /// A local failure (storage I/O): the node stops serving writes; reported as `Unknown`.
     #[error("{0}")]
     Internal(String),
@@ -70,7 +93,14 @@ impl Error {
             | RequestTooLarge | InvalidSortOption => Code::InvalidArgument,
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound | MemberNotFound => Code::NotFound,
-            LeaseExist | NotLeader => Code::FailedPrecondition,
+            MemberBadUrls => Code::InvalidArgument,
+            LeaseExist | NotLeader | MemberExist | PeerUrlExist | MemberNotLearner
+            | LearnerNotReady | TooManyLearners | BadLeaderTransferee | ClusterIdMismatch => {
+                Code::FailedPrecondition
+            }
+            NotSupportedForLearner => Code::Unavailable,
+            LeaderTransferTimeout => Code::Unknown,
+            Remote(code, _) => *code,
             // etcd maps this one to a client-side error type, so grpc-go sends Unknown.
             TooManyRequests => Code::Unknown,
             NoLeader | LeaderChanged | Stopped | Timeout => Code::Unavailable,
@@ -89,6 +119,12 @@ impl Error {
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<Status> for Error {
+    fn from(s: Status) -> Self {
+        Error::Remote(s.code(), s.message().to_string())
     }
 }
 

@@ -14,6 +14,7 @@ pub mod node;
 pub mod raft;
 pub mod request;
 pub mod service;
+pub mod snapshot;
 pub mod txn;
 pub mod wait;
 pub mod watch;

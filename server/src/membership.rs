@@ -1,23 +1,28 @@
 //! Cluster membership and identity (etcd's `api/membership`): member IDs derived from peer URLs
-//! and the cluster token, the cluster ID from the member IDs, both persisted at bootstrap so a
-//! restart never changes them.
+//! and the cluster token, the cluster ID from the initial member IDs, both persisted so a restart
+//! never changes them. The member list changes only when the applier applies a conf change (or
+//! a member update) from the log, in the same batch as the applied index.
 
 use crate::backend::{meta_key, Backend};
 use crate::config::InitialMember;
 use crate::error::{Error, Result};
 use etcd_proto::etcdserverpb::Member;
+use fjall::OwnedWriteBatch;
 use parking_lot::RwLock;
 use prost::Message;
 use sha1::{Digest, Sha1};
 
-/// etcd's `computeMemberID` with no time component: sha1(sorted peer URLs + token), first 8
-/// bytes, big-endian.
-pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+/// etcd's `computeMemberID`: sha1(sorted peer URLs + token [+ unix seconds]), first 8 bytes,
+/// big-endian. Initial members use no time, so every member computes the same IDs.
+pub fn member_id(peer_urls: &[String], token: &str, now: Option<u64>) -> u64 {
     let mut urls = peer_urls.to_vec();
     urls.sort();
     let mut h = Sha1::new();
     h.update(urls.concat().as_bytes());
     h.update(token.as_bytes());
+    if let Some(t) = now {
+        h.update(t.to_string().as_bytes());
+    }
     u64::from_be_bytes(h.finalize()[..8].try_into().unwrap())
 }
 
@@ -39,35 +44,45 @@ pub struct Membership {
     members: RwLock<Vec<Member>>,
 }
 
+/// How this start found its identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Loaded from the data directory.
+    Restarted,
+    /// A new cluster from `--initial-cluster`.
+    Bootstrapped,
+    /// Joined an existing cluster whose members already list this one.
+    Joined,
+}
+
 impl Membership {
-    /// Loads the persisted identity, or bootstraps it from `--initial-cluster` on first start.
-    /// Returns the membership and whether this start bootstrapped a new member.
-    pub fn open_or_bootstrap(
+    /// The persisted identity, if this data directory has one.
+    pub fn load(backend: Backend) -> Result<Option<Self>> {
+        let id = backend.get_meta_u64(meta_key::MEMBER_ID)?;
+        let cid = backend.get_meta_u64(meta_key::CLUSTER_ID)?;
+        let (Some(member_id), Some(cluster_id)) = (id, cid) else {
+            return Ok(None);
+        };
+        let members = read_members(&backend)?;
+        Ok(Some(Membership {
+            backend,
+            member_id,
+            cluster_id,
+            members: RwLock::new(members),
+        }))
+    }
+
+    /// A new cluster: IDs computed from `--initial-cluster`.
+    pub fn bootstrap(
         backend: Backend,
         name: &str,
         initial: &[InitialMember],
         token: &str,
-    ) -> Result<(Self, bool)> {
-        let stored_id = backend.get_meta_u64(meta_key::MEMBER_ID)?;
-        let stored_cluster = backend.get_meta_u64(meta_key::CLUSTER_ID)?;
-        let mut members = Vec::new();
-        for item in backend.members.iter() {
-            let (_, v) = item.into_inner()?;
-            members.push(Member::decode(v.as_ref()).map_err(Error::internal)?);
-        }
-        if let (Some(member_id), Some(cluster_id)) = (stored_id, stored_cluster) {
-            let m = Membership {
-                backend,
-                member_id,
-                cluster_id,
-                members: RwLock::new(members),
-            };
-            return Ok((m, false));
-        }
+    ) -> Result<Self> {
         let members: Vec<Member> = initial
             .iter()
             .map(|im| Member {
-                id: member_id(&im.peer_urls, token),
+                id: member_id(&im.peer_urls, token, None),
                 name: im.name.clone(),
                 peer_ur_ls: im.peer_urls.clone(),
                 client_ur_ls: Vec::new(),
@@ -80,26 +95,78 @@ impl Membership {
             .ok_or_else(|| Error::internal("local member missing from initial cluster"))?
             .id;
         let cid = cluster_id(&members.iter().map(|m| m.id).collect::<Vec<_>>());
+        Self::persist_identity(backend, me, cid, members)
+    }
+
+    /// Joining: the cluster (learned from a peer) must already list a member with our peer URLs.
+    pub fn join(
+        backend: Backend,
+        cluster_id: u64,
+        members: Vec<Member>,
+        my_peer_urls: &[String],
+    ) -> Result<Self> {
+        let mut mine = my_peer_urls.to_vec();
+        mine.sort();
+        let me = members
+            .iter()
+            .find(|m| {
+                let mut urls = m.peer_ur_ls.clone();
+                urls.sort();
+                urls == mine
+            })
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "no member of the existing cluster has peer URLs {my_peer_urls:?}; \
+                     add this member first (etcdctl member add)"
+                ))
+            })?
+            .id;
+        Self::persist_identity(backend, me, cluster_id, members)
+    }
+
+    fn persist_identity(
+        backend: Backend,
+        member_id: u64,
+        cluster_id: u64,
+        members: Vec<Member>,
+    ) -> Result<Self> {
         let mut batch = backend.db.batch();
         for m in &members {
             batch.insert(&backend.members, m.id.to_be_bytes(), m.encode_to_vec());
         }
-        batch.insert(&backend.meta, meta_key::MEMBER_ID, me.to_be_bytes().to_vec());
-        batch.insert(&backend.meta, meta_key::CLUSTER_ID, cid.to_be_bytes().to_vec());
+        batch.insert(
+            &backend.meta,
+            meta_key::MEMBER_ID,
+            member_id.to_be_bytes().to_vec(),
+        );
+        batch.insert(
+            &backend.meta,
+            meta_key::CLUSTER_ID,
+            cluster_id.to_be_bytes().to_vec(),
+        );
         batch
             .durability(Some(fjall::PersistMode::SyncData))
             .commit()?;
-        let m = Membership {
+        Ok(Membership {
             backend,
-            member_id: me,
-            cluster_id: cid,
+            member_id,
+            cluster_id,
             members: RwLock::new(members),
-        };
-        Ok((m, true))
+        })
+    }
+
+    /// Re-reads the member list after a snapshot replaced it.
+    pub fn reload(&self) -> Result<()> {
+        *self.members.write() = read_members(&self.backend)?;
+        Ok(())
     }
 
     pub fn members(&self) -> Vec<Member> {
         self.members.read().clone()
+    }
+
+    pub fn get(&self, id: u64) -> Option<Member> {
+        self.members.read().iter().find(|m| m.id == id).cloned()
     }
 
     pub fn voter_ids(&self) -> Vec<u64> {
@@ -111,18 +178,68 @@ impl Membership {
             .collect()
     }
 
-    /// Records this member's name and client URLs (etcd publishes them at startup).
-    pub fn publish_self(&self, name: &str, client_urls: Vec<String>) -> Result<()> {
-        let mut members = self.members.write();
-        if let Some(m) = members.iter_mut().find(|m| m.id == self.member_id) {
-            m.name = name.to_string();
-            m.client_ur_ls = client_urls;
-            self.backend
-                .members
-                .insert(m.id.to_be_bytes(), m.encode_to_vec())?;
-        }
-        Ok(())
+    /// Every other member with its first peer URL.
+    pub fn peers(&self) -> Vec<(u64, String)> {
+        self.members
+            .read()
+            .iter()
+            .filter(|m| m.id != self.member_id)
+            .filter_map(|m| m.peer_ur_ls.first().map(|u| (m.id, u.clone())))
+            .collect()
     }
+
+    /// Adds `m`, or promotes it when it is a learner being added as a voter.
+    pub fn add(&self, batch: &mut OwnedWriteBatch, m: Member) {
+        let mut members = self.members.write();
+        let stored = match members.iter_mut().find(|x| x.id == m.id) {
+            Some(x) => {
+                x.is_learner = m.is_learner;
+                if !m.peer_ur_ls.is_empty() {
+                    x.peer_ur_ls = m.peer_ur_ls;
+                }
+                x.clone()
+            }
+            None => {
+                members.push(m.clone());
+                m
+            }
+        };
+        batch.insert(
+            &self.backend.members,
+            stored.id.to_be_bytes(),
+            stored.encode_to_vec(),
+        );
+    }
+
+    pub fn remove(&self, batch: &mut OwnedWriteBatch, id: u64) {
+        self.members.write().retain(|m| m.id != id);
+        batch.remove(&self.backend.members, id.to_be_bytes());
+    }
+
+    /// Changes a member's fields in place (name, URLs); false when it is not a member.
+    pub fn update(
+        &self,
+        batch: &mut OwnedWriteBatch,
+        id: u64,
+        f: impl FnOnce(&mut Member),
+    ) -> bool {
+        let mut members = self.members.write();
+        let Some(m) = members.iter_mut().find(|m| m.id == id) else {
+            return false;
+        };
+        f(m);
+        batch.insert(&self.backend.members, id.to_be_bytes(), m.encode_to_vec());
+        true
+    }
+}
+
+fn read_members(backend: &Backend) -> Result<Vec<Member>> {
+    let mut members = Vec::new();
+    for item in backend.members.iter() {
+        let (_, v) = item.into_inner()?;
+        members.push(Member::decode(v.as_ref()).map_err(Error::internal)?);
+    }
+    Ok(members)
 }
 
 #[cfg(test)]
@@ -131,10 +248,26 @@ mod tests {
 
     #[test]
     fn ids_are_deterministic() {
-        let a = member_id(&["http://b:2380".into(), "http://a:2380".into()], "tok");
-        let b = member_id(&["http://a:2380".into(), "http://b:2380".into()], "tok");
+        let a = member_id(
+            &["http://b:2380".into(), "http://a:2380".into()],
+            "tok",
+            None,
+        );
+        let b = member_id(
+            &["http://a:2380".into(), "http://b:2380".into()],
+            "tok",
+            None,
+        );
         assert_eq!(a, b);
-        assert_ne!(a, member_id(&["http://a:2380".into()], "tok"));
+        assert_ne!(a, member_id(&["http://a:2380".into()], "tok", None));
+        assert_ne!(
+            a,
+            member_id(
+                &["http://a:2380".into(), "http://b:2380".into()],
+                "tok",
+                Some(1)
+            )
+        );
         assert_eq!(cluster_id(&[3, 1, 2]), cluster_id(&[1, 2, 3]));
     }
 }

@@ -1,20 +1,26 @@
-//! Builds and runs one member from a [`Config`]: opens the database, restores state, starts the
-//! raft loop, the leader's lease duty and the client listeners. The `pgraftd` binary and the
-//! PostgreSQL extension's background worker both run a member through this.
+//! Builds and runs one member from a [`Config`]: opens the database, finds or creates the
+//! member's identity (restart, new cluster, or joining an existing one), restores state, starts
+//! the raft loop, the peer and client listeners, and the leader's lease duty. The `pgraftd`
+//! binary and the PostgreSQL extension's background worker both run a member through this.
 
-use crate::apply::Applier;
+use crate::apply::{load_leases, Applier};
 use crate::backend::{meta_key, Backend};
 use crate::config::{Config, ConfigError};
 use crate::error::{Error, Result};
 use crate::lease::Lessor;
-use crate::membership::Membership;
+use crate::membership::{Membership, Origin};
 use crate::mvcc::Store;
 use crate::raft::{self, RaftConfig, RaftStorage};
 use crate::service::{EtcdServer, IdGen, LEASE_CHECK_INTERVAL};
 use crate::wait::Wait;
 use crate::watch::WatchHub;
+use etcd_proto::pgraftpb::raft_peer_client::RaftPeerClient;
+use etcd_proto::pgraftpb::MembersRequest;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -23,40 +29,104 @@ pub struct Node {
     pub server: Arc<EtcdServer>,
     /// The client addresses actually bound (useful with port 0).
     pub client_addrs: Vec<SocketAddr>,
+    /// The peer addresses actually bound.
+    pub peer_addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     raft_thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// How long a joining member keeps asking the existing members for the cluster's identity.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long open client streams get to finish when the member stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+fn cfg_err(ConfigError(e): ConfigError) -> Error {
+    Error::Internal(e)
+}
+
+async fn bind_all(addrs: Vec<SocketAddr>, what: &str) -> Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for addr in addrs {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Internal(format!("listen for {what} on {addr}: {e}")))?;
+        tracing::info!(address = %l.local_addr().map_err(Error::internal)?, "serving {what} traffic");
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// Asks the other members of `--initial-cluster` for the cluster's ID and member list.
+async fn fetch_cluster(cfg: &Config) -> Result<(u64, Vec<etcd_proto::etcdserverpb::Member>)> {
+    let mine = cfg.advertise_peer_urls();
+    let urls: Vec<String> = cfg
+        .initial_members()
+        .map_err(cfg_err)?
+        .into_iter()
+        .flat_map(|m| m.peer_urls)
+        .filter(|u| !mine.contains(u))
+        .collect();
+    let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        for url in &urls {
+            let Ok(ep) = tonic::transport::Endpoint::from_shared(url.clone()) else {
+                continue;
+            };
+            let ep = ep
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(2));
+            if let Ok(ch) = ep.connect().await {
+                if let Ok(r) = RaftPeerClient::new(ch).members(MembersRequest {}).await {
+                    let r = r.into_inner();
+                    return Ok((r.cluster_id, r.members));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Err(Error::Internal(format!(
+        "could not reach any existing member at {urls:?} to join the cluster"
+    )))
+}
+
 impl Node {
     /// Starts a member; must run inside a tokio runtime.
     pub async fn start(cfg: Config) -> Result<Node> {
-        cfg.validate().map_err(|ConfigError(e)| Error::Internal(e))?;
+        cfg.validate().map_err(cfg_err)?;
+        // Bind first, so a port conflict fails before anything is written.
+        let peer_listeners = bind_all(cfg.peer_listen_addrs().map_err(cfg_err)?, "peer").await?;
+        let client_listeners =
+            bind_all(cfg.client_listen_addrs().map_err(cfg_err)?, "client").await?;
+
         let backend = Backend::open(&cfg.data_dir())?;
-        let initial = cfg.initial_members().map_err(|ConfigError(e)| Error::Internal(e))?;
-        let (membership, bootstrapped) = Membership::open_or_bootstrap(
-            backend.clone(),
-            &cfg.name,
-            &initial,
-            &cfg.initial_cluster_token,
-        )?;
-        if bootstrapped && cfg.initial_cluster_state == "existing" {
-            return Err(Error::Unimplemented(
-                "joining an existing cluster (--initial-cluster-state=existing) is not supported yet"
-                    .into(),
-            ));
-        }
-        if membership.voter_ids().len() > 1 {
-            return Err(Error::Unimplemented(
-                "clusters of more than one member are not supported yet".into(),
-            ));
-        }
+        let (membership, origin) = match Membership::load(backend.clone())? {
+            Some(m) => (m, Origin::Restarted),
+            None if cfg.initial_cluster_state == "existing" => {
+                let (cid, members) = fetch_cluster(&cfg).await?;
+                let m =
+                    Membership::join(backend.clone(), cid, members, &cfg.advertise_peer_urls())?;
+                (m, Origin::Joined)
+            }
+            None => {
+                let initial = cfg.initial_members().map_err(cfg_err)?;
+                let m = Membership::bootstrap(
+                    backend.clone(),
+                    &cfg.name,
+                    &initial,
+                    &cfg.initial_cluster_token,
+                )?;
+                (m, Origin::Bootstrapped)
+            }
+        };
         let membership = Arc::new(membership);
-        membership.publish_self(&cfg.name, cfg.advertise_client_urls())?;
 
         let raft_storage = RaftStorage::open(backend.clone())?;
-        if raft_storage.is_empty() {
+        if origin == Origin::Bootstrapped {
             raft_storage.bootstrap(membership.voter_ids())?;
+            backend
+                .meta
+                .insert(meta_key::APPLIED_INDEX, 1u64.to_be_bytes().to_vec())?;
         }
         let applied = backend.get_meta_u64(meta_key::APPLIED_INDEX)?.unwrap_or(0);
         raft_storage.ensure_commit(applied)?;
@@ -64,15 +134,7 @@ impl Node {
         let (store, leased_keys) = Store::open(backend.clone())?;
         let store = Arc::new(store);
         let lessor = Arc::new(Lessor::new(cfg.min_lease_ttl()));
-        for item in backend.lease.iter() {
-            let (k, v) = item.into_inner()?;
-            let id = i64::from_be_bytes(k.as_ref().try_into().map_err(Error::internal)?);
-            let ttl = i64::from_be_bytes(v.as_ref().try_into().map_err(Error::internal)?);
-            lessor.grant(id, ttl);
-        }
-        for (key, lease) in leased_keys {
-            lessor.attach(lease, &key);
-        }
+        load_leases(&backend, &lessor, leased_keys)?;
         let hub = Arc::new(WatchHub::new(store.clone()));
         let wait = Arc::new(Wait::default());
         let applier = Applier {
@@ -80,17 +142,25 @@ impl Node {
             store: store.clone(),
             lessor: lessor.clone(),
             hub: hub.clone(),
+            membership: membership.clone(),
             wait: wait.clone(),
             lease_extend: cfg.election(),
         };
         let rc = RaftConfig {
             id: membership.member_id,
+            cluster_id: membership.cluster_id,
             heartbeat: cfg.heartbeat(),
             election_ticks: (cfg.election_timeout / cfg.heartbeat_interval) as usize,
-            catch_up_entries: 5000,
+            catch_up_entries: 5000.min(cfg.snapshot_count),
             snapshot_count: cfg.snapshot_count,
         };
-        let (raft, raft_thread) = raft::node::start(rc, raft_storage, applied, applier)?;
+        let (raft, raft_thread) = raft::node::start(
+            rc,
+            raft_storage,
+            applied,
+            applier,
+            tokio::runtime::Handle::current(),
+        )?;
         let server = Arc::new(EtcdServer {
             ids: IdGen::new(membership.member_id),
             cfg: cfg.clone(),
@@ -106,42 +176,58 @@ impl Node {
             name = %cfg.name,
             member_id = %format!("{:x}", server.member_id()),
             cluster_id = %format!("{:x}", server.cluster_id()),
+            origin = ?origin,
             data_dir = %cfg.data_dir().display(),
             "member started"
         );
 
         let (shutdown, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.changed().await;
+        };
         {
             let server = server.clone();
-            let mut stop = shutdown.subscribe();
+            let stop = stopped(shutdown.subscribe());
             tasks.spawn(async move {
                 let mut tick = tokio::time::interval(LEASE_CHECK_INTERVAL);
+                tokio::pin!(stop);
                 loop {
                     tokio::select! {
                         _ = tick.tick() => server.revoke_expired_leases(),
-                        _ = stop.changed() => return,
+                        _ = &mut stop => return,
                     }
                 }
             });
         }
-        let mut client_addrs = Vec::new();
-        for addr in cfg
-            .client_listen_addrs()
-            .map_err(|ConfigError(e)| Error::Internal(e))?
         {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| Error::Internal(format!("listen on {addr}: {e}")))?;
-            client_addrs.push(listener.local_addr().map_err(Error::internal)?);
-            tracing::info!(address = %addr, "serving client traffic");
             let server = server.clone();
-            let mut stop = shutdown.subscribe();
+            let stop = stopped(shutdown.subscribe());
             tasks.spawn(async move {
-                let signal = async move {
-                    let _ = stop.changed().await;
-                };
-                if let Err(e) = crate::api::serve_client(server, listener, signal).await {
+                tokio::select! {
+                    _ = server.publish_attributes() => {}
+                    _ = stop => {}
+                }
+            });
+        }
+        let mut peer_addrs = Vec::new();
+        for l in peer_listeners {
+            peer_addrs.push(l.local_addr().map_err(Error::internal)?);
+            let server = server.clone();
+            let stop = stopped(shutdown.subscribe());
+            tasks.spawn(async move {
+                if let Err(e) = crate::api::peer::serve_peer(server, l, stop).await {
+                    tracing::error!(error = %e, "peer listener failed");
+                }
+            });
+        }
+        let mut client_addrs = Vec::new();
+        for l in client_listeners {
+            client_addrs.push(l.local_addr().map_err(Error::internal)?);
+            let server = server.clone();
+            let stop = stopped(shutdown.subscribe());
+            tasks.spawn(async move {
+                if let Err(e) = crate::api::serve_client(server, l, stop).await {
                     tracing::error!(error = %e, "client listener failed");
                 }
             });
@@ -149,29 +235,40 @@ impl Node {
         Ok(Node {
             server,
             client_addrs,
+            peer_addrs,
             shutdown,
             tasks,
             raft_thread: Some(raft_thread),
         })
     }
 
-    /// Stops serving, lets the raft loop finish its turn, and flushes the database.
+    /// Resolves when this member has been removed from the cluster.
+    pub fn removed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let server = self.server.clone();
+        async move {
+            while !server.raft.status.removed.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// Stops serving (streams still open after a grace period are cut), lets the raft loop
+    /// finish its turn, and flushes the database.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
-        while self.tasks.join_next().await.is_some() {}
-        let backend = self.server.backend.clone();
-        drop(self.server);
-        if let Some(t) = self.raft_thread.take() {
-            // The loop ends when its last handle is gone; do not wait forever for stray handles.
-            let _ = tokio::task::spawn_blocking(move || {
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-                while !t.is_finished() && std::time::Instant::now() < deadline {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-            })
-            .await;
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
         }
-        if let Err(e) = backend.db.persist(fjall::PersistMode::SyncAll) {
+        self.server.raft.stop();
+        if let Some(t) = self.raft_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        if let Err(e) = self.server.backend.db.persist(fjall::PersistMode::SyncAll) {
             tracing::error!(error = %e, "final flush failed");
         }
     }

@@ -1,16 +1,17 @@
 //! What a raft log entry carries (etcd's `InternalRaftRequest`): a member-unique request ID, so
 //! the proposing member can hand the applied result back to its waiting caller, and one write.
+//! Conf change entries carry a [`ConfChangeContext`] instead.
 
 use etcd_proto::etcdserverpb::{
-    CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, PutRequest,
-    TxnRequest,
+    CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, Member,
+    PutRequest, TxnRequest,
 };
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct InternalRequest {
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
     pub op: Option<Op>,
 }
 
@@ -28,4 +29,19 @@ pub enum Op {
     LeaseGrant(LeaseGrantRequest),
     #[prost(message, tag = "7")]
     LeaseRevoke(LeaseRevokeRequest),
+    /// A member's name and client URLs, published by the member itself after it starts.
+    #[prost(message, tag = "8")]
+    MemberAttributes(Member),
+    /// MemberUpdate: new peer URLs for an existing member (`id` and `peerURLs` used).
+    #[prost(message, tag = "9")]
+    MemberUpdate(Member),
+}
+
+/// The context of a conf change entry: who waits for it, and the member it adds or promotes.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ConfChangeContext {
+    #[prost(uint64, tag = "1")]
+    pub request_id: u64,
+    #[prost(message, optional, tag = "2")]
+    pub member: Option<Member>,
 }

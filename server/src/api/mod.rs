@@ -2,6 +2,7 @@
 //! layer's calls and back.
 
 pub mod grpc;
+pub mod peer;
 
 use crate::service::EtcdServer;
 use std::future::Future;

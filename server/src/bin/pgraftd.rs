@@ -30,8 +30,12 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
-        wait_for_signal().await;
-        tracing::info!("shutting down");
+        tokio::select! {
+            _ = wait_for_signal() => tracing::info!("shutting down"),
+            _ = node.removed() => {
+                tracing::warn!("the member has been permanently removed from the cluster; exiting");
+            }
+        }
         node.stop().await;
         tracing::info!("stopped");
         std::process::ExitCode::SUCCESS

@@ -79,6 +79,24 @@ impl Lessor {
         );
     }
 
+    /// Replaces every lease (startup, snapshot install); deadlines re-armed if primary.
+    pub fn reset(&self, leases: Vec<(i64, i64)>) {
+        let mut s = self.state.lock();
+        let primary = s.primary;
+        s.revoking.clear();
+        s.leases = leases
+            .into_iter()
+            .map(|(id, ttl)| {
+                let lease = Lease {
+                    ttl,
+                    expiry: primary.then(|| deadline(ttl)),
+                    keys: BTreeSet::new(),
+                };
+                (id, lease)
+            })
+            .collect();
+    }
+
     /// Applies a revoke: forgets the lease and returns its keys in sorted order.
     pub fn revoke(&self, id: i64) -> Option<Vec<Vec<u8>>> {
         let mut s = self.state.lock();
@@ -196,7 +214,10 @@ mod tests {
         l.attach(7, b"b");
         l.attach(7, b"a");
         assert_eq!(l.renew(7), Some(10));
-        assert_eq!(l.time_to_live(7).unwrap().keys, vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            l.time_to_live(7).unwrap().keys,
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
         assert!(l.expired().is_empty());
         assert_eq!(l.revoke(7), Some(vec![b"a".to_vec(), b"b".to_vec()]));
         assert_eq!(l.renew(7), None);

@@ -55,36 +55,20 @@ impl Store {
     /// Loads the store: rebuilds the key index from the stored revisions. Returns the live keys
     /// that carry a lease, so the lessor can re-attach them.
     pub fn open(backend: Backend) -> Result<(Self, Vec<LeasedKey>)> {
-        let current_rev = backend.get_meta_i64(meta_key::CURRENT_REV)?.unwrap_or(1);
-        let compact_rev = backend.get_meta_i64(meta_key::COMPACT_REV)?.unwrap_or(0);
-        let mut index = KeyIndex::new();
-        let mut leases: HashMap<Vec<u8>, i64> = HashMap::new();
-        for item in backend.kv.iter() {
-            let (k, v) = item.into_inner()?;
-            let rev = Revision::from_bytes(&k)
-                .ok_or_else(|| Error::internal("corrupt revision key in kv keyspace"))?;
-            let (tombstone, kv) = decode_value(&v)?;
-            if tombstone {
-                index.tombstone(&kv.key, rev);
-                leases.remove(&kv.key);
-            } else {
-                index.put(&kv.key, rev);
-                if kv.lease != 0 {
-                    leases.insert(kv.key, kv.lease);
-                } else {
-                    leases.remove(&kv.key);
-                }
-            }
-        }
+        let (inner, leased) = load(&backend)?;
         let store = Store {
             backend,
-            inner: RwLock::new(Inner {
-                index,
-                current_rev,
-                compact_rev,
-            }),
+            inner: RwLock::new(inner),
         };
-        Ok((store, leases.into_iter().collect()))
+        Ok((store, leased))
+    }
+
+    /// Rebuilds the in-memory view after the stored state was replaced (snapshot install).
+    pub fn reload(&self) -> Result<Vec<LeasedKey>> {
+        let mut guard = self.inner.write();
+        let (inner, leased) = load(&self.backend)?;
+        *guard = inner;
+        Ok(leased)
     }
 
     pub fn current_rev(&self) -> i64 {
@@ -151,6 +135,37 @@ impl Store {
             dirty: false,
         }
     }
+}
+
+/// Reads revisions and rebuilds the key index from the stored values.
+fn load(backend: &Backend) -> Result<(Inner, Vec<LeasedKey>)> {
+    let current_rev = backend.get_meta_i64(meta_key::CURRENT_REV)?.unwrap_or(1);
+    let compact_rev = backend.get_meta_i64(meta_key::COMPACT_REV)?.unwrap_or(-1);
+    let mut index = KeyIndex::new();
+    let mut leases: HashMap<Vec<u8>, i64> = HashMap::new();
+    for item in backend.kv.iter() {
+        let (k, v) = item.into_inner()?;
+        let rev = Revision::from_bytes(&k)
+            .ok_or_else(|| Error::internal("corrupt revision key in kv keyspace"))?;
+        let (tombstone, kv) = decode_value(&v)?;
+        if tombstone {
+            index.tombstone(&kv.key, rev);
+            leases.remove(&kv.key);
+        } else {
+            index.put(&kv.key, rev);
+            if kv.lease != 0 {
+                leases.insert(kv.key, kv.lease);
+            } else {
+                leases.remove(&kv.key);
+            }
+        }
+    }
+    let inner = Inner {
+        index,
+        current_rev,
+        compact_rev,
+    };
+    Ok((inner, leases.into_iter().collect()))
 }
 
 struct TxnState {
@@ -221,7 +236,10 @@ impl Writer<'_> {
 
     /// The revision the open transaction will have if it changes something.
     pub fn txn_write_rev(&self) -> i64 {
-        self.txn.as_ref().map_or(self.inner.current_rev, |t| t.begin_rev) + 1
+        self.txn
+            .as_ref()
+            .map_or(self.inner.current_rev, |t| t.begin_rev)
+            + 1
     }
 
     /// The latest live value of `key`, including this chunk's own writes.

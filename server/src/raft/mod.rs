@@ -1,10 +1,14 @@
-//! Consensus: the raft-rs `RawNode` driven by one loop thread, with its log on fjall.
+//! Consensus: the raft-rs `RawNode` driven by one loop thread, with its log on fjall and its
+//! messages carried by the peer transport.
 //!
-//! The rest of the server sees a [`RaftHandle`]: propose opaque entries, ask for a ReadIndex,
-//! read the leader and term. Committed entries reach the [`StateMachine`] in log order.
+//! The rest of the server sees a [`RaftHandle`]: propose entries and conf changes, ask for a
+//! ReadIndex, read the leader and term. Committed entries reach the [`StateMachine`] in log
+//! order.
 
 pub mod node;
 pub mod storage;
+pub mod transport;
 
 pub use node::{RaftConfig, RaftHandle, RaftStatus, StateMachine};
 pub use storage::RaftStorage;
+pub use transport::Transport;

@@ -1,14 +1,18 @@
 //! The raft node loop (etcd's `raftNode`): one thread owns the `RawNode`. Each turn it takes
-//! every queued proposal and read request, ticks the clock, and handles one Ready in raft-rs's
-//! order: persist entries and hard state with one fsync (group commit), then apply committed
-//! entries, then answer ReadIndex requests.
+//! every queued command (proposals, read requests, peer messages), ticks the clock, and handles
+//! one Ready in raft-rs's order: send what may leave now, persist entries and hard state with one
+//! fsync (group commit), send what had to wait for that, apply committed entries (conf changes
+//! through raft first), answer ReadIndex requests.
 
+use super::transport::Transport;
 use super::RaftStorage;
 use crate::error::{Error, Result};
-use raft::eraftpb::{Entry, EntryType};
-use raft::{RawNode, StateRole};
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
+use raft_proto::ConfChangeI;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,17 +20,24 @@ use tokio::sync::{oneshot, watch};
 
 /// Applies committed entries; implemented by the server's applier.
 pub trait StateMachine: Send + 'static {
-    /// Applies `entries` (committed, in order) and makes them and the applied index durable
-    /// enough to be replayed idempotently.
+    /// Applies committed normal entries, in order, with the applied index in the same batch.
     fn apply(&mut self, entries: Vec<Entry>) -> Result<()>;
+    /// Applies the membership effect of a committed conf change at `index` (raft's own view
+    /// already changed to `cs`).
+    fn apply_conf_change(&mut self, index: u64, cc: &ConfChangeV2, cs: &ConfState) -> Result<()>;
+    /// Replaces the whole state with a snapshot's.
+    fn restore(&mut self, snapshot: &Snapshot) -> Result<()>;
     /// A proposal could not enter the log (no leader): fail its waiter now.
     fn proposal_dropped(&mut self, id: u64, err: Error);
     /// This member became leader (`true`) or stopped being leader (`false`).
     fn leadership_changed(&mut self, is_leader: bool);
+    /// Every other member, with the URL to reach it at.
+    fn peers(&self) -> Vec<(u64, String)>;
 }
 
 pub struct RaftConfig {
     pub id: u64,
+    pub cluster_id: u64,
     pub heartbeat: Duration,
     pub election_ticks: usize,
     /// Entries kept in the log after compaction, for slow followers.
@@ -41,6 +52,11 @@ pub struct RaftStatus {
     pub leader: AtomicU64,
     pub term: AtomicU64,
     pub commit_index: AtomicU64,
+    pub is_learner: AtomicBool,
+    /// Set when this member has been removed from the cluster; the loop has stopped.
+    pub removed: AtomicBool,
+    /// Leader changes seen (etcd_server_leader_changes_seen_total).
+    pub leader_changes: AtomicU64,
     applied: watch::Sender<u64>,
 }
 
@@ -60,6 +76,9 @@ impl RaftStatus {
     pub fn is_leader(&self) -> bool {
         self.leader() == self.id
     }
+    pub fn is_learner(&self) -> bool {
+        self.is_learner.load(Ordering::Acquire)
+    }
     /// Waits until the applied index reaches `index`.
     pub async fn wait_applied(&self, index: u64) {
         let mut rx = self.applied.subscribe();
@@ -68,24 +87,70 @@ impl RaftStatus {
     }
 }
 
-enum Command {
-    Propose { id: u64, data: Vec<u8> },
+pub enum Command {
+    Propose {
+        id: u64,
+        data: Vec<u8>,
+    },
+    /// A conf change; its own `context` carries what the state machine needs.
+    ProposeConfChange {
+        id: u64,
+        cc: ConfChangeV2,
+    },
     ReadIndex(oneshot::Sender<Result<u64>>),
+    /// A message from a peer.
+    Step(Message),
+    TransferLeader(u64),
+    /// The transport could not deliver to this peer.
+    Unreachable(u64),
+    /// A snapshot stream to this peer finished (`true`) or failed.
+    SnapshotStatus(u64, bool),
+    /// Asks for the leader's view of followers' progress (member ID -> matched index).
+    Progress(oneshot::Sender<HashMap<u64, u64>>),
+    Stop,
 }
 
-/// The handle the service layer holds. Dropping every handle stops the loop.
+/// The handle the service layer holds.
 #[derive(Clone)]
 pub struct RaftHandle {
     tx: Sender<Command>,
     pub status: Arc<RaftStatus>,
+    pub transport: Arc<Transport>,
 }
 
 impl RaftHandle {
+    fn send(&self, cmd: Command) -> Result<()> {
+        self.tx.send(cmd).map_err(|_| Error::Stopped)
+    }
+
     /// Queues `data` for the log; the state machine hears about it through `id`.
     pub fn propose(&self, id: u64, data: Vec<u8>) -> Result<()> {
-        self.tx
-            .send(Command::Propose { id, data })
-            .map_err(|_| Error::Stopped)
+        self.send(Command::Propose { id, data })
+    }
+
+    pub fn propose_conf_change(&self, id: u64, cc: ConfChangeV2) -> Result<()> {
+        self.send(Command::ProposeConfChange { id, cc })
+    }
+
+    /// A message that arrived from a peer.
+    pub fn step(&self, m: Message) -> Result<()> {
+        self.send(Command::Step(m))
+    }
+
+    pub fn transfer_leader(&self, to: u64) -> Result<()> {
+        self.send(Command::TransferLeader(to))
+    }
+
+    /// The leader's matched index per member (empty on a follower).
+    pub async fn progress(&self) -> Result<HashMap<u64, u64>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Progress(tx))?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// Asks the loop to finish its current turn and exit.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Command::Stop);
     }
 
     /// A linearizable read point: the commit index confirmed by a quorum, once applied locally.
@@ -94,9 +159,7 @@ impl RaftHandle {
             return Err(Error::NoLeader);
         }
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::ReadIndex(tx))
-            .map_err(|_| Error::Stopped)?;
+        self.send(Command::ReadIndex(tx))?;
         let index = rx.await.map_err(|_| Error::Stopped)??;
         self.status.wait_applied(index).await;
         Ok(index)
@@ -109,10 +172,15 @@ pub fn start<S: StateMachine>(
     storage: RaftStorage,
     applied: u64,
     sm: S,
+    runtime: tokio::runtime::Handle,
 ) -> Result<(RaftHandle, std::thread::JoinHandle<()>)> {
     let rc = raft::Config {
         id: cfg.id,
         election_tick: cfg.election_ticks,
+        // Randomized in [1, 1.5) x the election timeout (raft-rs defaults to [1, 2)), so a
+        // failed leader is replaced within 2 x the election timeout.
+        min_election_tick: cfg.election_ticks,
+        max_election_tick: cfg.election_ticks + cfg.election_ticks.div_ceil(2),
         heartbeat_tick: 1,
         applied,
         check_quorum: true,
@@ -123,7 +191,8 @@ pub fn start<S: StateMachine>(
     };
     rc.validate().map_err(Error::internal)?;
     let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let single = storage.conf_state().voters == vec![cfg.id];
+    let cs = storage.conf_state();
+    let single = cs.voters == vec![cfg.id] && cs.learners.is_empty();
     let mut raw = RawNode::new(&rc, storage.clone(), &logger).map_err(Error::internal)?;
     if single {
         // Alone in the cluster: no one to wait for.
@@ -135,31 +204,53 @@ pub fn start<S: StateMachine>(
         leader: AtomicU64::new(0),
         term: AtomicU64::new(raw.raft.term),
         commit_index: AtomicU64::new(raw.raft.raft_log.committed),
+        is_learner: AtomicBool::new(cs.learners.contains(&cfg.id)),
+        removed: AtomicBool::new(false),
+        leader_changes: AtomicU64::new(0),
         applied: applied_tx,
     });
     let (tx, rx) = mpsc::channel();
+    let transport = Arc::new(Transport::new(cfg.cluster_id, runtime, tx.clone()));
+    transport.set_peers(sm.peers());
     let mut lp = Loop {
         raw,
         storage,
         sm,
         rx,
         status: status.clone(),
+        transport: transport.clone(),
         cfg,
         read_seq: 0,
         pending_reads: Vec::new(),
         read_waiters: HashMap::new(),
         was_leader: false,
+        last_leader: 0,
     };
     let thread = std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
-            if let Err(e) = lp.run() {
-                tracing::error!(error = %e, "raft loop stopped on a storage error");
-                std::process::abort();
+            // A member whose raft loop died must not go on serving: stop the process.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| lp.run())) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "raft loop stopped on a storage error");
+                    std::process::abort();
+                }
+                Err(_) => {
+                    tracing::error!("raft loop panicked");
+                    std::process::abort();
+                }
             }
         })
         .map_err(Error::internal)?;
-    Ok((RaftHandle { tx, status }, thread))
+    Ok((
+        RaftHandle {
+            tx,
+            status,
+            transport,
+        },
+        thread,
+    ))
 }
 
 struct Loop<S> {
@@ -168,15 +259,17 @@ struct Loop<S> {
     sm: S,
     rx: Receiver<Command>,
     status: Arc<RaftStatus>,
+    transport: Arc<Transport>,
     cfg: RaftConfig,
     read_seq: u64,
     pending_reads: Vec<oneshot::Sender<Result<u64>>>,
     read_waiters: HashMap<Vec<u8>, Vec<oneshot::Sender<Result<u64>>>>,
     was_leader: bool,
+    last_leader: u64,
 }
 
 /// Upper bound of commands taken in one turn, so a flood cannot starve ticks.
-const MAX_BATCH: usize = 4096;
+const MAX_COMMANDS: usize = 4096;
 
 impl<S: StateMachine> Loop<S> {
     fn run(&mut self) -> Result<()> {
@@ -185,9 +278,12 @@ impl<S: StateMachine> Loop<S> {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(wait) {
                 Ok(cmd) => {
-                    self.handle(cmd);
-                    let more: Vec<Command> = self.rx.try_iter().take(MAX_BATCH).collect();
-                    for cmd in more {
+                    let more: Vec<Command> = self.rx.try_iter().take(MAX_COMMANDS).collect();
+                    for cmd in std::iter::once(cmd).chain(more) {
+                        if matches!(cmd, Command::Stop) {
+                            self.on_ready()?;
+                            return Ok(());
+                        }
                         self.handle(cmd);
                     }
                 }
@@ -202,7 +298,12 @@ impl<S: StateMachine> Loop<S> {
                 }
             }
             self.issue_read_index();
-            self.on_ready()?;
+            if self.on_ready()? {
+                tracing::warn!("this member was removed from the cluster; raft stopped");
+                self.status.removed.store(true, Ordering::Release);
+                self.status.leader.store(0, Ordering::Release);
+                return Ok(());
+            }
         }
     }
 
@@ -213,7 +314,38 @@ impl<S: StateMachine> Loop<S> {
                     self.sm.proposal_dropped(id, Error::NoLeader);
                 }
             }
+            Command::ProposeConfChange { id, cc } => {
+                if self.raw.propose_conf_change(Vec::new(), cc).is_err() {
+                    self.sm.proposal_dropped(id, Error::NoLeader);
+                }
+            }
             Command::ReadIndex(tx) => self.pending_reads.push(tx),
+            Command::Step(m) => {
+                if let Err(e) = self.raw.step(m) {
+                    tracing::debug!(error = %e, "dropped a peer message");
+                }
+            }
+            Command::TransferLeader(to) => self.raw.transfer_leader(to),
+            Command::Unreachable(id) => self.raw.report_unreachable(id),
+            Command::SnapshotStatus(id, ok) => {
+                let st = if ok {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(id, st);
+            }
+            Command::Progress(tx) => {
+                let map = self
+                    .raw
+                    .raft
+                    .prs()
+                    .iter()
+                    .map(|(id, p)| (*id, p.matched))
+                    .collect();
+                let _ = tx.send(map);
+            }
+            Command::Stop => {}
         }
     }
 
@@ -235,21 +367,32 @@ impl<S: StateMachine> Loop<S> {
             .insert(ctx, std::mem::take(&mut self.pending_reads));
     }
 
-    fn on_ready(&mut self) -> Result<()> {
+    /// Handles one Ready; true when applying it removed this member.
+    fn on_ready(&mut self) -> Result<bool> {
         if !self.raw.has_ready() {
-            return Ok(());
+            return Ok(false);
         }
         let mut rd = self.raw.ready();
-        // Messages to peers go out with the multi-member transport; a single member has none.
-        debug_assert!(rd.messages().is_empty());
+        // The leader's appends leave in parallel with its own fsync.
+        self.transport.send(rd.take_messages());
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            self.storage.apply_snapshot(&snap)?;
+            self.sm.restore(&snap)?;
+            self.after_membership_change(snap.get_metadata().get_conf_state());
+            self.status.applied.send_replace(snap.get_metadata().index);
+        }
+        let mut removed = false;
         if !rd.committed_entries().is_empty() {
-            self.apply(rd.take_committed_entries())?;
+            removed = self.apply(rd.take_committed_entries())?;
         }
         let hs = rd.hs().cloned();
         if !rd.entries().is_empty() || hs.is_some() {
             self.storage
                 .persist(rd.entries(), hs.as_ref(), rd.must_sync())?;
         }
+        // Votes and append acknowledgements only after what they promise is durable.
+        self.transport.send(rd.take_persisted_messages());
         for rs in rd.take_read_states() {
             if let Some(waiters) = self.read_waiters.remove(&rs.request_ctx) {
                 for tx in waiters {
@@ -261,27 +404,66 @@ impl<S: StateMachine> Loop<S> {
         if let Some(c) = light.commit_index() {
             self.status.commit_index.store(c, Ordering::Release);
         }
+        self.transport.send(light.take_messages());
         let committed = light.take_committed_entries();
-        if !committed.is_empty() {
-            self.apply(committed)?;
+        if !committed.is_empty() && !removed {
+            removed = self.apply(committed)?;
         }
         self.raw.advance_apply();
         self.update_status();
-        Ok(())
+        Ok(removed)
     }
 
-    fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
-        let last = entries.last().map(|e| e.index).unwrap_or(0);
-        for e in &entries {
-            if e.get_entry_type() != EntryType::EntryNormal {
-                // Membership changes arrive with the multi-member cluster.
-                tracing::warn!(index = e.index, "ignoring a conf change entry");
+    /// Applies committed entries: runs of normal entries go to the state machine in one batch;
+    /// a conf change is applied to raft first, then to the membership.
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<bool> {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return Ok(false);
+        };
+        let mut normal = Vec::new();
+        let mut removed = false;
+        for e in entries {
+            match e.get_entry_type() {
+                EntryType::EntryNormal => normal.push(e),
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    if !normal.is_empty() {
+                        self.sm.apply(std::mem::take(&mut normal))?;
+                    }
+                    removed |= self.apply_conf_change(&e)?;
+                }
             }
         }
-        self.sm.apply(entries)?;
+        if !normal.is_empty() {
+            self.sm.apply(normal)?;
+        }
         self.status.commit_index.fetch_max(last, Ordering::AcqRel);
         self.status.applied.send_replace(last);
-        self.maybe_compact_log(last)
+        self.maybe_compact_log(last)?;
+        Ok(removed)
+    }
+
+    /// Returns true when the change removed this member.
+    fn apply_conf_change(&mut self, e: &Entry) -> Result<bool> {
+        let cc = if e.get_entry_type() == EntryType::EntryConfChangeV2 {
+            ConfChangeV2::parse_from_bytes(&e.data).map_err(Error::internal)?
+        } else {
+            let v1 =
+                raft::eraftpb::ConfChange::parse_from_bytes(&e.data).map_err(Error::internal)?;
+            v1.into_v2()
+        };
+        let cs = self.raw.apply_conf_change(&cc).map_err(Error::internal)?;
+        self.storage.set_conf_state(&cs)?;
+        self.sm.apply_conf_change(e.index, &cc, &cs)?;
+        self.after_membership_change(&cs);
+        let me = self.cfg.id;
+        Ok(!cs.voters.contains(&me) && !cs.learners.contains(&me))
+    }
+
+    fn after_membership_change(&mut self, cs: &ConfState) {
+        self.status
+            .is_learner
+            .store(cs.learners.contains(&self.cfg.id), Ordering::Release);
+        self.transport.set_peers(self.sm.peers());
     }
 
     fn maybe_compact_log(&mut self, applied: u64) -> Result<()> {
@@ -297,6 +479,12 @@ impl<S: StateMachine> Loop<S> {
         let r = &self.raw.raft;
         self.status.term.store(r.term, Ordering::Release);
         self.status.leader.store(r.leader_id, Ordering::Release);
+        if r.leader_id != self.last_leader {
+            if r.leader_id != 0 {
+                self.status.leader_changes.fetch_add(1, Ordering::AcqRel);
+            }
+            self.last_leader = r.leader_id;
+        }
         let is_leader = r.state == StateRole::Leader;
         if is_leader != self.was_leader {
             self.was_leader = is_leader;
@@ -305,5 +493,3 @@ impl<S: StateMachine> Loop<S> {
         }
     }
 }
-
-use raft::Storage as _;

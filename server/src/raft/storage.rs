@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use fjall::PersistMode;
 use parking_lot::RwLock;
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use std::sync::Arc;
 
@@ -31,6 +31,8 @@ struct Header {
 pub struct RaftStorage {
     backend: Backend,
     header: Arc<RwLock<Header>>,
+    /// The last snapshot made for a peer, reused while it is recent enough.
+    last_snapshot: Arc<parking_lot::Mutex<Option<Snapshot>>>,
 }
 
 fn idx_key(i: u64) -> [u8; 8] {
@@ -70,6 +72,7 @@ impl RaftStorage {
         Ok(RaftStorage {
             backend,
             header: Arc::new(RwLock::new(h)),
+            last_snapshot: Arc::default(),
         })
     }
 
@@ -83,13 +86,63 @@ impl RaftStorage {
         self.header.read().conf_state.clone()
     }
 
-    /// Records the initial membership of a new cluster.
+    /// Bootstraps a member of a new cluster: every initial member starts from the same point,
+    /// a log that begins after index 1 (term 1) with the initial voters, as if all had applied
+    /// one snapshot. A member joining an existing cluster skips this and gets a real snapshot
+    /// from the leader.
     pub fn bootstrap(&self, voters: Vec<u64>) -> Result<()> {
         let cs = ConfState {
             voters,
             ..Default::default()
         };
-        self.set_conf_state(&cs)
+        self.set_conf_state(&cs)?;
+        let hs = HardState {
+            term: 1,
+            commit: 1,
+            ..Default::default()
+        };
+        self.set_log_start(1, 1)?;
+        self.persist(&[], Some(&hs), true)
+    }
+
+    fn set_log_start(&self, index: u64, term: u64) -> Result<()> {
+        let mut start = index.to_be_bytes().to_vec();
+        start.extend_from_slice(&term.to_be_bytes());
+        self.backend.raft_meta.insert(LOG_START, start)?;
+        let mut h = self.header.write();
+        h.start = (index, term);
+        h.last_index = h.last_index.max(index);
+        Ok(())
+    }
+
+    /// Makes the log start right after an installed snapshot: every entry is dropped, and the
+    /// snapshot's membership and position become the storage's.
+    pub fn apply_snapshot(&self, snap: &Snapshot) -> Result<()> {
+        let meta = snap.get_metadata();
+        let mut batch = self.backend.db.batch();
+        for g in self.backend.raft_log.iter() {
+            batch.remove(&self.backend.raft_log, g.key()?);
+        }
+        let mut start = meta.index.to_be_bytes().to_vec();
+        start.extend_from_slice(&meta.term.to_be_bytes());
+        batch.insert(&self.backend.raft_meta, LOG_START, start);
+        let cs_bytes = meta
+            .get_conf_state()
+            .write_to_bytes()
+            .map_err(Error::internal)?;
+        batch.insert(&self.backend.raft_meta, CONF_STATE, cs_bytes);
+        let mut h = self.header.write();
+        let mut hs = h.hard_state.clone();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        let hs_bytes = hs.write_to_bytes().map_err(Error::internal)?;
+        batch.insert(&self.backend.raft_meta, HARD_STATE, hs_bytes);
+        batch.durability(Some(PersistMode::SyncData)).commit()?;
+        h.start = (meta.index, meta.term);
+        h.last_index = meta.index;
+        h.conf_state = meta.get_conf_state().clone();
+        h.hard_state = hs;
+        Ok(())
     }
 
     /// Raises the stored commit index to `index` if it is lower. The applied index is written
@@ -151,13 +204,14 @@ impl RaftStorage {
     /// Drops log entries up to and including `index` (already applied and reflected in the
     /// state machine).
     pub fn compact(&self, index: u64) -> Result<()> {
-        let (first, term) = {
+        let first = {
             let h = self.header.read();
             if index <= h.start.0 || index > h.last_index {
                 return Ok(());
             }
-            (h.start.0 + 1, self.term(index).map_err(Error::internal)?)
+            h.start.0 + 1
         };
+        let term = self.term(index).map_err(Error::internal)?;
         let mut batch = self.backend.db.batch();
         for i in first..=index {
             batch.remove(&self.backend.raft_log, idx_key(i));
@@ -243,9 +297,25 @@ impl Storage for RaftStorage {
         Ok(self.header.read().last_index)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // State transfer to other members comes with the multi-member cluster; a single member
-        // never needs a snapshot of itself.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // Called on the raft loop thread, between applies: the state is exactly the applied one.
+        let start = self.header.read().start.0;
+        if let Some(s) = self.last_snapshot.lock().as_ref() {
+            let idx = s.get_metadata().index;
+            if idx >= request_index && idx >= start {
+                return Ok(s.clone());
+            }
+        }
+        let (index, data) = crate::snapshot::capture(&self.backend).map_err(pb_err)?;
+        let term = self.term(index)?;
+        let mut meta = SnapshotMetadata::default();
+        meta.index = index;
+        meta.term = term;
+        meta.set_conf_state(self.header.read().conf_state.clone());
+        let mut snap = Snapshot::default();
+        snap.data = data.into();
+        snap.set_metadata(meta);
+        *self.last_snapshot.lock() = Some(snap.clone());
+        Ok(snap)
     }
 }

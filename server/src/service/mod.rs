@@ -2,6 +2,7 @@
 //! writes are proposed through raft and answered once applied; linearizable reads wait for a
 //! ReadIndex, serializable reads are local. Faces only translate wire formats.
 
+mod cluster;
 mod idgen;
 
 use crate::apply::{Applied, ApplyResult};
@@ -82,6 +83,15 @@ impl EtcdServer {
             self.wait.cancel(id);
             return Err(e);
         }
+        self.await_applied(id, rx).await
+    }
+
+    /// Waits for the applier to report on request `id`.
+    async fn await_applied(
+        &self,
+        id: u64,
+        rx: tokio::sync::oneshot::Receiver<ApplyResult>,
+    ) -> Result<Applied> {
         match tokio::time::timeout(self.cfg.request_timeout(), rx).await {
             Ok(Ok(res)) => res,
             Ok(Err(_)) => Err(Error::Stopped),
@@ -90,6 +100,29 @@ impl EtcdServer {
                 Err(Error::Timeout)
             }
         }
+    }
+
+    /// etcd's learner gate: a learner serves only Status and serializable Range.
+    pub fn check_not_learner(&self) -> Result<()> {
+        if self.raft.status.is_learner() {
+            return Err(Error::NotSupportedForLearner);
+        }
+        Ok(())
+    }
+
+    /// A client to the current leader's peer service, for leader-only requests.
+    fn leader_client(
+        &self,
+    ) -> Result<etcd_proto::pgraftpb::raft_peer_client::RaftPeerClient<tonic::transport::Channel>>
+    {
+        let leader = self.raft.status.leader();
+        if leader == 0 {
+            return Err(Error::NoLeader);
+        }
+        let ch = self.raft.transport.channel(leader).ok_or(Error::NoLeader)?;
+        Ok(etcd_proto::pgraftpb::raft_peer_client::RaftPeerClient::new(
+            ch,
+        ))
     }
 
     /// Waits for a linearizable read point.
@@ -110,6 +143,7 @@ impl EtcdServer {
     pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse> {
         txn::check_range(&r)?;
         if !r.serializable {
+            self.check_not_learner()?;
             self.linearizable_barrier().await?;
         }
         let rr = self.store.range(&r)?;
@@ -122,6 +156,7 @@ impl EtcdServer {
     }
 
     pub async fn put(&self, r: PutRequest) -> Result<PutResponse> {
+        self.check_not_learner()?;
         txn::check_put_request(&r)?;
         let mut resp = expect_applied!(self.propose(Op::Put(r)).await?, Put)?;
         self.fill(&mut resp.header);
@@ -129,6 +164,7 @@ impl EtcdServer {
     }
 
     pub async fn delete_range(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        self.check_not_learner()?;
         txn::check_delete(&r)?;
         let mut resp = expect_applied!(self.propose(Op::DeleteRange(r)).await?, DeleteRange)?;
         self.fill(&mut resp.header);
@@ -136,6 +172,7 @@ impl EtcdServer {
     }
 
     pub async fn txn(&self, r: TxnRequest) -> Result<TxnResponse> {
+        self.check_not_learner()?;
         txn::check_txn_request(&r, self.cfg.max_txn_ops)?;
         let mut resp = if txn::is_read_only(&r) {
             self.check_size(&r)?;
@@ -156,12 +193,14 @@ impl EtcdServer {
     }
 
     pub async fn compact(&self, r: CompactionRequest) -> Result<CompactionResponse> {
+        self.check_not_learner()?;
         let mut resp = expect_applied!(self.propose(Op::Compaction(r)).await?, Compaction)?;
         self.fill(&mut resp.header);
         Ok(resp)
     }
 
     pub async fn lease_grant(&self, mut r: LeaseGrantRequest) -> Result<LeaseGrantResponse> {
+        self.check_not_learner()?;
         if r.ttl > MAX_LEASE_TTL {
             return Err(Error::LeaseTtlTooLarge);
         }
@@ -174,32 +213,57 @@ impl EtcdServer {
     }
 
     pub async fn lease_revoke(&self, r: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
+        self.check_not_learner()?;
         let mut resp = expect_applied!(self.propose(Op::LeaseRevoke(r)).await?, LeaseRevoke)?;
         self.fill(&mut resp.header);
         Ok(resp)
     }
 
-    /// One keepalive: the renewed TTL, or `LeaseNotFound`.
+    /// One keepalive: the renewed TTL, or `LeaseNotFound`. Only the leader keeps lease
+    /// deadlines, so a follower forwards it.
     pub async fn lease_renew(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
+        self.check_not_learner()?;
         if !self.raft.status.is_leader() {
-            // Keepalives are served by the leader; forwarding arrives with the cluster.
-            return Err(if self.raft.status.leader() == 0 {
-                Error::NoLeader
-            } else {
-                Error::NotLeader
-            });
+            let req = LeaseKeepAliveRequest { id };
+            let resp = self.leader_client()?.lease_renew(req).await?;
+            let mut resp = resp.into_inner();
+            resp.header = Some(self.header(self.store.current_rev()));
+            return Ok(resp);
+        }
+        self.lease_renew_local(id)
+    }
+
+    /// A keepalive on the leader.
+    pub fn lease_renew_local(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
+        if !self.raft.status.is_leader() {
+            return Err(Error::NotLeader);
         }
         let header = Some(self.header(self.store.current_rev()));
         let ttl = self.lessor.renew(id).ok_or(Error::LeaseNotFound)?;
         Ok(LeaseKeepAliveResponse { header, id, ttl })
     }
 
+    /// TimeToLive: the remaining time is known to the leader only, so followers ask it.
     pub async fn lease_time_to_live(
         &self,
         r: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse> {
+        self.check_not_learner()?;
+        if !self.raft.status.is_leader() {
+            let mut resp = self
+                .leader_client()?
+                .lease_time_to_live(r)
+                .await?
+                .into_inner();
+            resp.header = Some(self.header(self.store.current_rev()));
+            return Ok(resp);
+        }
+        Ok(self.lease_time_to_live_local(r))
+    }
+
+    pub fn lease_time_to_live_local(&self, r: LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
         let header = Some(self.header(self.store.current_rev()));
-        Ok(match self.lessor.time_to_live(r.id) {
+        match self.lessor.time_to_live(r.id) {
             Some(info) => LeaseTimeToLiveResponse {
                 header,
                 id: r.id,
@@ -213,10 +277,11 @@ impl EtcdServer {
                 ttl: -1,
                 ..Default::default()
             },
-        })
+        }
     }
 
     pub async fn lease_leases(&self) -> Result<LeaseLeasesResponse> {
+        self.check_not_learner()?;
         Ok(LeaseLeasesResponse {
             header: Some(self.header(self.store.current_rev())),
             leases: self
@@ -245,15 +310,8 @@ impl EtcdServer {
                 Vec::new()
             },
             db_size_in_use: size,
-            is_learner: false,
+            is_learner: st.is_learner(),
             ..Default::default()
-        }
-    }
-
-    pub fn member_list(&self) -> MemberListResponse {
-        MemberListResponse {
-            header: Some(self.header(0)),
-            members: self.membership.members(),
         }
     }
 

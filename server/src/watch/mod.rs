@@ -55,6 +55,13 @@ impl WatchHub {
         });
     }
 
+    /// Forgets recent revisions after the store was replaced by a snapshot.
+    pub fn reset(&self) {
+        self.recent.write().clear();
+        let current = self.store.current_rev();
+        self.current.send_replace(current);
+    }
+
     pub fn current_rev(&self) -> i64 {
         *self.current.borrow()
     }

@@ -9,9 +9,7 @@ use crate::error::Error;
 use crate::mvcc::KeyRange;
 use etcd_proto::etcdserverpb::watch_create_request::FilterType;
 use etcd_proto::etcdserverpb::watch_request::RequestUnion;
-use etcd_proto::etcdserverpb::{
-    ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse,
-};
+use etcd_proto::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
 use etcd_proto::mvccpb::{event::EventType, Event};
 use futures::{Stream, StreamExt};
 use prost::Message;
@@ -351,7 +349,11 @@ impl Watcher {
         Event {
             r#type: e.r#type,
             kv: e.kv.clone(),
-            prev_kv: if self.prev_kv { e.prev_kv.clone() } else { None },
+            prev_kv: if self.prev_kv {
+                e.prev_kv.clone()
+            } else {
+                None
+            },
         }
     }
 }

@@ -1,7 +1,6 @@
-//! `etcdserverpb.Cluster`: MemberList is served; membership changes answer `Unimplemented`
-//! until the multi-member cluster lands.
+//! `etcdserverpb.Cluster`.
 
-use super::unimplemented::unimplemented;
+use super::status;
 use crate::service::EtcdServer;
 use etcd_proto::etcdserverpb::cluster_server::Cluster;
 use etcd_proto::etcdserverpb::*;
@@ -14,36 +13,56 @@ pub struct ClusterService(pub Arc<EtcdServer>);
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _req: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(unimplemented("MemberAdd"))
+        self.0
+            .member_add(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn member_remove(
         &self,
-        _req: Request<MemberRemoveRequest>,
+        req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(unimplemented("MemberRemove"))
+        self.0
+            .member_remove(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn member_update(
         &self,
-        _req: Request<MemberUpdateRequest>,
+        req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(unimplemented("MemberUpdate"))
+        self.0
+            .member_update(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn member_list(
         &self,
-        _req: Request<MemberListRequest>,
+        req: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        Ok(Response::new(self.0.member_list()))
+        self.0
+            .member_list(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn member_promote(
         &self,
-        _req: Request<MemberPromoteRequest>,
+        req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(unimplemented("MemberPromote"))
+        self.0
+            .member_promote(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 }

@@ -18,14 +18,22 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        self.0.lease_grant(req.into_inner()).await.map(Response::new).map_err(status)
+        self.0
+            .lease_grant(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn lease_revoke(
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        self.0.lease_revoke(req.into_inner()).await.map(Response::new).map_err(status)
+        self.0
+            .lease_revoke(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     type LeaseKeepAliveStream = Pin<
@@ -60,13 +68,21 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        self.0.lease_time_to_live(req.into_inner()).await.map(Response::new).map_err(status)
+        self.0
+            .lease_time_to_live(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn lease_leases(
         &self,
         _req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        self.0.lease_leases().await.map(Response::new).map_err(status)
+        self.0
+            .lease_leases()
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 }

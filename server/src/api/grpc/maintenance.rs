@@ -1,4 +1,4 @@
-//! `etcdserverpb.Maintenance`: Status and Alarm are served; the rest answer `Unimplemented`
+//! `etcdserverpb.Maintenance`: Status, Alarm (GET) and MoveLeader are served; the rest answer `Unimplemented`
 //! until pgraft offers them.
 
 use super::unimplemented::unimplemented;
@@ -63,9 +63,13 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _req: Request<MoveLeaderRequest>,
+        req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(unimplemented("MoveLeader"))
+        self.0
+            .move_leader(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(super::status)
     }
 
     async fn downgrade(

@@ -54,7 +54,10 @@ pub(crate) fn status(e: Error) -> Status {
 }
 
 /// etcd's `hasleader` metadata check (`WithRequireLeader`): refuse when there is no leader.
-pub(crate) fn require_leader<T>(server: &EtcdServer, req: &tonic::Request<T>) -> Result<(), Status> {
+pub(crate) fn require_leader<T>(
+    server: &EtcdServer,
+    req: &tonic::Request<T>,
+) -> Result<(), Status> {
     let wants = req
         .metadata()
         .get("hasleader")

@@ -1,0 +1,209 @@
+//! The peer transport (etcd's `rafthttp`), outbound side: one task per peer streams batches of
+//! raft messages over a long-lived gRPC stream, reconnecting on failure; snapshot messages go
+//! on their own stream, their state data in chunks. The raft loop never blocks on the network:
+//! a full peer queue drops messages (raft retransmits) and reports the peer unreachable.
+
+use super::node::Command;
+use etcd_proto::pgraftpb::raft_peer_client::RaftPeerClient;
+use etcd_proto::pgraftpb::{RaftBatch, SnapshotChunk};
+use parking_lot::Mutex;
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{Message, MessageType};
+use std::collections::HashMap;
+use std::sync::mpsc::Sender as LoopSender;
+use std::time::Duration;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+/// Messages queued per peer before new ones are dropped.
+const PEER_QUEUE: usize = 4096;
+/// Messages per batch on the wire.
+const MAX_BATCH: usize = 512;
+/// Snapshot data per chunk.
+const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+/// Wait before reconnecting to a peer that failed.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+
+struct Peer {
+    url: String,
+    channel: Channel,
+    tx: mpsc::Sender<Message>,
+}
+
+pub struct Transport {
+    cluster_id: u64,
+    runtime: Handle,
+    loop_tx: LoopSender<Command>,
+    peers: Mutex<HashMap<u64, Peer>>,
+}
+
+impl Transport {
+    pub fn new(cluster_id: u64, runtime: Handle, loop_tx: LoopSender<Command>) -> Self {
+        Transport {
+            cluster_id,
+            runtime,
+            loop_tx,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sets the peers to talk to (every member but this one), keyed by member ID with their
+    /// first peer URL. Peers no longer listed are dropped; changed URLs reconnect.
+    pub fn set_peers(&self, peers: Vec<(u64, String)>) {
+        // Channels spawn their connection tasks on the runtime, even when called from the raft
+        // thread.
+        let _guard = self.runtime.enter();
+        let mut map = self.peers.lock();
+        map.retain(|id, p| peers.iter().any(|(i, u)| i == id && *u == p.url));
+        for (id, url) in peers {
+            if map.contains_key(&id) {
+                continue;
+            }
+            let channel = match Endpoint::from_shared(url.clone()) {
+                Ok(e) => e
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .connect_lazy(),
+                Err(e) => {
+                    tracing::error!(peer = %format!("{id:x}"), url, error = %e, "bad peer URL");
+                    continue;
+                }
+            };
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            self.runtime.spawn(stream_to_peer(
+                id,
+                self.cluster_id,
+                channel.clone(),
+                rx,
+                self.loop_tx.clone(),
+            ));
+            map.insert(id, Peer { url, channel, tx });
+        }
+    }
+
+    /// A channel to a peer, for forwarding client requests to the leader.
+    pub fn channel(&self, id: u64) -> Option<Channel> {
+        self.peers.lock().get(&id).map(|p| p.channel.clone())
+    }
+
+    /// Hands raft's outgoing messages to their peers' queues. Never blocks.
+    pub fn send(&self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let peers = self.peers.lock();
+        for m in msgs {
+            let to = m.to;
+            let Some(p) = peers.get(&to) else {
+                continue;
+            };
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.runtime.spawn(send_snapshot(
+                    m,
+                    self.cluster_id,
+                    p.channel.clone(),
+                    self.loop_tx.clone(),
+                ));
+            } else if p.tx.try_send(m).is_err() {
+                let _ = self.loop_tx.send(Command::Unreachable(to));
+            }
+        }
+    }
+}
+
+/// Keeps one `Send` stream open to a peer, batching whatever is queued.
+async fn stream_to_peer(
+    id: u64,
+    cluster_id: u64,
+    channel: Channel,
+    mut rx: mpsc::Receiver<Message>,
+    loop_tx: LoopSender<Command>,
+) {
+    let mut client = RaftPeerClient::new(channel);
+    loop {
+        // Wait for traffic before (re)connecting.
+        let Some(first) = rx.recv().await else { return };
+        let (btx, brx) = mpsc::channel::<RaftBatch>(16);
+        let mut pending = Some(first);
+        let call = client.send(tokio_stream::wrappers::ReceiverStream::new(brx));
+        tokio::pin!(call);
+        loop {
+            let next = match pending.take() {
+                Some(m) => Some(m),
+                None => tokio::select! {
+                    res = &mut call => {
+                        if let Err(e) = res {
+                            tracing::debug!(peer = %format!("{id:x}"), error = %e, "peer stream ended");
+                        }
+                        break;
+                    }
+                    m = rx.recv() => m,
+                },
+            };
+            let Some(m) = next else { return };
+            let mut messages = Vec::with_capacity(16);
+            for m in std::iter::once(m).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                if let Ok(b) = m.write_to_bytes() {
+                    messages.push(b);
+                }
+                if messages.len() >= MAX_BATCH {
+                    break;
+                }
+            }
+            let batch = RaftBatch {
+                messages,
+                cluster_id,
+            };
+            tokio::select! {
+                sent = btx.send(batch) => if sent.is_err() { break },
+                res = &mut call => {
+                    if let Err(e) = res {
+                        tracing::debug!(peer = %format!("{id:x}"), error = %e, "peer stream ended");
+                    }
+                    break;
+                }
+            }
+        }
+        let _ = loop_tx.send(Command::Unreachable(id));
+        tokio::time::sleep(RECONNECT_BACKOFF).await;
+    }
+}
+
+/// Streams one snapshot message to its peer and reports how it went to the raft loop.
+async fn send_snapshot(
+    mut m: Message,
+    cluster_id: u64,
+    channel: Channel,
+    loop_tx: LoopSender<Command>,
+) {
+    let to = m.to;
+    let data = std::mem::take(&mut m.mut_snapshot().data).to_vec();
+    let header = match m.write_to_bytes() {
+        Ok(b) => b,
+        Err(_) => return,
+    };
+    let mut chunks = vec![SnapshotChunk {
+        message: header,
+        data: Vec::new(),
+        cluster_id,
+    }];
+    chunks.extend(data.chunks(SNAPSHOT_CHUNK).map(|c| SnapshotChunk {
+        message: Vec::new(),
+        data: c.to_vec(),
+        cluster_id,
+    }));
+    let size = data.len();
+    let res = RaftPeerClient::new(channel)
+        .max_encoding_message_size(usize::MAX)
+        .snapshot(tokio_stream::iter(chunks))
+        .await;
+    let ok = res.is_ok();
+    match res {
+        Ok(_) => tracing::info!(peer = %format!("{to:x}"), bytes = size, "sent snapshot"),
+        Err(e) => tracing::warn!(peer = %format!("{to:x}"), error = %e, "snapshot send failed"),
+    }
+    let _ = loop_tx.send(Command::SnapshotStatus(to, ok));
+}

@@ -1,0 +1,231 @@
+//! Membership and leadership requests (etcd's `Cluster` service and MoveLeader): validated here,
+//! then proposed as raft conf changes (or member updates) and answered once applied.
+
+use super::EtcdServer;
+use crate::apply::Applied;
+use crate::config::parse_url;
+use crate::error::{Error, Result};
+use crate::membership::member_id;
+use crate::request::{ConfChangeContext, Op};
+use etcd_proto::etcdserverpb::*;
+use prost::Message;
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A learner may be promoted once it has this share of the leader's log.
+const PROMOTE_READY: f64 = 0.9;
+/// At most this many learners at once (etcd 3.4/3.5's hard limit).
+const MAX_LEARNERS: usize = 1;
+
+impl EtcdServer {
+    async fn propose_conf_change(
+        &self,
+        change: ConfChangeType,
+        node_id: u64,
+        member: Option<Member>,
+    ) -> Result<Vec<Member>> {
+        let id = self.ids.next();
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(change);
+        single.node_id = node_id;
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(vec![single].into());
+        cc.context = ConfChangeContext {
+            request_id: id,
+            member,
+        }
+        .encode_to_vec()
+        .into();
+        let rx = self.wait.register(id);
+        if let Err(e) = self.raft.propose_conf_change(id, cc) {
+            self.wait.cancel(id);
+            return Err(e);
+        }
+        match self.await_applied(id, rx).await? {
+            Applied::Members(m) => Ok(m),
+            other => Err(Error::Internal(format!(
+                "pgraft: unexpected apply result {other:?}"
+            ))),
+        }
+    }
+
+    fn check_peer_urls(&self, urls: &[String], except: Option<u64>) -> Result<()> {
+        if urls.is_empty() || urls.iter().any(|u| parse_url(u).is_err()) {
+            return Err(Error::MemberBadUrls);
+        }
+        let taken = self
+            .membership
+            .members()
+            .into_iter()
+            .any(|m| Some(m.id) != except && m.peer_ur_ls.iter().any(|u| urls.contains(u)));
+        if taken {
+            return Err(Error::PeerUrlExist);
+        }
+        Ok(())
+    }
+
+    pub async fn member_add(&self, r: MemberAddRequest) -> Result<MemberAddResponse> {
+        self.check_not_learner()?;
+        self.check_peer_urls(&r.peer_ur_ls, None)?;
+        let members = self.membership.members();
+        if r.is_learner && members.iter().filter(|m| m.is_learner).count() >= MAX_LEARNERS {
+            return Err(Error::TooManyLearners);
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let id = member_id(&r.peer_ur_ls, &self.cfg.initial_cluster_token, Some(now));
+        if members.iter().any(|m| m.id == id) {
+            return Err(Error::MemberExist);
+        }
+        let member = Member {
+            id,
+            name: String::new(),
+            peer_ur_ls: r.peer_ur_ls,
+            client_ur_ls: Vec::new(),
+            is_learner: r.is_learner,
+        };
+        let change = if r.is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        let members = self
+            .propose_conf_change(change, id, Some(member.clone()))
+            .await?;
+        Ok(MemberAddResponse {
+            header: Some(self.header(0)),
+            member: Some(member),
+            members,
+        })
+    }
+
+    pub async fn member_remove(&self, r: MemberRemoveRequest) -> Result<MemberRemoveResponse> {
+        self.check_not_learner()?;
+        if self.membership.get(r.id).is_none() {
+            return Err(Error::MemberNotFound);
+        }
+        let members = self
+            .propose_conf_change(ConfChangeType::RemoveNode, r.id, None)
+            .await?;
+        Ok(MemberRemoveResponse {
+            header: Some(self.header(0)),
+            members,
+        })
+    }
+
+    pub async fn member_update(&self, r: MemberUpdateRequest) -> Result<MemberUpdateResponse> {
+        self.check_not_learner()?;
+        if self.membership.get(r.id).is_none() {
+            return Err(Error::MemberNotFound);
+        }
+        self.check_peer_urls(&r.peer_ur_ls, Some(r.id))?;
+        let m = Member {
+            id: r.id,
+            peer_ur_ls: r.peer_ur_ls,
+            ..Default::default()
+        };
+        let members = match self.propose(Op::MemberUpdate(m)).await? {
+            Applied::Members(m) => m,
+            other => {
+                return Err(Error::Internal(format!(
+                    "pgraft: unexpected apply result {other:?}"
+                )))
+            }
+        };
+        Ok(MemberUpdateResponse {
+            header: Some(self.header(0)),
+            members,
+        })
+    }
+
+    /// Promotes a learner that has caught up; decided by the leader (followers forward).
+    pub async fn member_promote(&self, r: MemberPromoteRequest) -> Result<MemberPromoteResponse> {
+        self.check_not_learner()?;
+        if !self.raft.status.is_leader() {
+            let mut resp = self.leader_client()?.member_promote(r).await?.into_inner();
+            resp.header = Some(self.header(0));
+            return Ok(resp);
+        }
+        let m = self.membership.get(r.id).ok_or(Error::MemberNotFound)?;
+        if !m.is_learner {
+            return Err(Error::MemberNotLearner);
+        }
+        let progress = self.raft.progress().await?;
+        let leader_match = progress.get(&self.member_id()).copied().unwrap_or(0);
+        let learner_match = progress.get(&r.id).copied().unwrap_or(0);
+        if (learner_match as f64) < PROMOTE_READY * leader_match as f64 {
+            return Err(Error::LearnerNotReady);
+        }
+        let member = Member {
+            is_learner: false,
+            ..m
+        };
+        let members = self
+            .propose_conf_change(ConfChangeType::AddNode, r.id, Some(member))
+            .await?;
+        Ok(MemberPromoteResponse {
+            header: Some(self.header(0)),
+            members,
+        })
+    }
+
+    pub async fn member_list(&self, r: MemberListRequest) -> Result<MemberListResponse> {
+        self.check_not_learner()?;
+        if r.linearizable {
+            self.linearizable_barrier().await?;
+        }
+        Ok(MemberListResponse {
+            header: Some(self.header(0)),
+            members: self.membership.members(),
+        })
+    }
+
+    /// MoveLeader: on the leader, hands leadership to a voting member and waits for it.
+    pub async fn move_leader(&self, r: MoveLeaderRequest) -> Result<MoveLeaderResponse> {
+        self.check_not_learner()?;
+        if !self.raft.status.is_leader() {
+            return Err(Error::NotLeader);
+        }
+        match self.membership.get(r.target_id) {
+            Some(m) if !m.is_learner => {}
+            _ => return Err(Error::BadLeaderTransferee),
+        }
+        if r.target_id == self.member_id() {
+            return Ok(MoveLeaderResponse { header: None });
+        }
+        self.raft.transfer_leader(r.target_id)?;
+        let deadline = tokio::time::Instant::now() + self.cfg.request_timeout();
+        while tokio::time::Instant::now() < deadline {
+            if self.raft.status.leader() == r.target_id {
+                return Ok(MoveLeaderResponse { header: None });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(Error::LeaderTransferTimeout)
+    }
+
+    /// Publishes this member's name and client URLs through the log (etcd's `publish`),
+    /// retrying until it is applied or `stop` fires.
+    pub async fn publish_attributes(&self) {
+        let me = Member {
+            id: self.member_id(),
+            name: self.cfg.name.clone(),
+            client_ur_ls: self.cfg.advertise_client_urls(),
+            ..Default::default()
+        };
+        loop {
+            match self.propose(Op::MemberAttributes(me.clone())).await {
+                Ok(_) => {
+                    tracing::info!("published member attributes");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "publishing member attributes, will retry");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
