@@ -84,8 +84,16 @@ impl Membership {
         for m in &members {
             batch.insert(&backend.members, m.id.to_be_bytes(), m.encode_to_vec());
         }
-        batch.insert(&backend.meta, meta_key::MEMBER_ID, me.to_be_bytes().to_vec());
-        batch.insert(&backend.meta, meta_key::CLUSTER_ID, cid.to_be_bytes().to_vec());
+        batch.insert(
+            &backend.meta,
+            meta_key::MEMBER_ID,
+            me.to_be_bytes().to_vec(),
+        );
+        batch.insert(
+            &backend.meta,
+            meta_key::CLUSTER_ID,
+            cid.to_be_bytes().to_vec(),
+        );
         batch
             .durability(Some(fjall::PersistMode::SyncData))
             .commit()?;

@@ -31,9 +31,12 @@ pub struct Node {
 impl Node {
     /// Starts a member; must run inside a tokio runtime.
     pub async fn start(cfg: Config) -> Result<Node> {
-        cfg.validate().map_err(|ConfigError(e)| Error::Internal(e))?;
+        cfg.validate()
+            .map_err(|ConfigError(e)| Error::Internal(e))?;
         let backend = Backend::open(&cfg.data_dir())?;
-        let initial = cfg.initial_members().map_err(|ConfigError(e)| Error::Internal(e))?;
+        let initial = cfg
+            .initial_members()
+            .map_err(|ConfigError(e)| Error::Internal(e))?;
         let (membership, bootstrapped) = Membership::open_or_bootstrap(
             backend.clone(),
             &cfg.name,
@@ -155,24 +158,27 @@ impl Node {
         })
     }
 
-    /// Stops serving, lets the raft loop finish its turn, and flushes the database.
+    /// Stops serving (streams still open after a grace period are cut), lets the raft loop
+    /// finish its turn, and flushes the database.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
-        while self.tasks.join_next().await.is_some() {}
-        let backend = self.server.backend.clone();
-        drop(self.server);
-        if let Some(t) = self.raft_thread.take() {
-            // The loop ends when its last handle is gone; do not wait forever for stray handles.
-            let _ = tokio::task::spawn_blocking(move || {
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-                while !t.is_finished() && std::time::Instant::now() < deadline {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-            })
-            .await;
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
         }
-        if let Err(e) = backend.db.persist(fjall::PersistMode::SyncAll) {
+        self.server.raft.stop();
+        if let Some(t) = self.raft_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        if let Err(e) = self.server.backend.db.persist(fjall::PersistMode::SyncAll) {
             tracing::error!(error = %e, "final flush failed");
         }
     }
 }
+
+/// How long open client streams get to finish when the member stops.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);

@@ -22,8 +22,7 @@ pub fn check_range(r: &RangeRequest) -> Result<()> {
     if r.key.is_empty() {
         return Err(Error::EmptyKey);
     }
-    if SortOrder::try_from(r.sort_order).is_err() || SortTarget::try_from(r.sort_target).is_err()
-    {
+    if SortOrder::try_from(r.sort_order).is_err() || SortTarget::try_from(r.sort_target).is_err() {
         return Err(Error::InvalidSortOption);
     }
     Ok(())
@@ -144,20 +143,26 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<DelInterv
 
 /// True when no op in either branch (nested included) writes.
 pub fn is_read_only(r: &TxnRequest) -> bool {
-    r.success.iter().chain(&r.failure).all(|op| match &op.request {
-        Some(Request::RequestRange(_)) => true,
-        Some(Request::RequestTxn(t)) => is_read_only(t),
-        _ => false,
-    })
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(_)) => true,
+            Some(Request::RequestTxn(t)) => is_read_only(t),
+            _ => false,
+        })
 }
 
 /// True when every Range in the txn is serializable.
 pub fn is_serializable(r: &TxnRequest) -> bool {
-    r.success.iter().chain(&r.failure).all(|op| match &op.request {
-        Some(Request::RequestRange(q)) => q.serializable,
-        Some(Request::RequestTxn(t)) => is_serializable(t),
-        _ => true,
-    })
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(q)) => q.serializable,
+            Some(Request::RequestTxn(t)) => is_serializable(t),
+            _ => true,
+        })
 }
 
 /// Applies a Txn inside the writer's open transaction.
@@ -171,7 +176,7 @@ pub fn apply(w: &mut Writer<'_>, lessor: &Lessor, r: &TxnRequest) -> Result<TxnR
     Ok(resp)
 }
 
-fn branch<'a>(r: &'a TxnRequest, succeeded: bool) -> &'a [RequestOp] {
+fn branch(r: &TxnRequest, succeeded: bool) -> &[RequestOp] {
     if succeeded {
         &r.success
     } else {

@@ -196,7 +196,10 @@ mod tests {
         l.attach(7, b"b");
         l.attach(7, b"a");
         assert_eq!(l.renew(7), Some(10));
-        assert_eq!(l.time_to_live(7).unwrap().keys, vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            l.time_to_live(7).unwrap().keys,
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
         assert!(l.expired().is_empty());
         assert_eq!(l.revoke(7), Some(vec![b"a".to_vec(), b"b".to_vec()]));
         assert_eq!(l.renew(7), None);

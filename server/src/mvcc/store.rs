@@ -40,6 +40,7 @@ pub struct RangeResult {
 struct Inner {
     index: KeyIndex,
     current_rev: i64,
+    /// -1 until the first compaction (as etcd's `compactMainRev`), so revision 0 may be compacted.
     compact_rev: i64,
 }
 
@@ -56,7 +57,7 @@ impl Store {
     /// that carry a lease, so the lessor can re-attach them.
     pub fn open(backend: Backend) -> Result<(Self, Vec<LeasedKey>)> {
         let current_rev = backend.get_meta_i64(meta_key::CURRENT_REV)?.unwrap_or(1);
-        let compact_rev = backend.get_meta_i64(meta_key::COMPACT_REV)?.unwrap_or(0);
+        let compact_rev = backend.get_meta_i64(meta_key::COMPACT_REV)?.unwrap_or(-1);
         let mut index = KeyIndex::new();
         let mut leases: HashMap<Vec<u8>, i64> = HashMap::new();
         for item in backend.kv.iter() {
@@ -221,7 +222,10 @@ impl Writer<'_> {
 
     /// The revision the open transaction will have if it changes something.
     pub fn txn_write_rev(&self) -> i64 {
-        self.txn.as_ref().map_or(self.inner.current_rev, |t| t.begin_rev) + 1
+        self.txn
+            .as_ref()
+            .map_or(self.inner.current_rev, |t| t.begin_rev)
+            + 1
     }
 
     /// The latest live value of `key`, including this chunk's own writes.

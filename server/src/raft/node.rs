@@ -71,6 +71,7 @@ impl RaftStatus {
 enum Command {
     Propose { id: u64, data: Vec<u8> },
     ReadIndex(oneshot::Sender<Result<u64>>),
+    Stop,
 }
 
 /// The handle the service layer holds. Dropping every handle stops the loop.
@@ -86,6 +87,11 @@ impl RaftHandle {
         self.tx
             .send(Command::Propose { id, data })
             .map_err(|_| Error::Stopped)
+    }
+
+    /// Asks the loop to finish its current turn and exit.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Command::Stop);
     }
 
     /// A linearizable read point: the commit index confirmed by a quorum, once applied locally.
@@ -185,9 +191,11 @@ impl<S: StateMachine> Loop<S> {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(wait) {
                 Ok(cmd) => {
-                    self.handle(cmd);
                     let more: Vec<Command> = self.rx.try_iter().take(MAX_BATCH).collect();
-                    for cmd in more {
+                    for cmd in std::iter::once(cmd).chain(more) {
+                        if matches!(cmd, Command::Stop) {
+                            return self.on_ready();
+                        }
                         self.handle(cmd);
                     }
                 }
@@ -214,6 +222,7 @@ impl<S: StateMachine> Loop<S> {
                 }
             }
             Command::ReadIndex(tx) => self.pending_reads.push(tx),
+            Command::Stop => {}
         }
     }
 

@@ -246,6 +246,8 @@ impl Storage for RaftStorage {
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         // State transfer to other members comes with the multi-member cluster; a single member
         // never needs a snapshot of itself.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }

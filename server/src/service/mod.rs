@@ -100,13 +100,6 @@ impl EtcdServer {
         }
     }
 
-    fn check_size(&self, m: &impl Message) -> Result<()> {
-        if m.encoded_len() > self.cfg.max_request_bytes {
-            return Err(Error::RequestTooLarge);
-        }
-        Ok(())
-    }
-
     pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse> {
         txn::check_range(&r)?;
         if !r.serializable {
@@ -138,7 +131,7 @@ impl EtcdServer {
     pub async fn txn(&self, r: TxnRequest) -> Result<TxnResponse> {
         txn::check_txn_request(&r, self.cfg.max_txn_ops)?;
         let mut resp = if txn::is_read_only(&r) {
-            self.check_size(&r)?;
+            // Not a proposal, so max-request-bytes does not apply (as in etcd).
             if !txn::is_serializable(&r) {
                 self.linearizable_barrier().await?;
             }

@@ -13,12 +13,20 @@ pub struct KvService(pub Arc<EtcdServer>);
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         require_leader(&self.0, &req)?;
-        self.0.range(req.into_inner()).await.map(Response::new).map_err(status)
+        self.0
+            .range(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         require_leader(&self.0, &req)?;
-        self.0.put(req.into_inner()).await.map(Response::new).map_err(status)
+        self.0
+            .put(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn delete_range(
@@ -26,12 +34,20 @@ impl Kv for KvService {
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         require_leader(&self.0, &req)?;
-        self.0.delete_range(req.into_inner()).await.map(Response::new).map_err(status)
+        self.0
+            .delete_range(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         require_leader(&self.0, &req)?;
-        self.0.txn(req.into_inner()).await.map(Response::new).map_err(status)
+        self.0
+            .txn(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn compact(
@@ -39,6 +55,10 @@ impl Kv for KvService {
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         require_leader(&self.0, &req)?;
-        self.0.compact(req.into_inner()).await.map(Response::new).map_err(status)
+        self.0
+            .compact(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
     }
 }
