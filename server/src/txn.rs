@@ -176,7 +176,7 @@ pub fn apply(w: &mut Writer<'_>, lessor: &Lessor, r: &TxnRequest) -> Result<TxnR
     Ok(resp)
 }
 
-fn branch<'a>(r: &'a TxnRequest, succeeded: bool) -> &'a [RequestOp] {
+fn branch(r: &TxnRequest, succeeded: bool) -> &[RequestOp] {
     if succeeded {
         &r.success
     } else {

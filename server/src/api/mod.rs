@@ -9,14 +9,21 @@ use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// Serves the client API on `listener` until `shutdown` resolves.
+/// Serves the client API on `listener` until `shutdown` resolves. Long-lived streams (Watch,
+/// LeaseKeepAlive) then end with `etcdserver: server stopped`, so a client that keeps one open
+/// does not hold the member (and its database) past its stop.
 pub async fn serve_client(
     server: Arc<EtcdServer>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    grpc::router(server)
-        .serve_with_incoming_shutdown(incoming, shutdown)
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
+    grpc::router(server, stopping)
+        .serve_with_incoming_shutdown(incoming, signal)
         .await
 }

@@ -40,6 +40,7 @@ pub struct RangeResult {
 struct Inner {
     index: KeyIndex,
     current_rev: i64,
+    /// -1 until the first compaction (as etcd's `compactMainRev`), so revision 0 may be compacted.
     compact_rev: i64,
 }
 

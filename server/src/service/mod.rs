@@ -133,13 +133,6 @@ impl EtcdServer {
         }
     }
 
-    fn check_size(&self, m: &impl Message) -> Result<()> {
-        if m.encoded_len() > self.cfg.max_request_bytes {
-            return Err(Error::RequestTooLarge);
-        }
-        Ok(())
-    }
-
     pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse> {
         txn::check_range(&r)?;
         if !r.serializable {
@@ -175,7 +168,7 @@ impl EtcdServer {
         self.check_not_learner()?;
         txn::check_txn_request(&r, self.cfg.max_txn_ops)?;
         let mut resp = if txn::is_read_only(&r) {
-            self.check_size(&r)?;
+            // Not a proposal, so max-request-bytes does not apply (as in etcd).
             if !txn::is_serializable(&r) {
                 self.linearizable_barrier().await?;
             }

@@ -222,6 +222,7 @@ impl WatchStream {
                 }
             };
             let upto = current.min(from + MAX_REVS_PER_BATCH as i64 - 1);
+            let compact = self.hub.store().compact_rev();
             let mut sends = Vec::new();
             for (id, w) in self.watchers.iter_mut() {
                 if w.next_rev > upto {
@@ -232,7 +233,7 @@ impl WatchStream {
                     .filter(|r| r.rev >= w.next_rev)
                     .flat_map(|r| r.events.iter())
                     .filter(|e| w.wants(e))
-                    .map(|e| w.shape(e))
+                    .map(|e| w.shape(e, compact))
                     .collect();
                 w.next_rev = upto + 1;
                 if !events.is_empty() {
@@ -301,7 +302,7 @@ impl WatchStream {
         let last = chunks.len() - 1;
         for (i, events) in chunks.into_iter().enumerate() {
             self.send(WatchResponse {
-                header: header.clone(),
+                header,
                 watch_id: id,
                 events,
                 fragment: i != last,
@@ -345,11 +346,16 @@ impl Watcher {
         !(is_delete && self.no_delete || !is_delete && self.no_put)
     }
 
-    fn shape(&self, e: &Event) -> Event {
+    /// The event as this watcher gets it. `prev_kv` is the value as of `mod_revision - 1`, which
+    /// etcd reads at send time: omitted once that revision is below the compaction point.
+    fn shape(&self, e: &Event, compact_rev: i64) -> Event {
+        let prev_readable =
+            e.kv.as_ref()
+                .is_some_and(|kv| kv.mod_revision > compact_rev);
         Event {
             r#type: e.r#type,
             kv: e.kv.clone(),
-            prev_kv: if self.prev_kv {
+            prev_kv: if self.prev_kv && prev_readable {
                 e.prev_kv.clone()
             } else {
                 None

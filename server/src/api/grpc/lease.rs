@@ -1,6 +1,6 @@
 //! `etcdserverpb.Lease`.
 
-use super::status;
+use super::{status, until_stopped};
 use crate::error::Error;
 use crate::service::EtcdServer;
 use etcd_proto::etcdserverpb::lease_server::Lease;
@@ -10,7 +10,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
 
-pub struct LeaseService(pub Arc<EtcdServer>);
+/// The service, and the signal that ends open KeepAlive streams when the member stops.
+pub struct LeaseService(pub Arc<EtcdServer>, pub tokio::sync::watch::Receiver<bool>);
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
@@ -61,7 +62,10 @@ impl Lease for LeaseService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(out)))
+        Ok(Response::new(Box::pin(until_stopped(
+            Box::pin(out),
+            self.1.clone(),
+        ))))
     }
 
     async fn lease_time_to_live(

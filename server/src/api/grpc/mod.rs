@@ -4,6 +4,7 @@ mod cluster;
 mod kv;
 mod lease;
 mod maintenance;
+mod recv_limit;
 mod unimplemented;
 mod watch;
 
@@ -13,29 +14,41 @@ use etcd_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use futures::{Stream, StreamExt};
+use recv_limit::RecvLimitLayer;
 use std::sync::Arc;
 use tonic::transport::server::Router;
 use tonic::Status;
+use tower::layer::util::{Identity, Stack};
 
 /// The gRPC receive limit etcd uses: max-request-bytes plus 512 KiB of headroom.
 fn max_recv(server: &EtcdServer) -> usize {
     server.cfg.max_request_bytes + 512 * 1024
 }
 
-/// All client services on one router, plus `grpc.health.v1.Health` reporting SERVING.
-pub fn router(server: Arc<EtcdServer>) -> Router {
+/// All client services on one router, plus `grpc.health.v1.Health` reporting SERVING. Request
+/// messages above [`max_recv`] are refused as grpc-go refuses them (see [`recv_limit`]); tonic's
+/// own decoding limit stays as a backstop.
+/// `stopping` turns true when the member stops; open streams then end (see [`until_stopped`]).
+pub fn router(
+    server: Arc<EtcdServer>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> Router<Stack<RecvLimitLayer, Identity>> {
     let recv = max_recv(&server);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     drop(health_reporter);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(RecvLimitLayer(recv))
         .add_service(health)
         .add_service(KvServer::new(kv::KvService(server.clone())).max_decoding_message_size(recv))
         .add_service(
-            WatchServer::new(watch::WatchService(server.clone())).max_decoding_message_size(recv),
+            WatchServer::new(watch::WatchService(server.clone(), stopping.clone()))
+                .max_decoding_message_size(recv),
         )
         .add_service(
-            LeaseServer::new(lease::LeaseService(server.clone())).max_decoding_message_size(recv),
+            LeaseServer::new(lease::LeaseService(server.clone(), stopping))
+                .max_decoding_message_size(recv),
         )
         .add_service(
             ClusterServer::new(cluster::ClusterService(server.clone()))
@@ -67,4 +80,28 @@ pub(crate) fn require_leader<T>(
         return Err(Error::NoLeader.into());
     }
     Ok(())
+}
+
+/// Passes `inner` through until the member stops, then ends it with `etcdserver: server stopped`
+/// (Unavailable, so clients reconnect elsewhere or later, as they do when etcd stops).
+pub(crate) fn until_stopped<S, T>(
+    inner: S,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> impl Stream<Item = Result<T, Status>> + Send + 'static
+where
+    S: Stream<Item = Result<T, Status>> + Send + Unpin + 'static,
+    T: Send + 'static,
+{
+    futures::stream::unfold(Some((inner, stopping)), |state| async move {
+        let (mut inner, mut stopping) = state?;
+        let next = tokio::select! {
+            item = inner.next() => Some(item),
+            // A dropped sender means the listener is gone: stopped as well.
+            _ = stopping.wait_for(|s| *s) => None,
+        };
+        match next {
+            Some(item) => item.map(|i| (i, Some((inner, stopping)))),
+            None => Some((Err(Error::Stopped.into()), None)),
+        }
+    })
 }

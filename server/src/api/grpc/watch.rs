@@ -1,6 +1,6 @@
 //! `etcdserverpb.Watch`: bridges the gRPC stream to a [`crate::watch::stream`] task.
 
-use super::require_leader;
+use super::{require_leader, until_stopped};
 use crate::service::EtcdServer;
 use crate::watch::stream::{self, HeaderFn, StreamConfig};
 use etcd_proto::etcdserverpb::watch_server::Watch;
@@ -11,7 +11,8 @@ use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-pub struct WatchService(pub Arc<EtcdServer>);
+/// The service, and the signal that ends open Watch streams when the member stops.
+pub struct WatchService(pub Arc<EtcdServer>, pub tokio::sync::watch::Receiver<bool>);
 
 /// Responses buffered per stream before the stream task waits for the client.
 const OUT_BUFFER: usize = 128;
@@ -49,6 +50,9 @@ impl Watch for WatchService {
             Box::pin(requests),
             tx,
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+        Ok(Response::new(Box::pin(until_stopped(
+            ReceiverStream::new(rx).map(Ok),
+            self.1.clone(),
+        ))))
     }
 }
