@@ -127,9 +127,9 @@ impl StateMachine for Applier {
         Ok(())
     }
 
-    fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
+    fn restore(&mut self, snapshot: &Snapshot, batch: fjall::OwnedWriteBatch) -> Result<()> {
         let index = snapshot.get_metadata().index;
-        crate::snapshot::install(&self.backend, &snapshot.data, index)?;
+        crate::snapshot::install(&self.backend, &snapshot.data, index, batch)?;
         let leased_keys = self.store.reload()?;
         load_leases(&self.backend, &self.lessor, leased_keys)?;
         self.membership.reload()?;

@@ -65,11 +65,16 @@ pub fn capture(backend: &Backend) -> Result<(u64, Vec<u8>)> {
     Ok((state.applied_index, state.encode_to_vec()))
 }
 
-/// Replaces the replicated state with the blob's, in one batch with the new applied index. The
-/// caller reloads every in-memory view (store, lessor, membership) afterwards.
-pub fn install(backend: &Backend, data: &[u8], index: u64) -> Result<()> {
+/// Replaces the replicated state with the blob's, with the new applied index, in `batch`
+/// (which also carries the raft log's reset) and commits it durably. The caller reloads every
+/// in-memory view (store, lessor, membership) afterwards.
+pub fn install(
+    backend: &Backend,
+    data: &[u8],
+    index: u64,
+    mut batch: fjall::OwnedWriteBatch,
+) -> Result<()> {
     let state = StateSnapshot::decode(data).map_err(Error::internal)?;
-    let mut batch = backend.db.batch();
     for ks in [&backend.kv, &backend.lease, &backend.members] {
         for g in ks.iter() {
             batch.remove(ks, g.key()?);

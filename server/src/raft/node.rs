@@ -25,8 +25,9 @@ pub trait StateMachine: Send + 'static {
     /// Applies the membership effect of a committed conf change at `index` (raft's own view
     /// already changed to `cs`).
     fn apply_conf_change(&mut self, index: u64, cc: &ConfChangeV2, cs: &ConfState) -> Result<()>;
-    /// Replaces the whole state with a snapshot's.
-    fn restore(&mut self, snapshot: &Snapshot) -> Result<()>;
+    /// Replaces the whole state with a snapshot's: adds it to `batch` (which resets the raft
+    /// log) and commits both at once.
+    fn restore(&mut self, snapshot: &Snapshot, batch: fjall::OwnedWriteBatch) -> Result<()>;
     /// A proposal could not enter the log (no leader): fail its waiter now.
     fn proposal_dropped(&mut self, id: u64, err: Error);
     /// This member became leader (`true`) or stopped being leader (`false`).
@@ -377,8 +378,9 @@ impl<S: StateMachine> Loop<S> {
         self.transport.send(rd.take_messages());
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
-            self.storage.apply_snapshot(&snap)?;
-            self.sm.restore(&snap)?;
+            let batch = self.storage.stage_snapshot(&snap)?;
+            self.sm.restore(&snap, batch)?;
+            self.storage.snapshot_installed(&snap);
             self.after_membership_change(snap.get_metadata().get_conf_state());
             self.status.applied.send_replace(snap.get_metadata().index);
         }

@@ -115,9 +115,11 @@ impl RaftStorage {
         Ok(())
     }
 
-    /// Makes the log start right after an installed snapshot: every entry is dropped, and the
-    /// snapshot's membership and position become the storage's.
-    pub fn apply_snapshot(&self, snap: &Snapshot) -> Result<()> {
+    /// Stages, in a new batch, what makes the log start right after `snap`: every entry
+    /// dropped, the snapshot's membership and position recorded. The state machine adds its own
+    /// state to the same batch and commits it, so log and state change together; then
+    /// [`RaftStorage::snapshot_installed`] updates the in-memory view.
+    pub fn stage_snapshot(&self, snap: &Snapshot) -> Result<fjall::OwnedWriteBatch> {
         let meta = snap.get_metadata();
         let mut batch = self.backend.db.batch();
         for g in self.backend.raft_log.iter() {
@@ -131,18 +133,29 @@ impl RaftStorage {
             .write_to_bytes()
             .map_err(Error::internal)?;
         batch.insert(&self.backend.raft_meta, CONF_STATE, cs_bytes);
-        let mut h = self.header.write();
-        let mut hs = h.hard_state.clone();
-        hs.commit = hs.commit.max(meta.index);
-        hs.term = hs.term.max(meta.term);
+        let hs = self.snapshot_hard_state(snap);
         let hs_bytes = hs.write_to_bytes().map_err(Error::internal)?;
         batch.insert(&self.backend.raft_meta, HARD_STATE, hs_bytes);
-        batch.durability(Some(PersistMode::SyncData)).commit()?;
+        Ok(batch)
+    }
+
+    fn snapshot_hard_state(&self, snap: &Snapshot) -> HardState {
+        let meta = snap.get_metadata();
+        let mut hs = self.header.read().hard_state.clone();
+        hs.commit = hs.commit.max(meta.index);
+        hs.term = hs.term.max(meta.term);
+        hs
+    }
+
+    /// The batch from [`RaftStorage::stage_snapshot`] is committed.
+    pub fn snapshot_installed(&self, snap: &Snapshot) {
+        let meta = snap.get_metadata();
+        let hs = self.snapshot_hard_state(snap);
+        let mut h = self.header.write();
         h.start = (meta.index, meta.term);
         h.last_index = meta.index;
         h.conf_state = meta.get_conf_state().clone();
         h.hard_state = hs;
-        Ok(())
     }
 
     /// Raises the stored commit index to `index` if it is lower. The applied index is written
