@@ -17,7 +17,7 @@ pub async fn serve_client(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = no_delay(listener);
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let signal = async move {
         shutdown.await;
@@ -26,4 +26,10 @@ pub async fn serve_client(
     grpc::router(server, stopping)
         .serve_with_incoming_shutdown(incoming, signal)
         .await
+}
+
+/// Accepted connections with Nagle's algorithm off (tonic ignores its own `tcp_nodelay` when
+/// given a listener), so small responses leave at once instead of after the delayed-ACK timer.
+pub(crate) fn no_delay(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -264,10 +264,15 @@ struct Loop<S> {
     cfg: RaftConfig,
     read_seq: u64,
     pending_reads: Vec<oneshot::Sender<Result<u64>>>,
-    read_waiters: HashMap<Vec<u8>, Vec<oneshot::Sender<Result<u64>>>>,
+    /// ReadIndex requests in flight: context -> (last sent, callers).
+    read_waiters: HashMap<Vec<u8>, (Instant, Vec<oneshot::Sender<Result<u64>>>)>,
     was_leader: bool,
     last_leader: u64,
 }
+
+/// How long a ReadIndex request may go unanswered before it is sent again (etcd's
+/// `readIndexRetryTime`).
+const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
 
 /// Upper bound of commands taken in one turn, so a flood cannot starve ticks.
 const MAX_COMMANDS: usize = 4096;
@@ -350,22 +355,34 @@ impl<S: StateMachine> Loop<S> {
         }
     }
 
-    /// One ReadIndex request covers every read queued this turn.
+    /// One ReadIndex request covers every read queued this turn. Its context is unique in the
+    /// cluster (member ID + sequence): the leader ignores a context it already has pending.
+    /// A request with no answer after [`READ_INDEX_RETRY`] is sent again (it may have been lost
+    /// with a leader change or a dropped message).
     fn issue_read_index(&mut self) {
-        if self.pending_reads.is_empty() {
-            return;
-        }
-        if self.raw.raft.leader_id == 0 {
-            for tx in self.pending_reads.drain(..) {
-                let _ = tx.send(Err(Error::NoLeader));
+        if !self.pending_reads.is_empty() {
+            if self.raw.raft.leader_id == 0 {
+                for tx in self.pending_reads.drain(..) {
+                    let _ = tx.send(Err(Error::NoLeader));
+                }
+            } else {
+                self.read_seq += 1;
+                let mut ctx = self.cfg.id.to_be_bytes().to_vec();
+                ctx.extend_from_slice(&self.read_seq.to_be_bytes());
+                self.raw.read_index(ctx.clone());
+                let waiters = std::mem::take(&mut self.pending_reads);
+                self.read_waiters.insert(ctx, (Instant::now(), waiters));
             }
-            return;
         }
-        self.read_seq += 1;
-        let ctx = self.read_seq.to_be_bytes().to_vec();
-        self.raw.read_index(ctx.clone());
-        self.read_waiters
-            .insert(ctx, std::mem::take(&mut self.pending_reads));
+        let now = Instant::now();
+        for (ctx, (sent, waiters)) in self.read_waiters.iter_mut() {
+            waiters.retain(|tx| !tx.is_closed());
+            if now.duration_since(*sent) >= READ_INDEX_RETRY {
+                *sent = now;
+                self.raw.read_index(ctx.clone());
+            }
+        }
+        self.read_waiters.retain(|_, (_, w)| !w.is_empty());
     }
 
     /// Handles one Ready; true when applying it removed this member.
@@ -396,7 +413,7 @@ impl<S: StateMachine> Loop<S> {
         // Votes and append acknowledgements only after what they promise is durable.
         self.transport.send(rd.take_persisted_messages());
         for rs in rd.take_read_states() {
-            if let Some(waiters) = self.read_waiters.remove(&rs.request_ctx) {
+            if let Some((_, waiters)) = self.read_waiters.remove(&rs.request_ctx) {
                 for tx in waiters {
                     let _ = tx.send(Ok(rs.index));
                 }
