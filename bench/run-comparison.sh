@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of a 3-member etcd cluster and a 3-member pgraftd cluster, on one
+# machine, with the same load generator (pgraft-bench, a port of etcd's `benchmark` tool).
+#
+#   bench/run-comparison.sh            # full matrix (a few minutes)
+#   QUICK=1 bench/run-comparison.sh    # small smoke run (well under a minute of load)
+#
+# Steps: build pgraftd and pgraft-bench (release); for etcd, then pgraftd: start 3 members on
+# free 127.0.0.1 ports with data under a temp dir, wait for health, run the matrix, let the
+# members settle, read each member's VmRSS, stop them. Prints a Markdown table (etcd, pgraft,
+# ratio) with the machine and the exact commands; results and logs go to $RESULTS_DIR.
+#
+# Knobs (environment): QUICK=1, PUT_TOTAL, RANGE_TOTAL, LAT_TOTAL, CONNS, SETTLE (seconds
+# before reading RSS), ETCD (etcd binary), SKIP_BUILD=1, CARGO_JOBS, RESULTS_DIR, KEEP_WORK=1
+# (the temp dir with data and logs is also kept when the script fails).
+# All traffic stays on 127.0.0.1; every benchmark is bounded by its request count, a
+# per-request timeout and `timeout`; all started processes are stopped on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+QUICK=${QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+    PUT_TOTAL=${PUT_TOTAL:-2000} RANGE_TOTAL=${RANGE_TOTAL:-2000} LAT_TOTAL=${LAT_TOTAL:-200}
+    SETTLE=${SETTLE:-3}
+else
+    PUT_TOTAL=${PUT_TOTAL:-20000} RANGE_TOTAL=${RANGE_TOTAL:-20000} LAT_TOTAL=${LAT_TOTAL:-2000}
+    SETTLE=${SETTLE:-10}
+fi
+CONNS=${CONNS:-16}
+ETCD=${ETCD:-/usr/bin/etcd}
+PGRAFTD=$ROOT/target/release/pgraftd
+BENCH=$ROOT/target/release/pgraft-bench
+RESULTS_DIR=${RESULTS_DIR:-$ROOT/target/bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
+BENCH_TIMEOUT=600 # seconds, per benchmark invocation
+RANGE_KEY=bench-range-key
+
+log() { echo "[run-comparison] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- prerequisites and build
+command -v jq >/dev/null || die "jq is required (apt-get install jq)"
+if [[ ! -x $ETCD ]] || ! command -v etcdctl >/dev/null; then
+    log "installing etcd-server and etcd-client"
+    [[ $(id -u) == 0 ]] || die "etcd not found at $ETCD; install etcd-server and etcd-client"
+    apt-get install -y etcd-server etcd-client >/dev/null
+fi
+export ETCDCTL_API=3
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+    log "building pgraftd and pgraft-bench (release)"
+    (cd "$ROOT" && cargo build --release -j "${CARGO_JOBS:-2}" \
+        -p pgraft-server --bin pgraftd -p pgraft-bench --bin pgraft-bench)
+fi
+[[ -x $PGRAFTD && -x $BENCH ]] || die "missing $PGRAFTD or $BENCH"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/pgraft-bench.XXXXXX")
+mkdir -p "$RESULTS_DIR"
+PIDS=()
+
+stop_members() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        local alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [[ $alive == 0 ]] && break
+        sleep 0.2
+    done
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    PIDS=()
+}
+cleanup() {
+    local rc=$?
+    stop_members
+    if [[ ${KEEP_WORK:-0} == 1 || $rc != 0 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Prints N distinct free TCP ports on 127.0.0.1.
+free_ports() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+# ---------------------------------------------------------------- one cluster
+check_alive() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -0 "$pid" 2>/dev/null || die "$1 member $pid exited; see $WORK/$1 (KEEP_WORK=1 keeps it)"
+    done
+}
+
+# start_cluster KIND BINARY: starts 3 members, sets ENDPOINTS; PIDS holds their pids.
+start_cluster() {
+    local kind=$1 bin=$2 ports i cluster=""
+    read -ra ports <<<"$(free_ports 6)"
+    for i in 0 1 2; do
+        cluster+="${cluster:+,}m$((i + 1))=http://127.0.0.1:${ports[i + 3]}"
+    done
+    ENDPOINTS=""
+    for i in 0 1 2; do
+        local name=m$((i + 1)) cport=${ports[i]} pport=${ports[i + 3]}
+        ENDPOINTS+="${ENDPOINTS:+,}127.0.0.1:$cport"
+        mkdir -p "$WORK/$kind"
+        "$bin" --name "$name" --data-dir "$WORK/$kind/$name.data" \
+            --listen-client-urls "http://127.0.0.1:$cport" \
+            --advertise-client-urls "http://127.0.0.1:$cport" \
+            --listen-peer-urls "http://127.0.0.1:$pport" \
+            --initial-advertise-peer-urls "http://127.0.0.1:$pport" \
+            --initial-cluster "$cluster" --initial-cluster-token "$kind-bench" \
+            --initial-cluster-state new >"$WORK/$kind/$name.log" 2>&1 &
+        PIDS+=($!)
+    done
+    for _ in $(seq 120); do
+        if etcdctl --endpoints="$ENDPOINTS" --command-timeout=2s endpoint health >/dev/null 2>&1; then
+            # Make sure these endpoints are our members, not some other server on a reused port.
+            local members
+            members=$(etcdctl --endpoints="$ENDPOINTS" member list) || die "$kind: member list failed"
+            for i in 3 4 5; do
+                grep -q "http://127.0.0.1:${ports[i]}" <<<"$members" ||
+                    die "$kind: peer port ${ports[i]} is not in the member list: $members"
+            done
+            check_alive "$kind"
+            return 0
+        fi
+        check_alive "$kind"
+        sleep 0.5
+    done
+    die "$kind cluster did not become healthy within 60 s"
+}
+
+# bench KIND TEST ARGS...: runs pgraft-bench with --json, keeps the result and the command.
+bench() {
+    local kind=$1 test=$2
+    shift 2
+    local out="$RESULTS_DIR/$kind-$test.json"
+    log "$kind: $test"
+    echo "pgraft-bench --endpoints \$ENDPOINTS $*" >>"$WORK/commands-$kind"
+    timeout "$BENCH_TIMEOUT" "$BENCH" --endpoints "$ENDPOINTS" --json "$@" >"$out" ||
+        die "$kind $test failed (pgraft-bench exit $?)"
+    check_alive "$kind"
+    jq -c '{requests, errors, requests_per_sec, p50: .percentiles_ms.p50, p99: .percentiles_ms.p99}' "$out" >&2
+}
+
+run_matrix() {
+    local kind=$1 bin=$2 pid i
+    log "starting 3-member $kind cluster"
+    start_cluster "$kind" "$bin"
+    local put=(put --key-size 8 --val-size 256 --sequential-keys --key-space-size "$PUT_TOTAL")
+    bench "$kind" put16 --target-leader --conns "$CONNS" --clients 16 --total "$PUT_TOTAL" "${put[@]}"
+    bench "$kind" put64 --target-leader --conns "$CONNS" --clients 64 --total "$PUT_TOTAL" "${put[@]}"
+    bench "$kind" put1 --target-leader --conns 1 --clients 1 --total "$LAT_TOTAL" "${put[@]}"
+    etcdctl --endpoints="$ENDPOINTS" put "$RANGE_KEY" "$(printf 'v%.0s' $(seq 256))" >/dev/null
+    bench "$kind" range-l --conns "$CONNS" --clients 64 --total "$RANGE_TOTAL" range "$RANGE_KEY" --consistency l
+    bench "$kind" range-s --conns "$CONNS" --clients 64 --total "$RANGE_TOTAL" range "$RANGE_KEY" --consistency s
+    log "$kind: idle for ${SETTLE}s before reading RSS"
+    sleep "$SETTLE"
+    : >"$RESULTS_DIR/$kind-rss-kib"
+    for pid in "${PIDS[@]}"; do
+        awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" >>"$RESULTS_DIR/$kind-rss-kib"
+    done
+    # WARN/ERROR lines: pgraftd logs JSON ("level":"WARN"), etcd 3.4 capnslog ("W | ...").
+    cat "$WORK/$kind"/m?.log | grep -ciE '"level":"(warn|error)"| [WE] \| ' \
+        >"$RESULTS_DIR/$kind-log-warnings" || true
+    stop_members
+    cp "$WORK/$kind"/*.log "$RESULTS_DIR/" 2>/dev/null || true
+    for i in 1 2 3; do mv -f "$RESULTS_DIR/m$i.log" "$RESULTS_DIR/$kind-m$i.log" 2>/dev/null || true; done
+}
+
+run_matrix etcd "$ETCD"
+run_matrix pgraft "$PGRAFTD"
+
+# ---------------------------------------------------------------- report
+j() { jq -r "$2" "$RESULTS_DIR/$1.json"; }
+rss() { awk -v f="$2" '{s += $1; if ($1 > m) m = $1} END {printf "%.1f", (f == "max" ? m : s / NR) / 1024}' "$RESULTS_DIR/$1-rss-kib"; }
+errors() { cat "$RESULTS_DIR/$1"-{put16,put64,put1,range-l,range-s}.json | jq -s 'map(.errors) | add'; }
+row() { # row LABEL ETCD PGRAFT
+    local ratio
+    ratio=$(awk -v a="$2" -v b="$3" 'BEGIN {if (a > 0) printf "%.2f", b / a; else print "n/a"}')
+    printf '| %s | %s | %s | %s |\n' "$1" "$2" "$3" "$ratio"
+}
+fmt() { awk -v x="$1" -v d="$2" 'BEGIN {printf "%.*f", d, x}'; }
+report() {
+    echo "## pgraft vs etcd: 3-member clusters on one machine"
+    echo
+    echo "| metric | etcd | pgraft | pgraft / etcd |"
+    echo "|---|---:|---:|---:|"
+    row "put, 16 clients, to leader (req/s, higher is better)" \
+        "$(fmt "$(j etcd-put16 .requests_per_sec)" 0)" "$(fmt "$(j pgraft-put16 .requests_per_sec)" 0)"
+    row "put, 64 clients, to leader (req/s, higher is better)" \
+        "$(fmt "$(j etcd-put64 .requests_per_sec)" 0)" "$(fmt "$(j pgraft-put64 .requests_per_sec)" 0)"
+    row "put, 1 client, p50 latency (ms, lower is better)" \
+        "$(fmt "$(j etcd-put1 .percentiles_ms.p50)" 2)" "$(fmt "$(j pgraft-put1 .percentiles_ms.p50)" 2)"
+    row "put, 1 client, p99 latency (ms, lower is better)" \
+        "$(fmt "$(j etcd-put1 .percentiles_ms.p99)" 2)" "$(fmt "$(j pgraft-put1 .percentiles_ms.p99)" 2)"
+    row "linearizable range, 64 clients (req/s, higher is better)" \
+        "$(fmt "$(j etcd-range-l .requests_per_sec)" 0)" "$(fmt "$(j pgraft-range-l .requests_per_sec)" 0)"
+    row "serializable range, 64 clients (req/s, higher is better)" \
+        "$(fmt "$(j etcd-range-s .requests_per_sec)" 0)" "$(fmt "$(j pgraft-range-s .requests_per_sec)" 0)"
+    row "idle RSS per member, mean (MiB, lower is better)" "$(rss etcd mean)" "$(rss pgraft mean)"
+    row "idle RSS per member, max (MiB, lower is better)" "$(rss etcd max)" "$(rss pgraft max)"
+    row "failed requests, all runs (lower is better)" "$(errors etcd)" "$(errors pgraft)"
+    row "WARN/ERROR log lines, 3 members" "$(cat "$RESULTS_DIR/etcd-log-warnings")" \
+        "$(cat "$RESULTS_DIR/pgraft-log-warnings")"
+    echo
+    echo "Machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)," \
+        "$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, Linux $(uname -r)."
+    echo "etcd $("$ETCD" --version | awk '/^etcd Version/ {print $3}') vs pgraft" \
+        "$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)" \
+        "($("$PGRAFTD" --version | head -1)); clients, servers and all three members of each" \
+        "cluster share this machine; data dirs on $(df -P "$WORK" | awk 'NR == 2 {print $1}')."
+    echo
+    echo "Command: \`$(env | grep -E '^(QUICK|PUT_TOTAL|RANGE_TOTAL|LAT_TOTAL|CONNS|SETTLE)=' | sort | tr '\n' ' ')bench/run-comparison.sh\`" \
+        "(PUT_TOTAL=$PUT_TOTAL RANGE_TOTAL=$RANGE_TOTAL LAT_TOTAL=$LAT_TOTAL CONNS=$CONNS SETTLE=$SETTLE)."
+    echo "Benchmarks run against each cluster (\$ENDPOINTS: its three client URLs):"
+    echo '```'
+    cat "$WORK/commands-etcd"
+    echo '```'
+    local f errs
+    errs=$(for f in "$RESULTS_DIR"/{etcd,pgraft}-*.json; do
+        jq -r --arg run "$(basename "$f" .json)" \
+            '.error_distribution | to_entries[] | "- \($run): \(.value) × `\(.key)`"' "$f"
+    done)
+    if [[ -n $errs ]]; then
+        echo
+        echo "Failed requests:"
+        printf '%s\n' "$errs"
+    fi
+}
+report | tee "$RESULTS_DIR/table.md"
+log "results, JSON and member logs in $RESULTS_DIR"

@@ -1,0 +1,287 @@
+//! The benchmark subcommands, each a port of the etcd `benchmark` command of the same name:
+//! `put`, `range`, `txn-put` and `watch-latency`.
+
+use std::time::{Duration, Instant};
+
+use etcd_proto::etcdserverpb::{
+    kv_client::KvClient, request_op, watch_client::WatchClient, watch_request, PutRequest,
+    RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+};
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::runner::{run_kv, status_message};
+use crate::stats::Report;
+
+/// Common settings handed to every subcommand.
+pub struct Ctx {
+    pub channels: Vec<Channel>,
+    pub clients: usize,
+    pub total: u64,
+    pub timeout: Duration,
+}
+
+/// A benchmark key as etcd's tool makes it: `key_size` bytes starting with the zig-zag
+/// varint of `n` (Go's `binary.PutVarint`), zero-padded, cut at `key_size`.
+pub fn bench_key(n: u64, key_size: usize) -> Vec<u8> {
+    let mut key = vec![0u8; key_size];
+    let mut x = n << 1;
+    for b in key.iter_mut() {
+        *b = (x & 0x7f) as u8;
+        x >>= 7;
+        if x == 0 {
+            break;
+        }
+        *b |= 0x80;
+    }
+    key
+}
+
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    rand::rng().fill(&mut v[..]);
+    v
+}
+
+/// `put`: one Put per request, keys sequential or uniformly random in the key space.
+pub async fn put(
+    ctx: &Ctx,
+    key_size: usize,
+    val_size: usize,
+    key_space: u64,
+    sequential: bool,
+) -> Report {
+    let value = random_bytes(val_size);
+    let key_space = key_space.max(1);
+    run_kv(
+        "put",
+        &ctx.channels,
+        ctx.clients,
+        ctx.total,
+        ctx.timeout,
+        move |mut kv, i| {
+            let n = if sequential {
+                i % key_space
+            } else {
+                rand::rng().random_range(0..key_space)
+            };
+            let req = PutRequest {
+                key: bench_key(n, key_size),
+                value: value.clone(),
+                ..Default::default()
+            };
+            async move { kv.put(req).await.map(drop) }
+        },
+    )
+    .await
+}
+
+/// `range <key> [end]`: linearizable (`l`) or serializable (`s`) reads.
+pub async fn range(
+    ctx: &Ctx,
+    key: &str,
+    end: Option<&str>,
+    serializable: bool,
+    limit: i64,
+) -> Report {
+    let req = RangeRequest {
+        key: key.as_bytes().to_vec(),
+        range_end: end.map(|e| e.as_bytes().to_vec()).unwrap_or_default(),
+        serializable,
+        limit,
+        ..Default::default()
+    };
+    run_kv(
+        "range",
+        &ctx.channels,
+        ctx.clients,
+        ctx.total,
+        ctx.timeout,
+        move |mut kv, _| {
+            let req = req.clone();
+            async move { kv.range(req).await.map(drop) }
+        },
+    )
+    .await
+}
+
+/// `txn-put`: transactions of `txn_ops` puts, keys walking the key space in order.
+pub async fn txn_put(
+    ctx: &Ctx,
+    txn_ops: usize,
+    key_size: usize,
+    val_size: usize,
+    key_space: u64,
+) -> Report {
+    let value = random_bytes(val_size);
+    let key_space = key_space.max(1);
+    run_kv(
+        "txn-put",
+        &ctx.channels,
+        ctx.clients,
+        ctx.total,
+        ctx.timeout,
+        move |mut kv, i| {
+            let success = (0..txn_ops as u64)
+                .map(|j| RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key: bench_key((i * txn_ops as u64 + j) % key_space, key_size),
+                        value: value.clone(),
+                        ..Default::default()
+                    })),
+                })
+                .collect();
+            let req = TxnRequest {
+                success,
+                ..Default::default()
+            };
+            async move { kv.txn(req).await.map(drop) }
+        },
+    )
+    .await
+}
+
+/// Settings of `watch-latency`.
+pub struct WatchLatency {
+    pub put_total: u64,
+    pub put_rate: f64,
+    pub streams: usize,
+    pub watchers_per_stream: usize,
+    pub key_size: usize,
+    pub val_size: usize,
+}
+
+/// Opens one watch stream with `watchers` watchers on `key`, waits until all are created,
+/// and forwards the arrival time of every event to `events`.
+async fn open_watch_stream(
+    ch: Channel,
+    key: Vec<u8>,
+    watchers: usize,
+    events: mpsc::UnboundedSender<Instant>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let (req_tx, req_rx) = mpsc::channel(watchers.max(1));
+    for _ in 0..watchers {
+        let create = WatchCreateRequest {
+            key: key.clone(),
+            ..Default::default()
+        };
+        let req = WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+        };
+        req_tx.try_send(req).map_err(|e| e.to_string())?;
+    }
+    let mut stream = WatchClient::new(ch)
+        .watch(ReceiverStream::new(req_rx))
+        .await
+        .map_err(|s| status_message(&s))?
+        .into_inner();
+    let mut created = 0;
+    while created < watchers {
+        match tokio::time::timeout(timeout, stream.message()).await {
+            Ok(Ok(Some(resp))) if resp.created => created += 1,
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => return Err("watch stream closed before watchers were created".into()),
+            Ok(Err(s)) => return Err(status_message(&s)),
+            Err(_) => return Err("timed out creating watchers".into()),
+        }
+    }
+    tokio::spawn(async move {
+        let _keep_open = req_tx;
+        while let Ok(Some(resp)) = stream.message().await {
+            let now = Instant::now();
+            for _ in &resp.events {
+                if events.send(now).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// `watch-latency`: puts to one key at `put_rate`, one at a time; for each put measures the
+/// put latency and, for every watcher, the time from sending the put to receiving its event.
+/// Returns the put report and the watch report.
+pub async fn watch_latency(ctx: &Ctx, w: &WatchLatency) -> Result<(Report, Report), String> {
+    let key = random_bytes(w.key_size);
+    let value = random_bytes(w.val_size);
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    for s in 0..w.streams {
+        let ch = ctx.channels[s % ctx.channels.len()].clone();
+        open_watch_stream(
+            ch,
+            key.clone(),
+            w.watchers_per_stream,
+            ev_tx.clone(),
+            ctx.timeout,
+        )
+        .await?;
+    }
+    drop(ev_tx);
+    let watchers = w.streams * w.watchers_per_stream;
+
+    let mut kv = KvClient::new(ctx.channels[0].clone());
+    let period = Duration::from_secs_f64(1.0 / w.put_rate.max(0.001));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut put_lats, mut watch_lats) = (Vec::new(), Vec::new());
+    let (mut put_errs, mut watch_errs) = (Default::default(), Default::default());
+    let start = Instant::now();
+    'puts: for _ in 0..w.put_total {
+        tick.tick().await;
+        let req = PutRequest {
+            key: key.clone(),
+            value: value.clone(),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        match tokio::time::timeout(ctx.timeout, kv.put(req)).await {
+            Ok(Ok(_)) => put_lats.push(t0.elapsed()),
+            Ok(Err(s)) => {
+                count(&mut put_errs, status_message(&s));
+                continue;
+            }
+            Err(_) => {
+                // The put may still apply later and confuse the event count: stop here.
+                count(&mut put_errs, "request timed out".into());
+                break;
+            }
+        }
+        for _ in 0..watchers {
+            match tokio::time::timeout(ctx.timeout, ev_rx.recv()).await {
+                Ok(Some(at)) => watch_lats.push(at.saturating_duration_since(t0)),
+                _ => {
+                    count(&mut watch_errs, "timed out waiting for watch events".into());
+                    break 'puts;
+                }
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    Ok((
+        Report::new("put", put_lats, put_errs, elapsed),
+        Report::new("watch", watch_lats, watch_errs, elapsed),
+    ))
+}
+
+fn count(errors: &mut std::collections::BTreeMap<String, usize>, msg: String) {
+    *errors.entry(msg).or_default() += 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bench_key;
+
+    #[test]
+    fn keys_are_go_varints() {
+        assert_eq!(bench_key(0, 8), vec![0; 8]);
+        assert_eq!(bench_key(1, 4), vec![2, 0, 0, 0]);
+        assert_eq!(bench_key(64, 4), vec![0x80, 0x01, 0, 0]);
+        assert_eq!(bench_key(300, 3), vec![0xd8, 0x04, 0]);
+        assert_eq!(bench_key(u64::MAX >> 2, 2).len(), 2);
+        assert_ne!(bench_key(5, 8), bench_key(6, 8));
+    }
+}

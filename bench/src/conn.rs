@@ -1,0 +1,83 @@
+//! gRPC connections: one tonic `Channel` (one HTTP/2 connection) per `--conns`, assigned to
+//! the endpoints round-robin; `--target-leader` first asks each endpoint's Maintenance.Status
+//! which member leads and keeps only the leader's endpoint.
+
+use std::time::Duration;
+
+use etcd_proto::etcdserverpb::{maintenance_client::MaintenanceClient, StatusRequest};
+use tonic::transport::{Channel, Endpoint};
+
+/// `127.0.0.1:2379` or `http://127.0.0.1:2379` becomes a URL tonic can dial.
+pub fn endpoint_url(ep: &str) -> String {
+    let ep = ep.trim();
+    if ep.contains("://") {
+        ep.to_string()
+    } else {
+        format!("http://{ep}")
+    }
+}
+
+async fn dial(url: &str, timeout: Duration) -> Result<Channel, String> {
+    Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("bad endpoint {url}: {e}"))?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e}"))
+}
+
+/// The endpoint whose member is the Raft leader, by Maintenance.Status.
+pub async fn find_leader(urls: &[String], timeout: Duration) -> Result<String, String> {
+    for url in urls {
+        let Ok(ch) = dial(url, timeout).await else {
+            continue;
+        };
+        let mut mc = MaintenanceClient::new(ch);
+        let Ok(Ok(resp)) = tokio::time::timeout(timeout, mc.status(StatusRequest {})).await else {
+            continue;
+        };
+        let resp = resp.into_inner();
+        let member = resp.header.map(|h| h.member_id).unwrap_or_default();
+        if resp.leader != 0 && resp.leader == member {
+            return Ok(url.clone());
+        }
+    }
+    Err(format!("no endpoint in {urls:?} reports itself as leader"))
+}
+
+/// Opens `conns` channels over `endpoints` (round-robin), or all to the leader.
+pub async fn connect(
+    endpoints: &[String],
+    conns: usize,
+    target_leader: bool,
+    timeout: Duration,
+) -> Result<Vec<Channel>, String> {
+    let mut urls: Vec<String> = endpoints
+        .iter()
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| endpoint_url(e))
+        .collect();
+    if urls.is_empty() {
+        return Err("no endpoints given".into());
+    }
+    if target_leader {
+        urls = vec![find_leader(&urls, timeout).await?];
+    }
+    let mut channels = Vec::with_capacity(conns);
+    for i in 0..conns.max(1) {
+        channels.push(dial(&urls[i % urls.len()], timeout).await?);
+    }
+    Ok(channels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_url;
+
+    #[test]
+    fn endpoint_urls() {
+        assert_eq!(endpoint_url("127.0.0.1:2379"), "http://127.0.0.1:2379");
+        assert_eq!(endpoint_url(" http://h:1 "), "http://h:1");
+    }
+}
