@@ -305,7 +305,8 @@ impl<S: StateMachine> Loop<S> {
     fn update_status(&mut self) {
         let r = &self.raw.raft;
         self.status.term.store(r.term, Ordering::Release);
-        self.status.leader.store(r.leader_id, Ordering::Release);
+        let prev = self.status.leader.swap(r.leader_id, Ordering::AcqRel);
+        crate::metrics::leader_seen(prev, r.leader_id);
         let is_leader = r.state == StateRole::Leader;
         if is_leader != self.was_leader {
             self.was_leader = is_leader;
