@@ -147,6 +147,12 @@ async fn health(s: &EtcdServer, q: &HashMap<String, String>) -> Response {
             .err()
             .map(|e| format!("RANGE ERROR:{e}"))
     };
+    health_response(reason)
+}
+
+/// `/health`'s answer: 200 `{"health":"true","reason":""}`, or 503 with the reason (written
+/// with Go's `http.Error`, as etcd does).
+fn health_response(reason: Option<String>) -> Response {
     let body = format!(
         "{{\"health\":\"{}\",\"reason\":{}}}",
         if reason.is_none() { "true" } else { "false" },
@@ -233,4 +239,50 @@ fn query_values(q: &str, key: &str) -> Vec<String> {
 
 fn has_key(q: &str, key: &str) -> bool {
     url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(r: Response) -> (StatusCode, String, String) {
+        let status = r.status();
+        let ct = r.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body =
+            futures::executor::block_on(axum::body::to_bytes(r.into_body(), 1 << 16)).unwrap();
+        (status, ct, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn health_answers() {
+        assert_eq!(
+            parts(health_response(None)),
+            (
+                StatusCode::OK,
+                "text/plain; charset=utf-8".into(),
+                r#"{"health":"true","reason":""}"#.into()
+            )
+        );
+        assert_eq!(
+            parts(health_response(Some("RAFT NO LEADER".into()))),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain; charset=utf-8".into(),
+                "{\"health\":\"false\",\"reason\":\"RAFT NO LEADER\"}\n".into()
+            )
+        );
+    }
+
+    #[test]
+    fn query_lists() {
+        assert_eq!(
+            query_values("verbose&exclude=a&exclude=b%5F", "exclude"),
+            vec!["a".to_string(), "b_".to_string()]
+        );
+        assert!(has_key("verbose&exclude=a", "verbose"));
+        assert!(!has_key("exclude=verbose", "verbose"));
+    }
 }
