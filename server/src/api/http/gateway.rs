@@ -58,346 +58,8 @@ macro_rules! unary {
 
 pub fn router(server: Arc<EtcdServer>, stopping: watch::Receiver<bool>) -> axum::Router {
     let max = grpc::max_recv(&server);
-    let kv = Arc::new(kv::KvService(server.clone()));
-    let lease = Arc::new(lease::LeaseService(server.clone(), stopping.clone()));
-    let cluster = Arc::new(cluster::ClusterService(server.clone()));
     let maint = Arc::new(maintenance::MaintenanceService(server.clone()));
-    let auth = Arc::new(unimplemented::AuthService);
-    let mut r = axum::Router::new();
-
-    unary!(
-        r,
-        max,
-        kv,
-        Kv::range,
-        "etcdserverpb.KV",
-        "Range",
-        "/kv/range"
-    );
-    unary!(r, max, kv, Kv::put, "etcdserverpb.KV", "Put", "/kv/put");
-    unary!(
-        r,
-        max,
-        kv,
-        Kv::delete_range,
-        "etcdserverpb.KV",
-        "DeleteRange",
-        "/kv/deleterange"
-    );
-    unary!(r, max, kv, Kv::txn, "etcdserverpb.KV", "Txn", "/kv/txn");
-    unary!(
-        r,
-        max,
-        kv,
-        Kv::compact,
-        "etcdserverpb.KV",
-        "Compact",
-        "/kv/compaction"
-    );
-
-    unary!(
-        r,
-        max,
-        lease,
-        Lease::lease_grant,
-        "etcdserverpb.Lease",
-        "LeaseGrant",
-        "/lease/grant"
-    );
-    unary!(
-        r,
-        max,
-        lease,
-        Lease::lease_revoke,
-        "etcdserverpb.Lease",
-        "LeaseRevoke",
-        "/lease/revoke",
-        "/kv/lease/revoke"
-    );
-    unary!(
-        r,
-        max,
-        lease,
-        Lease::lease_time_to_live,
-        "etcdserverpb.Lease",
-        "LeaseTimeToLive",
-        "/lease/timetolive",
-        "/kv/lease/timetolive"
-    );
-    unary!(
-        r,
-        max,
-        lease,
-        Lease::lease_leases,
-        "etcdserverpb.Lease",
-        "LeaseLeases",
-        "/lease/leases",
-        "/kv/lease/leases"
-    );
-
-    unary!(
-        r,
-        max,
-        cluster,
-        Cluster::member_add,
-        "etcdserverpb.Cluster",
-        "MemberAdd",
-        "/cluster/member/add"
-    );
-    unary!(
-        r,
-        max,
-        cluster,
-        Cluster::member_remove,
-        "etcdserverpb.Cluster",
-        "MemberRemove",
-        "/cluster/member/remove"
-    );
-    unary!(
-        r,
-        max,
-        cluster,
-        Cluster::member_update,
-        "etcdserverpb.Cluster",
-        "MemberUpdate",
-        "/cluster/member/update"
-    );
-    unary!(
-        r,
-        max,
-        cluster,
-        Cluster::member_list,
-        "etcdserverpb.Cluster",
-        "MemberList",
-        "/cluster/member/list"
-    );
-    unary!(
-        r,
-        max,
-        cluster,
-        Cluster::member_promote,
-        "etcdserverpb.Cluster",
-        "MemberPromote",
-        "/cluster/member/promote"
-    );
-
-    unary!(
-        r,
-        max,
-        maint,
-        Maintenance::alarm,
-        "etcdserverpb.Maintenance",
-        "Alarm",
-        "/maintenance/alarm"
-    );
-    unary!(
-        r,
-        max,
-        maint,
-        Maintenance::status,
-        "etcdserverpb.Maintenance",
-        "Status",
-        "/maintenance/status"
-    );
-    unary!(
-        r,
-        max,
-        maint,
-        Maintenance::defragment,
-        "etcdserverpb.Maintenance",
-        "Defragment",
-        "/maintenance/defragment"
-    );
-    unary!(
-        r,
-        max,
-        maint,
-        Maintenance::hash,
-        "etcdserverpb.Maintenance",
-        "Hash",
-        "/maintenance/hash"
-    );
-    unary!(
-        r,
-        max,
-        maint,
-        Maintenance::hash_kv,
-        "etcdserverpb.Maintenance",
-        "HashKV",
-        "/maintenance/hashkv"
-    );
-    unary!(
-        r,
-        max,
-        maint,
-        Maintenance::move_leader,
-        "etcdserverpb.Maintenance",
-        "MoveLeader",
-        "/maintenance/transfer-leadership"
-    );
-    unary!(
-        r,
-        max,
-        maint,
-        Maintenance::downgrade,
-        "etcdserverpb.Maintenance",
-        "Downgrade",
-        "/maintenance/downgrade"
-    );
-
-    unary!(
-        r,
-        max,
-        auth,
-        Auth::auth_enable,
-        "etcdserverpb.Auth",
-        "AuthEnable",
-        "/auth/enable"
-    );
-    unary!(
-        r,
-        max,
-        auth,
-        Auth::auth_disable,
-        "etcdserverpb.Auth",
-        "AuthDisable",
-        "/auth/disable"
-    );
-    unary!(
-        r,
-        max,
-        auth,
-        Auth::auth_status,
-        "etcdserverpb.Auth",
-        "AuthStatus",
-        "/auth/status"
-    );
-    unary!(
-        r,
-        max,
-        auth,
-        Auth::authenticate,
-        "etcdserverpb.Auth",
-        "Authenticate",
-        "/auth/authenticate"
-    );
-    unary!(
-        r,
-        max,
-        auth,
-        Auth::user_add,
-        "etcdserverpb.Auth",
-        "UserAdd",
-        "/auth/user/add"
-    );
-    unary!(
-        r,
-        max,
-        auth,
-        Auth::user_get,
-        "etcdserverpb.Auth",
-        "UserGet",
-        "/auth/user/get"
-    );
-    unary!(
-        r,
-        max,
-        auth,
-        Auth::user_list,
-        "etcdserverpb.Auth",
-        "UserList",
-        "/auth/user/list"
-    );
-    unary!(
-        r,
-        max,
-        auth,
-        Auth::user_delete,
-        "etcdserverpb.Auth",
-        "UserDelete",
-        "/auth/user/delete"
-    );
-    unary!(
-        r,
-        max,
-        auth,
-        Auth::user_change_password,
-        "etcdserverpb.Auth",
-        "UserChangePassword",
-        "/auth/user/changepw"
-    );
-    unary!(
-        r,
-        max,
-        auth,
-        Auth::user_grant_role,
-        "etcdserverpb.Auth",
-        "UserGrantRole",
-        "/auth/user/grant"
-    );
-    unary!(
-        r,
-        max,
-        auth,
-        Auth::user_revoke_role,
-        "etcdserverpb.Auth",
-        "UserRevokeRole",
-        "/auth/user/revoke"
-    );
-    unary!(
-        r,
-        max,
-        auth,
-        Auth::role_add,
-        "etcdserverpb.Auth",
-        "RoleAdd",
-        "/auth/role/add"
-    );
-    unary!(
-        r,
-        max,
-        auth,
-        Auth::role_get,
-        "etcdserverpb.Auth",
-        "RoleGet",
-        "/auth/role/get"
-    );
-    unary!(
-        r,
-        max,
-        auth,
-        Auth::role_list,
-        "etcdserverpb.Auth",
-        "RoleList",
-        "/auth/role/list"
-    );
-    unary!(
-        r,
-        max,
-        auth,
-        Auth::role_delete,
-        "etcdserverpb.Auth",
-        "RoleDelete",
-        "/auth/role/delete"
-    );
-    unary!(
-        r,
-        max,
-        auth,
-        Auth::role_grant_permission,
-        "etcdserverpb.Auth",
-        "RoleGrantPermission",
-        "/auth/role/grant"
-    );
-    unary!(
-        r,
-        max,
-        auth,
-        Auth::role_revoke_permission,
-        "etcdserverpb.Auth",
-        "RoleRevokePermission",
-        "/auth/role/revoke"
-    );
+    let mut r = unary_routes(&server, &stopping, &maint, max);
 
     // The server-side lock and election services are not served over gRPC either.
     for (route, what) in [
@@ -456,6 +118,87 @@ pub fn router(server: Arc<EtcdServer>, stopping: watch::Receiver<bool>) -> axum:
     }
     // Room for a max-size message in JSON (base64 and escapes); the gRPC size check follows.
     r.layer(DefaultBodyLimit::max(4 * max))
+}
+
+/// The unary RPCs of the six etcd services, each calling the gRPC service's own method.
+#[rustfmt::skip]
+fn unary_routes(
+    server: &Arc<EtcdServer>,
+    stopping: &watch::Receiver<bool>,
+    maint: &Arc<maintenance::MaintenanceService>,
+    max: usize,
+) -> axum::Router {
+    let kv = Arc::new(kv::KvService(server.clone()));
+    let lease = Arc::new(lease::LeaseService(server.clone(), stopping.clone()));
+    let cluster = Arc::new(cluster::ClusterService(server.clone()));
+    let auth = Arc::new(unimplemented::AuthService);
+    let mut r = axum::Router::new();
+    unary!(r, max, kv, Kv::range, "etcdserverpb.KV", "Range", "/kv/range");
+    unary!(r, max, kv, Kv::put, "etcdserverpb.KV", "Put", "/kv/put");
+    unary!(r, max, kv, Kv::delete_range, "etcdserverpb.KV", "DeleteRange", "/kv/deleterange");
+    unary!(r, max, kv, Kv::txn, "etcdserverpb.KV", "Txn", "/kv/txn");
+    unary!(r, max, kv, Kv::compact, "etcdserverpb.KV", "Compact", "/kv/compaction");
+
+    unary!(r, max, lease, Lease::lease_grant, "etcdserverpb.Lease", "LeaseGrant", "/lease/grant");
+    unary!(r, max, lease, Lease::lease_revoke, "etcdserverpb.Lease", "LeaseRevoke",
+        "/lease/revoke", "/kv/lease/revoke");
+    unary!(r, max, lease, Lease::lease_time_to_live, "etcdserverpb.Lease", "LeaseTimeToLive",
+        "/lease/timetolive", "/kv/lease/timetolive");
+    unary!(r, max, lease, Lease::lease_leases, "etcdserverpb.Lease", "LeaseLeases",
+        "/lease/leases", "/kv/lease/leases");
+
+    unary!(r, max, cluster, Cluster::member_add, "etcdserverpb.Cluster", "MemberAdd",
+        "/cluster/member/add");
+    unary!(r, max, cluster, Cluster::member_remove, "etcdserverpb.Cluster", "MemberRemove",
+        "/cluster/member/remove");
+    unary!(r, max, cluster, Cluster::member_update, "etcdserverpb.Cluster", "MemberUpdate",
+        "/cluster/member/update");
+    unary!(r, max, cluster, Cluster::member_list, "etcdserverpb.Cluster", "MemberList",
+        "/cluster/member/list");
+    unary!(r, max, cluster, Cluster::member_promote, "etcdserverpb.Cluster", "MemberPromote",
+        "/cluster/member/promote");
+
+    unary!(r, max, maint, Maintenance::alarm, "etcdserverpb.Maintenance", "Alarm",
+        "/maintenance/alarm");
+    unary!(r, max, maint, Maintenance::status, "etcdserverpb.Maintenance", "Status",
+        "/maintenance/status");
+    unary!(r, max, maint, Maintenance::defragment, "etcdserverpb.Maintenance", "Defragment",
+        "/maintenance/defragment");
+    unary!(r, max, maint, Maintenance::hash, "etcdserverpb.Maintenance", "Hash",
+        "/maintenance/hash");
+    unary!(r, max, maint, Maintenance::hash_kv, "etcdserverpb.Maintenance", "HashKV",
+        "/maintenance/hashkv");
+    unary!(r, max, maint, Maintenance::move_leader, "etcdserverpb.Maintenance", "MoveLeader",
+        "/maintenance/transfer-leadership");
+    unary!(r, max, maint, Maintenance::downgrade, "etcdserverpb.Maintenance", "Downgrade",
+        "/maintenance/downgrade");
+
+    unary!(r, max, auth, Auth::auth_enable, "etcdserverpb.Auth", "AuthEnable", "/auth/enable");
+    unary!(r, max, auth, Auth::auth_disable, "etcdserverpb.Auth", "AuthDisable", "/auth/disable");
+    unary!(r, max, auth, Auth::auth_status, "etcdserverpb.Auth", "AuthStatus", "/auth/status");
+    unary!(r, max, auth, Auth::authenticate, "etcdserverpb.Auth", "Authenticate",
+        "/auth/authenticate");
+    unary!(r, max, auth, Auth::user_add, "etcdserverpb.Auth", "UserAdd", "/auth/user/add");
+    unary!(r, max, auth, Auth::user_get, "etcdserverpb.Auth", "UserGet", "/auth/user/get");
+    unary!(r, max, auth, Auth::user_list, "etcdserverpb.Auth", "UserList", "/auth/user/list");
+    unary!(r, max, auth, Auth::user_delete, "etcdserverpb.Auth", "UserDelete",
+        "/auth/user/delete");
+    unary!(r, max, auth, Auth::user_change_password, "etcdserverpb.Auth", "UserChangePassword",
+        "/auth/user/changepw");
+    unary!(r, max, auth, Auth::user_grant_role, "etcdserverpb.Auth", "UserGrantRole",
+        "/auth/user/grant");
+    unary!(r, max, auth, Auth::user_revoke_role, "etcdserverpb.Auth", "UserRevokeRole",
+        "/auth/user/revoke");
+    unary!(r, max, auth, Auth::role_add, "etcdserverpb.Auth", "RoleAdd", "/auth/role/add");
+    unary!(r, max, auth, Auth::role_get, "etcdserverpb.Auth", "RoleGet", "/auth/role/get");
+    unary!(r, max, auth, Auth::role_list, "etcdserverpb.Auth", "RoleList", "/auth/role/list");
+    unary!(r, max, auth, Auth::role_delete, "etcdserverpb.Auth", "RoleDelete",
+        "/auth/role/delete");
+    unary!(r, max, auth, Auth::role_grant_permission, "etcdserverpb.Auth", "RoleGrantPermission",
+        "/auth/role/grant");
+    unary!(r, max, auth, Auth::role_revoke_permission, "etcdserverpb.Auth",
+        "RoleRevokePermission", "/auth/role/revoke");
+    r
 }
 
 /// The gRPC request a gateway call makes: grpc-gateway forwards `Authorization` and
