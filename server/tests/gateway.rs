@@ -7,7 +7,7 @@
 
 use base64::Engine as _;
 use clap::Parser;
-use etcd_proto::etcdserverpb::{cluster_client::ClusterClient, MemberListRequest};
+use etcd_proto::etcdserverpb::{auth_client::AuthClient, AuthStatusRequest};
 use pgraft_server::{Config, Node};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -844,8 +844,6 @@ async fn routes_prefixes_methods_and_cors() {
         .call("/v3/maintenance/alarm", json!({"action": "GET"}))
         .await;
     assert!(al.get("alarms").is_none(), "{al}");
-    let st = m.call("/v3/auth/status", json!({})).await;
-    assert!(st.get("enabled").is_none(), "{st}");
     // The Authorization header is accepted (auth is disabled: it is ignored).
     let a = m
         .answer(
@@ -1087,39 +1085,35 @@ async fn metrics_are_present_and_move() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_and_gateway_share_the_port_and_the_grpc_counters() {
     let m = Member::start().await;
-    // Only this test calls MemberList and LeaseLeases, so their counters move by exactly our
-    // calls even with other tests running in the process.
-    let started = grpc_series("started", "etcdserverpb.Cluster", "MemberList", None);
-    let ok = grpc_series("handled", "etcdserverpb.Cluster", "MemberList", Some("OK"));
+    // The counters are process-wide: only this test calls AuthStatus and RoleList, so theirs
+    // move by exactly our calls while other tests run.
+    let started = grpc_series("started", "etcdserverpb.Auth", "AuthStatus", None);
+    let ok = grpc_series("handled", "etcdserverpb.Auth", "AuthStatus", Some("OK"));
     let before = m.metrics().await;
     // gRPC (HTTP/2) on the same port as the JSON gateway.
-    let mut c = ClusterClient::connect(m.base.clone()).await.unwrap();
-    let list = c.member_list(MemberListRequest::default()).await.unwrap();
-    assert_eq!(list.into_inner().members.len(), 1);
+    let mut c = AuthClient::connect(m.base.clone()).await.unwrap();
+    let st = c.auth_status(AuthStatusRequest::default()).await.unwrap();
+    assert!(!st.into_inner().enabled);
     // And through the gateway, which etcd serves as a gRPC call too.
-    m.call("/v3/cluster/member/list", json!({})).await;
+    let st = m.call("/v3/auth/status", json!({})).await;
+    assert!(st.get("enabled").is_none(), "{st}");
     let after = m.metrics().await;
     assert_eq!(after.get(&started) - before.or_zero(&started), 2.0);
     assert_eq!(after.get(&ok) - before.or_zero(&ok), 2.0);
 
-    // A failed call is counted with its code.
-    let nf = grpc_series(
-        "handled",
-        "etcdserverpb.Lease",
-        "LeaseTimeToLive",
-        Some("NotFound"),
-    );
+    // A failed call is counted with its code (and only with it).
     let unimpl = grpc_series(
         "handled",
         "etcdserverpb.Auth",
         "RoleList",
         Some("Unimplemented"),
     );
+    let role_ok = grpc_series("handled", "etcdserverpb.Auth", "RoleList", Some("OK"));
     let before = m.metrics().await;
     m.post("/v3/auth/role/list", "{}").await;
     let after = m.metrics().await;
     assert_eq!(after.get(&unimpl) - before.or_zero(&unimpl), 1.0);
-    assert_eq!(after.or_zero(&nf), before.or_zero(&nf));
+    assert_eq!(after.or_zero(&role_ok), 0.0);
 
     // A watch whose client goes away ends as Canceled.
     let canceled = grpc_series("handled", "etcdserverpb.Watch", "Watch", Some("Canceled"));
