@@ -88,7 +88,9 @@ impl StateMachine for Applier {
             last.to_be_bytes().to_vec(),
         );
         let current = w.current_rev();
+        let start = std::time::Instant::now();
         let events = w.commit()?;
+        crate::metrics::BACKEND_COMMIT.since(start);
         self.hub.publish(events, current);
         for (id, res) in results {
             self.wait.trigger(id, res);

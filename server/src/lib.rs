@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod lease;
 pub mod membership;
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod raft;

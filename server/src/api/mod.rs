@@ -1,13 +1,16 @@
 //! The client-facing faces of a member. Each only converts its wire format to the service
-//! layer's calls and back.
+//! layer's calls and back. gRPC (HTTP/2) and the JSON gateway plus the plain HTTP endpoints
+//! (HTTP/1.1) share one listener, as on etcd's client port.
 
 pub mod grpc;
+pub mod http;
 pub mod peer;
 
 use crate::service::EtcdServer;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tonic::service::Routes;
 
 /// Serves the client API on `listener` until `shutdown` resolves. Long-lived streams (Watch,
 /// LeaseKeepAlive) then end with `etcdserver: server stopped`, so a client that keeps one open
@@ -23,7 +26,15 @@ pub async fn serve_client(
         shutdown.await;
         let _ = stopping_tx.send(true);
     };
-    grpc::router(server, stopping)
+    let app = grpc::routes(server.clone(), stopping.clone())
+        .into_axum_router()
+        .merge(http::router(server.clone(), stopping))
+        .fallback(http::fallback);
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .layer(grpc::metered::MeteredLayer)
+        .layer(grpc::recv_limit::RecvLimitLayer(grpc::max_recv(&server)))
+        .add_routes(Routes::from(app))
         .serve_with_incoming_shutdown(incoming, signal)
         .await
 }

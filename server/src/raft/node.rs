@@ -56,8 +56,6 @@ pub struct RaftStatus {
     pub is_learner: AtomicBool,
     /// Set when this member has been removed from the cluster; the loop has stopped.
     pub removed: AtomicBool,
-    /// Leader changes seen (etcd_server_leader_changes_seen_total).
-    pub leader_changes: AtomicU64,
     applied: watch::Sender<u64>,
 }
 
@@ -207,7 +205,6 @@ pub fn start<S: StateMachine>(
         commit_index: AtomicU64::new(raw.raft.raft_log.committed),
         is_learner: AtomicBool::new(cs.learners.contains(&cfg.id)),
         removed: AtomicBool::new(false),
-        leader_changes: AtomicU64::new(0),
         applied: applied_tx,
     });
     let (tx, rx) = mpsc::channel();
@@ -225,7 +222,6 @@ pub fn start<S: StateMachine>(
         pending_reads: Vec::new(),
         read_waiters: HashMap::new(),
         was_leader: false,
-        last_leader: 0,
     };
     let thread = std::thread::Builder::new()
         .name("raft".into())
@@ -267,7 +263,6 @@ struct Loop<S> {
     /// ReadIndex requests in flight: context -> (last sent, callers).
     read_waiters: HashMap<Vec<u8>, (Instant, Vec<oneshot::Sender<Result<u64>>>)>,
     was_leader: bool,
-    last_leader: u64,
 }
 
 /// How long a ReadIndex request may go unanswered before it is sent again (etcd's
@@ -497,13 +492,8 @@ impl<S: StateMachine> Loop<S> {
     fn update_status(&mut self) {
         let r = &self.raw.raft;
         self.status.term.store(r.term, Ordering::Release);
-        self.status.leader.store(r.leader_id, Ordering::Release);
-        if r.leader_id != self.last_leader {
-            if r.leader_id != 0 {
-                self.status.leader_changes.fetch_add(1, Ordering::AcqRel);
-            }
-            self.last_leader = r.leader_id;
-        }
+        let prev = self.status.leader.swap(r.leader_id, Ordering::AcqRel);
+        crate::metrics::leader_seen(prev, r.leader_id);
         let is_leader = r.state == StateRole::Leader;
         if is_leader != self.was_leader {
             self.was_leader = is_leader;

@@ -203,7 +203,11 @@ impl RaftStorage {
             batch.insert(&self.backend.raft_meta, HARD_STATE, bytes);
         }
         let mode = sync.then_some(PersistMode::SyncData);
+        let start = std::time::Instant::now();
         batch.durability(mode).commit()?;
+        if sync {
+            crate::metrics::WAL_FSYNC.since(start);
+        }
         let mut h = self.header.write();
         if let Some(l) = last {
             h.last_index = l;

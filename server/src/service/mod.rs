@@ -78,9 +78,11 @@ impl EtcdServer {
         if data.len() > self.cfg.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
+        let _pending = crate::metrics::PendingProposal::start();
         let rx = self.wait.register(id);
         if let Err(e) = self.raft.propose(id, data) {
             self.wait.cancel(id);
+            crate::metrics::PROPOSALS_FAILED.inc();
             return Err(e);
         }
         self.await_applied(id, rx).await
@@ -92,14 +94,20 @@ impl EtcdServer {
         id: u64,
         rx: tokio::sync::oneshot::Receiver<ApplyResult>,
     ) -> Result<Applied> {
-        match tokio::time::timeout(self.cfg.request_timeout(), rx).await {
+        let res = match tokio::time::timeout(self.cfg.request_timeout(), rx).await {
             Ok(Ok(res)) => res,
             Ok(Err(_)) => Err(Error::Stopped),
             Err(_) => {
                 self.wait.cancel(id);
                 Err(Error::Timeout)
             }
+        };
+        // Not entering the log or not coming back from it; an applied request's own error is
+        // its answer, not a failed proposal.
+        if let Err(Error::NoLeader | Error::Stopped | Error::Timeout | Error::LeaderChanged) = res {
+            crate::metrics::PROPOSALS_FAILED.inc();
         }
+        res
     }
 
     /// etcd's learner gate: a learner serves only Status and serializable Range.

@@ -70,6 +70,11 @@ impl WatchHub {
         self.current.subscribe()
     }
 
+    /// How many client watch streams are being served (each holds one subscription).
+    pub fn stream_count(&self) -> usize {
+        self.current.receiver_count()
+    }
+
     /// Events of revisions `from..=to`, at most `max_revs` revisions of them, with `prev_kv`
     /// filled. Errors with `Compacted` when `from` is below the compaction point.
     pub fn events(&self, from: i64, to: i64, max_revs: usize) -> Result<Vec<Arc<RevEvents>>> {

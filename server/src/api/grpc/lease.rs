@@ -13,6 +13,23 @@ use tonic::{Request, Response, Status, Streaming};
 /// The service, and the signal that ends open KeepAlive streams when the member stops.
 pub struct LeaseService(pub Arc<EtcdServer>, pub tokio::sync::watch::Receiver<bool>);
 
+/// Answers one keepalive of a LeaseKeepAlive stream (shared by the gRPC face and the gateway).
+pub(crate) async fn keep_alive_once(
+    server: &EtcdServer,
+    id: i64,
+) -> Result<LeaseKeepAliveResponse, Status> {
+    match server.lease_renew(id).await {
+        Ok(resp) => Ok(resp),
+        // An unknown or expired lease answers TTL 0 and keeps the stream open.
+        Err(Error::LeaseNotFound) => Ok(LeaseKeepAliveResponse {
+            header: Some(server.header(server.store.current_rev())),
+            id,
+            ttl: 0,
+        }),
+        Err(e) => Err(status(e)),
+    }
+}
+
 #[tonic::async_trait]
 impl Lease for LeaseService {
     async fn lease_grant(
@@ -48,19 +65,7 @@ impl Lease for LeaseService {
         let server = self.0.clone();
         let out = req.into_inner().then(move |r| {
             let server = server.clone();
-            async move {
-                let r = r?;
-                match server.lease_renew(r.id).await {
-                    Ok(resp) => Ok(resp),
-                    // An unknown or expired lease answers TTL 0 and keeps the stream open.
-                    Err(Error::LeaseNotFound) => Ok(LeaseKeepAliveResponse {
-                        header: Some(server.header(server.store.current_rev())),
-                        id: r.id,
-                        ttl: 0,
-                    }),
-                    Err(e) => Err(status(e)),
-                }
-            }
+            async move { keep_alive_once(&server, r?.id).await }
         });
         Ok(Response::new(Box::pin(until_stopped(
             Box::pin(out),

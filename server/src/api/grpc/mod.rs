@@ -1,12 +1,13 @@
 //! The etcd v3 gRPC services (etcd's `v3rpc`), as thin adapters over [`EtcdServer`].
 
-mod cluster;
-mod kv;
-mod lease;
-mod maintenance;
-mod recv_limit;
-mod unimplemented;
-mod watch;
+pub(crate) mod cluster;
+pub(crate) mod kv;
+pub(crate) mod lease;
+pub(crate) mod maintenance;
+pub mod metered;
+pub mod recv_limit;
+pub(crate) mod unimplemented;
+pub(crate) mod watch;
 
 use crate::error::Error;
 use crate::service::EtcdServer;
@@ -15,32 +16,26 @@ use etcd_proto::etcdserverpb::{
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use futures::{Stream, StreamExt};
-use recv_limit::RecvLimitLayer;
 use std::sync::Arc;
-use tonic::transport::server::Router;
+use tonic::service::Routes;
 use tonic::Status;
-use tower::layer::util::{Identity, Stack};
 
 /// The gRPC receive limit etcd uses: max-request-bytes plus 512 KiB of headroom.
-fn max_recv(server: &EtcdServer) -> usize {
+pub(crate) fn max_recv(server: &EtcdServer) -> usize {
     server.cfg.max_request_bytes + 512 * 1024
 }
 
-/// All client services on one router, plus `grpc.health.v1.Health` reporting SERVING. Request
-/// messages above [`max_recv`] are refused as grpc-go refuses them (see [`recv_limit`]); tonic's
-/// own decoding limit stays as a backstop.
-/// `stopping` turns true when the member stops; open streams then end (see [`until_stopped`]).
-pub fn router(
-    server: Arc<EtcdServer>,
-    stopping: tokio::sync::watch::Receiver<bool>,
-) -> Router<Stack<RecvLimitLayer, Identity>> {
+/// All client services, plus `grpc.health.v1.Health` reporting SERVING, as routes that the
+/// client listener serves next to the JSON gateway. Request messages above [`max_recv`] are
+/// refused as grpc-go refuses them by [`recv_limit`], applied by the listener; tonic's own
+/// decoding limit stays as a backstop. `stopping` turns true when the member stops; open
+/// streams then end (see [`until_stopped`]).
+pub fn routes(server: Arc<EtcdServer>, stopping: tokio::sync::watch::Receiver<bool>) -> Routes {
     let recv = max_recv(&server);
     let (health_reporter, health) = tonic_health::server::health_reporter();
     drop(health_reporter);
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
-        .layer(RecvLimitLayer(recv))
-        .add_service(health)
+    let mut b = Routes::builder();
+    b.add_service(health)
         .add_service(KvServer::new(kv::KvService(server.clone())).max_decoding_message_size(recv))
         .add_service(
             WatchServer::new(watch::WatchService(server.clone(), stopping.clone()))
@@ -58,7 +53,8 @@ pub fn router(
             MaintenanceServer::new(maintenance::MaintenanceService(server.clone()))
                 .max_decoding_message_size(recv),
         )
-        .add_service(AuthServer::new(unimplemented::AuthService))
+        .add_service(AuthServer::new(unimplemented::AuthService));
+    b.routes()
 }
 
 /// Maps a service error to the status etcd sends.

@@ -44,6 +44,10 @@ where
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        if !super::metered::is_grpc(req.headers()) {
+            // The JSON gateway shares the listener; its bodies are not length-prefixed.
+            return self.inner.call(req);
+        }
         let max = self.max;
         self.inner
             .call(req.map(|b| tonic::body::Body::new(RecvLimitBody::new(b, max))))

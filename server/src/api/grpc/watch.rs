@@ -8,6 +8,7 @@ use etcd_proto::etcdserverpb::{WatchRequest, WatchResponse};
 use futures::StreamExt;
 use std::pin::Pin;
 use std::sync::Arc;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -16,6 +17,26 @@ pub struct WatchService(pub Arc<EtcdServer>, pub tokio::sync::watch::Receiver<bo
 
 /// Responses buffered per stream before the stream task waits for the client.
 const OUT_BUFFER: usize = 128;
+
+/// Starts serving one client Watch stream fed by `requests`; its responses come out of the
+/// returned channel, which the face forwards until the client goes away (dropping the receiver
+/// ends the stream). Shared by the gRPC face and the JSON gateway.
+pub(crate) fn open(
+    server: &Arc<EtcdServer>,
+    requests: Pin<Box<dyn futures::Stream<Item = WatchRequest> + Send>>,
+) -> mpsc::Receiver<WatchResponse> {
+    let (tx, rx) = mpsc::channel(OUT_BUFFER);
+    let header: HeaderFn = {
+        let server = server.clone();
+        Arc::new(move |rev| server.header(rev))
+    };
+    let cfg = StreamConfig {
+        progress_interval: server.cfg.watch_progress_notify_interval,
+        max_response_bytes: server.cfg.max_request_bytes + 512 * 1024,
+    };
+    tokio::spawn(stream::serve(server.hub.clone(), header, cfg, requests, tx));
+    rx
+}
 
 #[tonic::async_trait]
 impl Watch for WatchService {
@@ -33,23 +54,7 @@ impl Watch for WatchService {
         let requests = requests
             .take_while(|r| futures::future::ready(r.is_ok()))
             .filter_map(|r| futures::future::ready(r.ok()));
-        let (tx, rx) = tokio::sync::mpsc::channel(OUT_BUFFER);
-        let server = self.0.clone();
-        let header: HeaderFn = {
-            let server = server.clone();
-            Arc::new(move |rev| server.header(rev))
-        };
-        let cfg = StreamConfig {
-            progress_interval: server.cfg.watch_progress_notify_interval,
-            max_response_bytes: server.cfg.max_request_bytes + 512 * 1024,
-        };
-        tokio::spawn(stream::serve(
-            server.hub.clone(),
-            header,
-            cfg,
-            Box::pin(requests),
-            tx,
-        ));
+        let rx = open(&self.0, Box::pin(requests));
         Ok(Response::new(Box::pin(until_stopped(
             ReceiverStream::new(rx).map(Ok),
             self.1.clone(),
