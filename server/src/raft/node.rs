@@ -1,8 +1,13 @@
 //! The raft node loop (etcd's `raftNode`): one thread owns the `RawNode`. Each turn it takes
 //! every queued command (proposals, read requests, peer messages), ticks the clock, and handles
-//! one Ready in raft-rs's order: send what may leave now, persist entries and hard state with one
-//! fsync (group commit), send what had to wait for that, apply committed entries (conf changes
-//! through raft first), answer ReadIndex requests.
+//! one Ready in raft-rs's order: send what may leave now, apply committed entries (conf changes
+//! through raft first), write new entries and the hard state, answer ReadIndex requests.
+//!
+//! Durability is pipelined (raft-rs's async persistence): a Ready's writes go to the database at
+//! once, and a persister thread makes them durable with one fdatasync for everything queued
+//! (group commit). Until it reports back, raft does not count those entries as persisted and
+//! the messages that promise them (votes, append acknowledgements) wait; meanwhile the loop keeps
+//! serving acknowledgements, commits and applies.
 
 use super::transport::Transport;
 use super::RaftStorage;
@@ -106,6 +111,8 @@ pub enum Command {
     SnapshotStatus(u64, bool),
     /// Asks for the leader's view of followers' progress (member ID -> matched index).
     Progress(oneshot::Sender<HashMap<u64, u64>>),
+    /// The persister made every Ready up to this number durable.
+    Persisted(u64),
     Stop,
 }
 
@@ -208,6 +215,7 @@ pub fn start<S: StateMachine>(
         applied: applied_tx,
     });
     let (tx, rx) = mpsc::channel();
+    let storage_for_sync = storage.clone();
     let transport = Arc::new(Transport::new(cfg.cluster_id, runtime, tx.clone()));
     transport.set_peers(sm.peers());
     let mut lp = Loop {
@@ -221,6 +229,8 @@ pub fn start<S: StateMachine>(
         read_seq: 0,
         pending_reads: Vec::new(),
         read_waiters: HashMap::new(),
+        unsynced: Default::default(),
+        persister: start_persister(storage_for_sync, tx.clone())?,
         was_leader: false,
     };
     let thread = std::thread::Builder::new()
@@ -260,9 +270,34 @@ struct Loop<S> {
     cfg: RaftConfig,
     read_seq: u64,
     pending_reads: Vec<oneshot::Sender<Result<u64>>>,
+    /// Readies written but not yet durable, with the messages that must wait for that.
+    unsynced: std::collections::VecDeque<(u64, Vec<Message>)>,
+    persister: Sender<u64>,
     /// ReadIndex requests in flight: context -> (last sent, callers).
     read_waiters: HashMap<Vec<u8>, (Instant, Vec<oneshot::Sender<Result<u64>>>)>,
     was_leader: bool,
+}
+
+/// Starts the persister thread: it fdatasyncs whenever the loop asks and reports the highest
+/// Ready number covered; requests that queue up during one fsync share the next.
+fn start_persister(storage: RaftStorage, loop_tx: Sender<Command>) -> Result<Sender<u64>> {
+    let (tx, rx) = mpsc::channel::<u64>();
+    std::thread::Builder::new()
+        .name("raft-persist".into())
+        .spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let number = rx.try_iter().fold(first, u64::max);
+                if let Err(e) = storage.sync() {
+                    tracing::error!(error = %e, "fsync of the raft log failed");
+                    std::process::abort();
+                }
+                if loop_tx.send(Command::Persisted(number)).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(Error::internal)?;
+    Ok(tx)
 }
 
 /// How long a ReadIndex request may go unanswered before it is sent again (etcd's
@@ -346,8 +381,21 @@ impl<S: StateMachine> Loop<S> {
                     .collect();
                 let _ = tx.send(map);
             }
+            Command::Persisted(number) => self.on_persisted(number),
             Command::Stop => {}
         }
+    }
+
+    /// Readies up to `number` are durable: their held-back messages may leave.
+    fn on_persisted(&mut self, number: u64) {
+        while let Some((n, _)) = self.unsynced.front() {
+            if *n > number {
+                break;
+            }
+            let (_, msgs) = self.unsynced.pop_front().unwrap();
+            self.transport.send(msgs);
+        }
+        self.raw.on_persist_ready(number);
     }
 
     /// One ReadIndex request covers every read queued this turn. Its context is unique in the
@@ -389,6 +437,7 @@ impl<S: StateMachine> Loop<S> {
         // The leader's appends leave in parallel with its own fsync.
         self.transport.send(rd.take_messages());
         if !rd.snapshot().is_empty() {
+            // Installed synchronously (its batch is fsync'ed), in order with the writes before.
             let snap = rd.snapshot().clone();
             let batch = self.storage.stage_snapshot(&snap)?;
             self.sm.restore(&snap, batch)?;
@@ -402,11 +451,8 @@ impl<S: StateMachine> Loop<S> {
         }
         let hs = rd.hs().cloned();
         if !rd.entries().is_empty() || hs.is_some() {
-            self.storage
-                .persist(rd.entries(), hs.as_ref(), rd.must_sync())?;
+            self.storage.persist(rd.entries(), hs.as_ref(), false)?;
         }
-        // Votes and append acknowledgements only after what they promise is durable.
-        self.transport.send(rd.take_persisted_messages());
         for rs in rd.take_read_states() {
             if let Some((_, waiters)) = self.read_waiters.remove(&rs.request_ctx) {
                 for tx in waiters {
@@ -414,16 +460,22 @@ impl<S: StateMachine> Loop<S> {
                 }
             }
         }
-        let mut light = self.raw.advance(rd);
-        if let Some(c) = light.commit_index() {
-            self.status.commit_index.store(c, Ordering::Release);
-        }
-        self.transport.send(light.take_messages());
-        let committed = light.take_committed_entries();
-        if !committed.is_empty() && !removed {
-            removed = self.apply(committed)?;
+        let number = rd.number();
+        let needs_sync = rd.must_sync() || !rd.snapshot().is_empty();
+        let held = rd.take_persisted_messages();
+        self.raw.advance_append_async(rd);
+        if needs_sync || !self.unsynced.is_empty() {
+            self.unsynced.push_back((number, held));
+            self.persister.send(number).map_err(|_| Error::Stopped)?;
+        } else {
+            // Nothing new to make durable, nothing waiting before it.
+            self.transport.send(held);
+            self.raw.on_persist_ready(number);
         }
         self.raw.advance_apply();
+        self.status
+            .commit_index
+            .store(self.raw.raft.raft_log.committed, Ordering::Release);
         self.update_status();
         Ok(removed)
     }
