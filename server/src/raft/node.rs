@@ -269,12 +269,12 @@ struct Loop<S> {
     transport: Arc<Transport>,
     cfg: RaftConfig,
     read_seq: u64,
-    pending_reads: Vec<oneshot::Sender<Result<u64>>>,
+    pending_reads: Vec<ReadWaiter>,
     /// Readies written but not yet durable, with the messages that must wait for that.
     unsynced: std::collections::VecDeque<(u64, Vec<Message>)>,
     persister: Sender<u64>,
     /// ReadIndex requests in flight: context -> (last sent, callers).
-    read_waiters: HashMap<Vec<u8>, (Instant, Vec<oneshot::Sender<Result<u64>>>)>,
+    read_waiters: HashMap<Vec<u8>, (Instant, Vec<ReadWaiter>)>,
     was_leader: bool,
 }
 
@@ -303,6 +303,9 @@ fn start_persister(storage: RaftStorage, loop_tx: Sender<Command>) -> Result<Sen
 /// How long a ReadIndex request may go unanswered before it is sent again (etcd's
 /// `readIndexRetryTime`).
 const READ_INDEX_RETRY: Duration = Duration::from_millis(500);
+
+/// A caller waiting for a ReadIndex answer.
+type ReadWaiter = oneshot::Sender<Result<u64>>;
 
 /// Upper bound of commands taken in one turn, so a flood cannot starve ticks.
 const MAX_COMMANDS: usize = 4096;

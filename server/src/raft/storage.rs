@@ -334,12 +334,16 @@ impl Storage for RaftStorage {
         }
         let (index, data) = crate::snapshot::capture(&self.backend).map_err(pb_err)?;
         let term = self.term(index)?;
-        let mut meta = SnapshotMetadata::default();
-        meta.index = index;
-        meta.term = term;
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
         meta.set_conf_state(self.header.read().conf_state.clone());
-        let mut snap = Snapshot::default();
-        snap.data = data.into();
+        let mut snap = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
         snap.set_metadata(meta);
         *self.last_snapshot.lock() = Some(snap.clone());
         Ok(snap)

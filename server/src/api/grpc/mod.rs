@@ -67,37 +67,71 @@ pub(crate) fn require_leader<T>(
     server: &EtcdServer,
     req: &tonic::Request<T>,
 ) -> Result<(), Status> {
-    let wants = req
-        .metadata()
-        .get("hasleader")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == "true");
-    if wants && server.raft.status.leader() == 0 {
+    if wants_leader(req) && server.raft.status.leader() == 0 {
         return Err(Error::NoLeader.into());
     }
     Ok(())
+}
+
+/// True when the client sent `hasleader: true` (etcd's `WithRequireLeader`).
+pub(crate) fn wants_leader<T>(req: &tonic::Request<T>) -> bool {
+    req.metadata()
+        .get("hasleader")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == "true")
+}
+
+/// Resolves once the member has had no leader for 3 election timeouts in a row (etcd's
+/// `monitorLeader` for `hasleader` streams).
+pub(crate) async fn leader_lost(server: Arc<EtcdServer>) {
+    let period = server.cfg.election();
+    let mut without = 0;
+    loop {
+        tokio::time::sleep(period).await;
+        if server.raft.status.leader() == 0 {
+            without += 1;
+            if without >= 3 {
+                return;
+            }
+        } else {
+            without = 0;
+        }
+    }
 }
 
 /// Passes `inner` through until the member stops, then ends it with `etcdserver: server stopped`
 /// (Unavailable, so clients reconnect elsewhere or later, as they do when etcd stops).
 pub(crate) fn until_stopped<S, T>(
     inner: S,
-    stopping: tokio::sync::watch::Receiver<bool>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> impl Stream<Item = Result<T, Status>> + Send + 'static
 where
     S: Stream<Item = Result<T, Status>> + Send + Unpin + 'static,
     T: Send + 'static,
 {
-    futures::stream::unfold(Some((inner, stopping)), |state| async move {
-        let (mut inner, mut stopping) = state?;
-        let next = tokio::select! {
-            item = inner.next() => Some(item),
-            // A dropped sender means the listener is gone: stopped as well.
-            _ = stopping.wait_for(|s| *s) => None,
-        };
-        match next {
-            Some(item) => item.map(|i| (i, Some((inner, stopping)))),
-            None => Some((Err(Error::Stopped.into()), None)),
+    let stopped = async move {
+        // A dropped sender means the listener is gone: stopped as well.
+        let _ = stopping.wait_for(|s| *s).await;
+        Status::from(Error::Stopped)
+    };
+    until(inner, stopped)
+}
+
+/// Passes `inner` through until `end` resolves, then ends the stream with its status.
+pub(crate) fn until<S, T>(
+    inner: S,
+    end: impl std::future::Future<Output = Status> + Send + 'static,
+) -> impl Stream<Item = Result<T, Status>> + Send + 'static
+where
+    S: Stream<Item = Result<T, Status>> + Send + Unpin + 'static,
+    T: Send + 'static,
+{
+    let end = Box::pin(end);
+    futures::stream::unfold(Some((inner, end)), |state| async move {
+        let (mut inner, mut end) = state?;
+        tokio::select! {
+            item = inner.next() => item.map(|i| (i, Some((inner, end)))),
+            status = &mut end => Some((Err(status), None)),
         }
     })
 }

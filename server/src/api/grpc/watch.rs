@@ -1,6 +1,7 @@
 //! `etcdserverpb.Watch`: bridges the gRPC stream to a [`crate::watch::stream`] task.
 
-use super::{require_leader, until_stopped};
+use super::{leader_lost, require_leader, until, until_stopped, wants_leader};
+use crate::error::Error;
 use crate::service::EtcdServer;
 use crate::watch::stream::{self, HeaderFn, StreamConfig};
 use etcd_proto::etcdserverpb::watch_server::Watch;
@@ -48,6 +49,7 @@ impl Watch for WatchService {
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         require_leader(&self.0, &req)?;
+        let monitor = wants_leader(&req);
         let requests = req.into_inner();
         // A broken request stream ends our reading of it; events keep flowing until the client
         // stops reading the responses.
@@ -55,9 +57,16 @@ impl Watch for WatchService {
             .take_while(|r| futures::future::ready(r.is_ok()))
             .filter_map(|r| futures::future::ready(r.ok()));
         let rx = open(&self.0, Box::pin(requests));
-        Ok(Response::new(Box::pin(until_stopped(
-            ReceiverStream::new(rx).map(Ok),
-            self.1.clone(),
-        ))))
+        let out = until_stopped(ReceiverStream::new(rx).map(Ok), self.1.clone());
+        if !monitor {
+            return Ok(Response::new(Box::pin(out)));
+        }
+        // `hasleader` streams end with `etcdserver: no leader` when the leader is gone for good.
+        let server = self.0.clone();
+        let lost = async move {
+            leader_lost(server).await;
+            Status::from(Error::NoLeader)
+        };
+        Ok(Response::new(Box::pin(until(Box::pin(out), lost))))
     }
 }
