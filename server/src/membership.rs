@@ -11,6 +11,10 @@ use fjall::OwnedWriteBatch;
 use parking_lot::RwLock;
 use prost::Message;
 use sha1::{Digest, Sha1};
+use std::collections::HashSet;
+
+/// Meta key of the IDs of members removed from the cluster (8 bytes each, big-endian).
+const REMOVED_MEMBERS: &str = "removed_members";
 
 /// etcd's `computeMemberID`: sha1(sorted peer URLs + token [+ unix seconds]), first 8 bytes,
 /// big-endian. Initial members use no time, so every member computes the same IDs.
@@ -42,6 +46,9 @@ pub struct Membership {
     pub member_id: u64,
     pub cluster_id: u64,
     members: RwLock<Vec<Member>>,
+    /// Members removed for good: their peer traffic is refused, which tells a removed member
+    /// that missed its own removal to stop.
+    removed: RwLock<HashSet<u64>>,
 }
 
 /// How this start found its identity.
@@ -64,11 +71,13 @@ impl Membership {
             return Ok(None);
         };
         let members = read_members(&backend)?;
+        let removed = read_removed(&backend)?;
         Ok(Some(Membership {
             backend,
             member_id,
             cluster_id,
             members: RwLock::new(members),
+            removed: RwLock::new(removed),
         }))
     }
 
@@ -152,6 +161,7 @@ impl Membership {
             member_id,
             cluster_id,
             members: RwLock::new(members),
+            removed: RwLock::default(),
         })
     }
 
@@ -214,6 +224,14 @@ impl Membership {
     pub fn remove(&self, batch: &mut OwnedWriteBatch, id: u64) {
         self.members.write().retain(|m| m.id != id);
         batch.remove(&self.backend.members, id.to_be_bytes());
+        let mut removed = self.removed.write();
+        removed.insert(id);
+        let bytes: Vec<u8> = removed.iter().flat_map(|i| i.to_be_bytes()).collect();
+        batch.insert(&self.backend.meta, REMOVED_MEMBERS, bytes);
+    }
+
+    pub fn is_removed(&self, id: u64) -> bool {
+        self.removed.read().contains(&id)
     }
 
     /// Changes a member's fields in place (name, URLs); false when it is not a member.
@@ -231,6 +249,16 @@ impl Membership {
         batch.insert(&self.backend.members, id.to_be_bytes(), m.encode_to_vec());
         true
     }
+}
+
+fn read_removed(backend: &Backend) -> Result<HashSet<u64>> {
+    Ok(match backend.meta.get(REMOVED_MEMBERS)? {
+        Some(v) => v
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+            .collect(),
+        None => HashSet::new(),
+    })
 }
 
 fn read_members(backend: &Backend) -> Result<Vec<Member>> {

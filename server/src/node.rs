@@ -161,6 +161,14 @@ impl Node {
             applier,
             tokio::runtime::Handle::current(),
         )?;
+        // A learner that joined has no raft membership until its first snapshot: take its role
+        // from the member list so it refuses what learners refuse from the start.
+        if membership
+            .get(membership.member_id)
+            .is_some_and(|m| m.is_learner)
+        {
+            raft.status.is_learner.store(true, Ordering::Release);
+        }
         let server = Arc::new(EtcdServer {
             ids: IdGen::new(membership.member_id),
             cfg: cfg.clone(),

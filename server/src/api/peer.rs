@@ -3,6 +3,7 @@
 //! forwarded by followers are served here.
 
 use crate::error::Error;
+use crate::raft::transport::MEMBER_REMOVED;
 use crate::service::EtcdServer;
 use etcd_proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
@@ -33,6 +34,9 @@ impl PeerService {
     fn step(&self, bytes: &[u8]) -> Result<(), Status> {
         let m = Message::parse_from_bytes(bytes)
             .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
+        if self.0.membership.is_removed(m.from) {
+            return Err(Status::failed_precondition(MEMBER_REMOVED));
+        }
         self.0.raft.step(m).map_err(Status::from)
     }
 }

@@ -113,6 +113,8 @@ pub enum Command {
     Progress(oneshot::Sender<HashMap<u64, u64>>),
     /// The persister made every Ready up to this number durable.
     Persisted(u64),
+    /// A peer refused our traffic: this member was removed while it was not listening.
+    Removed,
     Stop,
 }
 
@@ -230,6 +232,7 @@ pub fn start<S: StateMachine>(
         pending_reads: Vec::new(),
         read_waiters: HashMap::new(),
         unsynced: Default::default(),
+        removed: false,
         persister: start_persister(storage_for_sync, tx.clone())?,
         was_leader: false,
     };
@@ -270,6 +273,8 @@ struct Loop<S> {
     cfg: RaftConfig,
     read_seq: u64,
     pending_reads: Vec<ReadWaiter>,
+    /// Set when this member learned it was removed from the cluster.
+    removed: bool,
     /// Readies written but not yet durable, with the messages that must wait for that.
     unsynced: std::collections::VecDeque<(u64, Vec<Message>)>,
     persister: Sender<u64>,
@@ -337,7 +342,7 @@ impl<S: StateMachine> Loop<S> {
                 }
             }
             self.issue_read_index();
-            if self.on_ready()? {
+            if self.removed || self.on_ready()? {
                 tracing::warn!("this member was removed from the cluster; raft stopped");
                 self.status.removed.store(true, Ordering::Release);
                 self.status.leader.store(0, Ordering::Release);
@@ -385,6 +390,7 @@ impl<S: StateMachine> Loop<S> {
                 let _ = tx.send(map);
             }
             Command::Persisted(number) => self.on_persisted(number),
+            Command::Removed => self.removed = true,
             Command::Stop => {}
         }
     }
@@ -448,9 +454,9 @@ impl<S: StateMachine> Loop<S> {
             self.after_membership_change(snap.get_metadata().get_conf_state());
             self.status.applied.send_replace(snap.get_metadata().index);
         }
-        let mut removed = false;
-        if !rd.committed_entries().is_empty() {
-            removed = self.apply(rd.take_committed_entries())?;
+        if !rd.committed_entries().is_empty() && self.apply(rd.take_committed_entries())? {
+            // Removed: raft no longer tracks this member's own progress; stop here.
+            return Ok(true);
         }
         let hs = rd.hs().cloned();
         if !rd.entries().is_empty() || hs.is_some() {
@@ -480,7 +486,7 @@ impl<S: StateMachine> Loop<S> {
             .commit_index
             .store(self.raw.raft.raft_log.committed, Ordering::Release);
         self.update_status();
-        Ok(removed)
+        Ok(false)
     }
 
     /// Applies committed entries: runs of normal entries go to the state machine in one batch;

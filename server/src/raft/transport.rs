@@ -16,6 +16,9 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
+/// What a member answers to peer traffic from a member removed from the cluster.
+pub const MEMBER_REMOVED: &str = "pgraft: the member has been permanently removed from the cluster";
+
 /// Messages queued per peer before new ones are dropped.
 const PEER_QUEUE: usize = 4096;
 /// Messages per batch on the wire.
@@ -135,8 +138,8 @@ async fn stream_to_peer(
                 Some(m) => Some(m),
                 None => tokio::select! {
                     res = &mut call => {
-                        if let Err(e) = res {
-                            tracing::debug!(peer = %format!("{id:x}"), error = %e, "peer stream ended");
+                        if peer_says_removed(id, res, &loop_tx) {
+                            return;
                         }
                         break;
                     }
@@ -160,8 +163,8 @@ async fn stream_to_peer(
             tokio::select! {
                 sent = btx.send(batch) => if sent.is_err() { break },
                 res = &mut call => {
-                    if let Err(e) = res {
-                        tracing::debug!(peer = %format!("{id:x}"), error = %e, "peer stream ended");
+                    if peer_says_removed(id, res, &loop_tx) {
+                        return;
                     }
                     break;
                 }
@@ -169,6 +172,26 @@ async fn stream_to_peer(
         }
         let _ = loop_tx.send(Command::Unreachable(id));
         tokio::time::sleep(RECONNECT_BACKOFF).await;
+    }
+}
+
+/// Logs how a peer stream ended; true (after telling the raft loop) when the peer refused us
+/// because this member was removed from the cluster.
+fn peer_says_removed(
+    id: u64,
+    res: Result<tonic::Response<etcd_proto::pgraftpb::SendAck>, tonic::Status>,
+    loop_tx: &LoopSender<Command>,
+) -> bool {
+    match res {
+        Err(e) if e.message() == MEMBER_REMOVED => {
+            let _ = loop_tx.send(Command::Removed);
+            true
+        }
+        Err(e) => {
+            tracing::debug!(peer = %format!("{id:x}"), error = %e, "peer stream ended");
+            false
+        }
+        Ok(_) => false,
     }
 }
 
