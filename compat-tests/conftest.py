@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import WORK_ROOT, Server  # noqa: E402
+from cluster import Cluster  # noqa: E402
 
 
 def pytest_sessionstart(session):
@@ -62,3 +63,40 @@ def server_factory(request):
         if failed:
             print(f"\n{s.describe()}\n{s.log_tail(60)}")
         s.stop(cleanup=True)
+
+
+def _failed(request) -> bool:
+    return any(
+        getattr(request.node, "rep_" + w, None) is not None
+        and getattr(request.node, "rep_" + w).failed
+        for w in ("setup", "call")
+    )
+
+
+@pytest.fixture
+def cluster_kind() -> str:
+    """The server the cluster tests run: pgraftd, or etcd with COMPAT_REFERENCE_ONLY=1."""
+    return "etcd" if reference_only() else "pgraftd"
+
+
+@pytest.fixture
+def cluster_factory(request, cluster_kind):
+    """cluster_factory(size, **kw) -> a started cluster.Cluster of `cluster_kind`; every
+    member (and the fault proxy) is stopped at teardown. When the test failed, the cluster's
+    state, the proxy's events and the tail of every member's log are printed."""
+    clusters: list[Cluster] = []
+
+    def make(size: int = 3, start: bool = True, **kw) -> Cluster:
+        c = Cluster(cluster_kind, size, **kw)
+        clusters.append(c)
+        if start:
+            c.start()
+        return c
+
+    yield make
+
+    failed = _failed(request)
+    for c in clusters:
+        if failed:
+            print(f"\n{c.describe()}\n{c.log_tails(60)}")
+        c.stop(cleanup=True)

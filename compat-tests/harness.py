@@ -1,12 +1,14 @@
-"""Small harness to run a single-member etcd-compatible server and drive it with etcdctl.
+"""Small harness to run an etcd-compatible server and drive it with etcdctl.
 
 Two kinds of server are supported:
 
 * ``"etcd"``    -> the reference, ``/usr/bin/etcd`` (override with env ``ETCD``)
 * ``"pgraftd"`` -> our server, env ``PGRAFTD`` or ``<repo>/target/debug/pgraftd``
 
-Both are started with the same etcd-style flags for a one-member cluster on free
-127.0.0.1 ports, with a fresh data dir in a private work dir.  The server's stdout and
+Both are started with the same etcd-style flags, by default for a one-member cluster, on free
+127.0.0.1 ports, with a fresh data dir in a private work dir.  A `Server` can also be one
+member of a bigger cluster: cluster.py sets its ports, advertised peer URL, `--initial-cluster`
+and state, and extra flags (see `Server.__init__`).  The server's stdout and
 stderr go to ``<workdir>/server.log``; ``Server.log_tail()`` returns its end for failure
 messages.  Every wait in here is bounded in time.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import shutil
 import signal
 import socket
@@ -73,16 +76,47 @@ def require_etcdctl() -> None:
         )
 
 
-def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1 (bind to port 0, read, close)."""
-    socks = []
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for _ in range(n):
+        lo, hi = open("/proc/sys/net/ipv4/ip_local_port_range").read().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1, below the kernel's ephemeral port range.
+
+    Ports from the ephemeral range (what binding port 0 gives) can be taken, between the
+    pick and the server's bind, as the source port of any outgoing connection (etcdctl, the
+    members' own peer connections, the fault proxy): a restarted member would then fail with
+    "Address already in use". Below that range no connection gets a port by chance. Each port
+    is checked by binding it; all stay bound until the n are found."""
+    lo, _ = _ephemeral_range()
+    low, high = 10000, max(10001, min(lo, 65536))
+    if high - low < 1000:  # an unusual range: fall back to the kernel's choice
+        low = high = 0
+    rng = random.SystemRandom()
+    socks: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        for _ in range(200 * n):
+            if len(ports) == n:
+                break
+            port = rng.randrange(low, high) if high else 0
+            if port and port in ports:
+                continue
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", 0))
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+            ports.append(s.getsockname()[1])
+        if len(ports) < n:
+            raise HarnessError(f"could not find {n} free ports on 127.0.0.1")
+        return ports
     finally:
         for s in socks:
             s.close()
@@ -105,23 +139,55 @@ def etcdctl_env() -> dict:
 class Server:
     """One single-member server process (etcd or pgraftd)."""
 
-    def __init__(self, kind: str, name: str = "compat", token: str = "compat-token"):
+    def __init__(
+        self,
+        kind: str,
+        name: str = "compat",
+        token: str = "compat-token",
+        *,
+        ports: tuple[int, int] | None = None,
+        advertise_peer_url: str | None = None,
+        initial_cluster: str | None = None,
+        cluster_state: str = "new",
+        extra_args: tuple[str, ...] | list[str] = (),
+        ready_check: str = "health",
+        workdir_parent: Path | None = None,
+    ):
+        """A server, not started yet.
+
+        For a member of a bigger cluster: `ports` = (client, peer) to listen on (default: two
+        free ports), `advertise_peer_url` (default: the peer listener's URL; a fault proxy's
+        URL in partition tests), `initial_cluster` ("name=url,...", default: just this one),
+        `cluster_state` ("new" or "existing"), `extra_args` appended to the command line, and
+        `ready_check`: "health" (a linearizable read must succeed) or "status" (the member
+        answers at all; for a learner, which serves no linearizable read).
+        """
         self.kind = kind
         self.name = name
         self.token = token
         self.binary = server_binary(kind)
         require_etcdctl()
-        WORK_ROOT.mkdir(parents=True, exist_ok=True)
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=WORK_ROOT))
+        parent = workdir_parent or WORK_ROOT
+        parent.mkdir(parents=True, exist_ok=True)
+        prefix = f"{kind}-" if workdir_parent is None else f"{name}-"
+        self.workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
         self.data_dir = self.workdir / "data"
         self.log_path = self.workdir / "server.log"
-        self.client_port, self.peer_port = free_ports(2)
+        self.client_port, self.peer_port = ports if ports else free_ports(2)
         self.client_url = f"http://127.0.0.1:{self.client_port}"
         self.peer_url = f"http://127.0.0.1:{self.peer_port}"
+        self.advertise_peer_url = advertise_peer_url or self.peer_url
+        self.initial_cluster = initial_cluster or f"{self.name}={self.advertise_peer_url}"
+        self.cluster_state = cluster_state
+        self.extra_args = list(extra_args)
+        if ready_check not in ("health", "status"):
+            raise ValueError(f"ready_check {ready_check!r}: expected 'health' or 'status'")
+        self.ready_check = ready_check
         self.endpoint = f"127.0.0.1:{self.client_port}"
         self.proc: subprocess.Popen | None = None
         self._log_file = None
         self.starts = 0
+        self.log_offset = 0  # where the log of the current (last) start begins
 
     # ----------------------------------------------------------------- lifecycle
     def command(self) -> list[str]:
@@ -132,18 +198,21 @@ class Server:
             "--listen-client-urls", self.client_url,
             "--advertise-client-urls", self.client_url,
             "--listen-peer-urls", self.peer_url,
-            "--initial-advertise-peer-urls", self.peer_url,
-            "--initial-cluster", f"{self.name}={self.peer_url}",
-            "--initial-cluster-state", "new",
+            "--initial-advertise-peer-urls", self.advertise_peer_url,
+            "--initial-cluster", self.initial_cluster,
+            "--initial-cluster-state", self.cluster_state,
             "--initial-cluster-token", self.token,
             "--log-level", os.environ.get("COMPAT_LOG_LEVEL", "info"),
+            *self.extra_args,
         ]
 
-    def start(self, timeout: float = READY_TIMEOUT) -> "Server":
+    def start(self, timeout: float = READY_TIMEOUT, wait: bool = True) -> "Server":
+        """Starts the process; with `wait`, also waits (bounded) until it is ready."""
         if self.proc is not None and self.proc.poll() is None:
             raise HarnessError(f"{self.kind} already running (pid {self.proc.pid})")
         self.starts += 1
         self._log_file = open(self.log_path, "ab", buffering=0)
+        self.log_offset = self._log_file.tell()
         self._log_file.write(
             f"\n==== harness: start #{self.starts} at {time.strftime('%H:%M:%S')}: "
             f"{' '.join(self.command())}\n".encode()
@@ -157,6 +226,8 @@ class Server:
             start_new_session=True,
         )
         _live_servers.add(self)
+        if not wait:
+            return self
         try:
             self.wait_ready(timeout)
         except BaseException:
@@ -165,8 +236,10 @@ class Server:
         return self
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        """Wait until a linearizable read succeeds (`etcdctl endpoint health`)."""
+        """Wait until a linearizable read succeeds (`etcdctl endpoint health`), or with
+        ready_check "status", until `etcdctl endpoint status` answers."""
         deadline = time.monotonic() + timeout
+        check = "health" if self.ready_check == "health" else "status"
         last = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -175,14 +248,18 @@ class Server:
                     + self.log_tail()
                 )
             if tcp_open(self.client_port):
-                last = self.etcdctl("endpoint", "health", timeout=10)
+                last = self.etcdctl("endpoint", check, timeout=10)
                 if last[0] == 0:
                     return
             time.sleep(0.2)
         raise HarnessError(
-            f"{self.kind} not ready after {timeout:.0f}s on {self.endpoint}; "
-            f"last `etcdctl endpoint health`: {last!r}\n" + self.log_tail()
+            f"{self.kind} {self.name} not ready after {timeout:.0f}s on {self.endpoint}; "
+            f"last `etcdctl endpoint {check}`: {last!r}\n" + self.log_tail()
         )
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -235,10 +312,20 @@ class Server:
         tail = "\n".join(text.splitlines()[-lines:])
         return f"---- last {lines} lines of {self.log_path} ----\n{tail}\n---- end of log ----"
 
+    def log_since_start(self) -> str:
+        """The log written since the current (or last) start."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
     def describe(self) -> str:
         state = "running" if self.alive() else (
             f"exited with {self.proc.returncode}" if self.proc else "not started")
-        return f"{self.kind} ({self.binary}) on {self.endpoint}, {state}, workdir {self.workdir}"
+        return (f"{self.kind} {self.name} ({self.binary}) on {self.endpoint}, {state}, "
+                f"workdir {self.workdir}")
 
     # ------------------------------------------------------------------ etcdctl
     def etcdctl_argv(self, *args: str) -> list[str]:

@@ -1,0 +1,343 @@
+"""Cluster tests with real processes: a 3-member cluster from --initial-cluster, failover after
+`kill -9` of the leader (through the log and through a snapshot), and membership changes under
+load. The servers are pgraftd, or etcd 3.4 with COMPAT_REFERENCE_ONLY=1 (checks the tests).
+
+Measured numbers (failover time, replication lag, ...) are printed as `MEASURE {...}` lines
+(shown with `pytest -s`) and appended to compat-tests/.work/measurements.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from cluster import (Writer, get, hexid, member_list, ok, probe_first_write, put, report,
+                     status)
+
+
+def test_three_members_replicate(cluster_factory):
+    c = cluster_factory(3)
+    leader = c.wait_leader()
+
+    # every member lists the same three members, with their names and URLs
+    for m in c.members:
+        ms = c.wait_members(m, {n: False for n in c.in_cluster}, timeout=10)
+        assert len(ms) == 3, ms
+        for x in ms:
+            peer = c.by_id(int(x["ID"]))
+            assert x["peerURLs"] == [peer.advertise_peer_url], x
+            assert x["clientURLs"] == [peer.client_url], x
+
+    # exactly one leader in `endpoint status`, asked of all three endpoints at once
+    out = ok(c.etcdctl_many(c.members, "endpoint", "status", "-w", "json"), "endpoint status")
+    sts = json.loads(out)
+    assert sorted(s["Endpoint"] for s in sts) == sorted(m.endpoint for m in c.members), sts
+    claims = [s for s in sts if s["Status"].get("leader", 0) == s["Status"]["header"]["member_id"]]
+    assert len(claims) == 1, sts
+    assert claims[0]["Endpoint"] == leader.endpoint, sts
+    assert {s["Status"].get("leader", 0) for s in sts} == {c.member_id(leader)}, sts
+    assert len({s["Status"]["raftTerm"] for s in sts}) == 1, sts
+    assert len({s["Status"]["header"]["cluster_id"] for s in sts}) == 1, sts
+
+    # a write on any member is visible on all: linearizable reads at once, serializable ones
+    # (each member's own state) within a bounded lag, and at once after a linearizable read
+    lags = []
+    for m in c.members:
+        key, value = f"rep/{m.name}", f"written-on-{m.name}"
+        ok(put(m, key, value), f"put on {m.name}")
+        t0 = time.monotonic()
+        for o in c.members:
+            deadline = time.monotonic() + 5
+            while True:
+                rc, got, err = get(o, key, serializable=True)
+                if rc == 0 and got == value:
+                    lags.append(time.monotonic() - t0)
+                    break
+                assert time.monotonic() < deadline, \
+                    f"{key} written on {m.name} not on {o.name} after 5s: {rc} {got} {err}"
+                time.sleep(0.02)
+            rc, got, err = get(o, key)
+            assert (rc, got) == (0, value), f"linearizable get {key} on {o.name}: {rc} {got} {err}"
+            rc, got, err = get(o, key, serializable=True)
+            assert (rc, got) == (0, value), f"serializable get {key} on {o.name}: {rc} {got} {err}"
+
+    # every member ends with identical data and revision
+    dumps = c.wait_converged(c.members, {f"rep/{m.name}": f"written-on-{m.name}"
+                                         for m in c.members}, timeout=10)
+    report("three_members_replicate", leader=leader.name,
+           max_serializable_lag_s=round(max(lags), 3),
+           revision=next(iter(dumps.values()))[0])
+
+
+def test_endpoint_status_cluster_flag(cluster_factory, cluster_kind, request):
+    """`etcdctl endpoint status --cluster` asks every member at its advertised client URL
+    (http://127.0.0.1:PORT, taken from the member list)."""
+    if cluster_kind == "pgraftd":
+        request.applymarker(pytest.mark.xfail(
+            strict=True,
+            reason="server bug: etcdctl 3.4's maintenance calls that dial one endpoint "
+                   "(endpoint status, endpoint hashkv, move-leader), given it as a URL "
+                   "(http://host:port, as --cluster does), send that URL as the HTTP/2 "
+                   ":authority; pgraftd's HTTP/2 server (h2) rejects it with RST_STREAM "
+                   "PROTOCOL_ERROR, real etcd accepts it"))
+    c = cluster_factory(3)
+    leader = c.wait_leader()
+    out = ok(c.members[0].etcdctl("endpoint", "status", "--cluster", "-w", "json"),
+             "endpoint status --cluster")
+    sts = json.loads(out)
+    assert sorted(s["Endpoint"] for s in sts) == sorted(m.client_url for m in c.members), sts
+    assert [s["Endpoint"] for s in sts
+            if s["Status"].get("leader", 0) == s["Status"]["header"]["member_id"]] == \
+        [leader.client_url], sts
+
+
+@pytest.mark.parametrize("catch_up", ["log", "snapshot"])
+def test_kill_leader_failover(cluster_factory, cluster_kind, catch_up):
+    """kill -9 the leader under steady writes; a survivor takes writes within 2 x the election
+    timeout; every acknowledged write stays; the killed member restarts and catches up (in the
+    snapshot variant: after more writes than --snapshot-count + the kept entries, so the log it
+    needs is compacted away and it must install a snapshot)."""
+    snapshot_count = 100 if catch_up == "snapshot" else None
+    c = cluster_factory(3, snapshot_count=snapshot_count)
+    election_s = c.election_ms / 1000
+    leader = c.wait_leader()
+    survivors = [m for m in c.members if m is not leader]
+
+    w = Writer(c.voters, prefix="w/", threads=2).start()
+    try:
+        w.wait_acked(20, timeout=30)
+        t_kill = time.monotonic()
+        c.kill(leader)
+        failover, probes = probe_first_write(survivors, t_kill, "probe/")
+        new_leader = c.wait_leader(survivors, timeout=10)
+        assert new_leader is not leader
+        acked_at_kill = w.acked_between(0, t_kill)
+
+        # writes while the old leader is down: with a small --snapshot-count, more than
+        # snapshot-count + catch-up entries (pgraftd keeps min(5000, snapshot-count) entries)
+        down_writes = 3 * snapshot_count + 50 if snapshot_count else 30
+        extra = Writer(c.voters, prefix="x/", threads=2).start() if snapshot_count else None
+        try:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                n = w.acked_between(t_kill) + (len(extra.acked) if extra else 0)
+                if n >= down_writes:
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError(f"only {n} of {down_writes} writes while the leader was "
+                                     f"down; {w.summary()}")
+        finally:
+            if extra:
+                extra.stop()
+
+        t_restart = time.monotonic()
+        c.start_member(leader)  # waits until a linearizable read on it works
+        ready_s = time.monotonic() - t_restart
+        w.wait_acked(10, timeout=30, since=time.monotonic())
+    finally:
+        w.stop()
+
+    expect = {**w.expected(), **probes, **(extra.expected() if extra else {})}
+    t0 = time.monotonic()
+    dumps = c.wait_converged(c.members, expect, timeout=60)
+    caught_up_s = ready_s + time.monotonic() - t0
+    final_leader = c.wait_leader(timeout=10)
+
+    log = leader.log_since_start()
+    if catch_up == "snapshot" and cluster_kind == "pgraftd":
+        assert "received snapshot" in log and "installed snapshot" in log, \
+            "the restarted member caught up without a snapshot:\n" + leader.log_tail(30)
+    report(f"kill_leader_failover[{catch_up}]",
+           failover_s=round(failover, 3), bound_s=2 * election_s,
+           election_timeout_ms=c.election_ms, killed=leader.name, new_leader=new_leader.name,
+           final_leader=final_leader.name, acked_before_kill=acked_at_kill,
+           acked_total=len(expect), writes_while_down=down_writes,
+           restarted_member_ready_s=round(ready_s, 2),
+           restarted_member_converged_s=round(caught_up_s, 2),
+           snapshot_installed="installed snapshot" in log,
+           revision=next(iter(dumps.values()))[0], writer=w.summary())
+    assert failover <= 2 * election_s, \
+        f"first write acknowledged {failover:.2f}s after kill -9 of the leader, more than " \
+        f"2 x the election timeout ({2 * election_s}s)"
+
+
+def test_membership_changes_under_load(cluster_factory, cluster_kind):
+    """Add a learner, let it catch up, promote it, remove a follower, then remove the leader,
+    all while a writer keeps writing; member list checked at each step; no acknowledged write
+    missing at the end."""
+    c = cluster_factory(3)
+    m1, m2, m3 = c.members
+    leader = c.wait_leader()
+    steps = {}
+    known_bugs: list[str] = []
+    w = Writer(c.voters, prefix="w/", threads=2).start()
+    try:
+        w.wait_acked(10, timeout=30)
+
+        # 1. add m4 as a learner: listed, unstarted (no name, no client URLs)
+        m4 = c.new_member()
+        t = time.monotonic()
+        mid = c.add_learner(m1, m4)
+        ms = c.wait_members(m2, {"m1": False, "m2": False, "m3": False, "m4": True},
+                            started=False)
+        entry = next(x for x in ms if int(x["ID"]) == mid)
+        assert entry["peerURLs"] == [m4.advertise_peer_url], entry
+        assert not entry.get("name") and not entry.get("clientURLs"), entry
+
+        # 2. start it with --initial-cluster-state existing; it catches up as a learner
+        c.start_member(m4)
+        c.wait_converged([m4], w.expected(), prefix="w/", timeout=30)  # serializable reads
+        st = status(m4)
+        assert st and st.get("isLearner") is True, st
+        rc, out, err = put(m4, "learner/put", "x")
+        assert rc != 0 and "rpc not supported for learner" in err, (rc, out, err)
+        rc, got, err = get(m4, "w/000001")
+        assert rc != 0 and "rpc not supported for learner" in err, (rc, got, err)
+        c.wait_members(m3, {"m1": False, "m2": False, "m3": False, "m4": True})
+        steps["learner_caught_up_s"] = round(time.monotonic() - t, 2)
+
+        # 3. promote it (retried while "not in sync"); then it takes writes too
+        t = time.monotonic()
+        steps["promote_tries"] = c.promote(m2, m4)
+        c.wait_members(m1, {"m1": False, "m2": False, "m3": False, "m4": False})
+        steps["promote_s"] = round(time.monotonic() - t, 2)
+        ok(put(m4, "promoted/put", "y"), "put on the promoted member")
+        w.wait_acked(10, timeout=30, since=time.monotonic())
+
+        # 4. remove a follower (not the leader); its process exits by itself
+        leader = c.wait_leader()
+        victim = next(m for m in (m1, m2, m3) if m is not leader)
+        t = time.monotonic()
+        c.remove(leader, victim)
+        rest = {n: False for n in c.in_cluster}
+        c.wait_members(leader, rest)
+        if not exits(victim, 15, cluster_kind, known_bugs):
+            victim.stop(cleanup=False)
+        steps["removed_follower"] = victim.name
+        steps["follower_exit_s"] = round(time.monotonic() - t, 2)
+        w.wait_acked(10, timeout=30, since=time.monotonic())
+
+        # 5. remove the leader itself: it exits, the other two elect a leader and go on
+        leader = c.wait_leader()
+        via = next(m for m in c.voters() if m is not leader)
+        t = time.monotonic()
+        c.remove(via, leader)
+        if not exits(leader, 15, cluster_kind, known_bugs):
+            leader.stop(cleanup=False)
+        steps["removed_leader"] = leader.name
+        steps["leader_exit_s"] = round(time.monotonic() - t, 2)
+        new_leader = c.wait_leader(timeout=15)
+        steps["new_leader_after_removal_s"] = round(time.monotonic() - t, 2)
+        c.wait_members(new_leader, {n: False for n in c.in_cluster})
+        w.wait_acked(10, timeout=30, since=time.monotonic())
+    finally:
+        w.stop()
+
+    expect = {**w.expected(), "promoted/put": "y"}
+    c.wait_converged(c.running(), expect, timeout=30)
+    for m in c.running():
+        ids = sorted(hexid(int(x["ID"])) for x in member_list(m))
+        assert ids == sorted(hexid(c.ids[n]) for n in c.in_cluster), (m.name, ids)
+    report("membership_changes_under_load", **steps, final_members=c.in_cluster,
+           acked=len(expect), writer=w.summary(), known_bugs=known_bugs)
+    if known_bugs:
+        pytest.xfail("; ".join(known_bugs))
+
+
+def test_new_learner_refuses_writes_from_the_start(cluster_factory, cluster_kind, request):
+    """A learner must refuse writes (and linearizable reads) from its first moment, also
+    before it received its first snapshot from the leader: none of the puts sent to it may be
+    acknowledged or end up in the cluster."""
+    if cluster_kind == "pgraftd":
+        request.applymarker(pytest.mark.xfail(
+            strict=False,
+            reason="server bug: a member that joins as a learner takes its learner flag from "
+                   "raft's ConfState, which is empty until the first snapshot is applied; in "
+                   "that window it serves puts (forwarded to the leader and committed) and "
+                   "reports isLearner false"))
+    c = cluster_factory(3)
+    leader = c.wait_leader()
+    # some megabytes of data, so that making, sending and installing the learner's first
+    # snapshot takes a while
+    big = "v" * 10000
+    for t in range(6):
+        ops = "".join(f"put pre/{t}/{i:03d} {big}\n" for i in range(100))
+        ok(leader.etcdctl("txn", input="\n" + ops + "\n\n"), "txn")
+    m4 = c.new_member()
+    c.add_learner(c.members[0], m4)
+    c.start_member(m4, wait=False)
+    results = []
+    lock = threading.Lock()
+
+    def hammer(worker: int) -> None:
+        deadline = time.monotonic() + 3
+        i = 0
+        while time.monotonic() < deadline:
+            key = f"learner/{worker}/{i:03d}"
+            rc, out, err = put(m4, key, "x", command_timeout="1s")
+            st = status(m4)
+            with lock:
+                results.append((key, rc, err.strip().splitlines()[-1:] if err else "",
+                                st and st.get("isLearner")))
+            i += 1
+
+    threads = [threading.Thread(target=hammer, args=(n,), daemon=True) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    m4.wait_ready()
+    acked = [r for r in results if r[1] == 0]
+    not_learner = [r for r in results if r[3] is not None and r[3] is not True]
+    rc, out, err = leader.etcdctl("get", "learner/", "--prefix", "--keys-only")
+    assert rc == 0, err
+    committed = out.split()
+    assert not acked and not committed and not not_learner, \
+        f"learner took writes: acknowledged {acked[:5]}, committed {committed[:5]}, " \
+        f"status said not a learner {not_learner[:5]} (of {len(results)} tries)"
+
+
+# A removed follower learns of its removal only if the commit of the conf change reaches it;
+# the leader stops talking to it once it applied the change, so sometimes it never does.
+REMOVED_MEMBER_BUG = (
+    "known server bug: removed member {name} did not exit: it never learned that the conf "
+    "change removing it was committed (the leader stops sending to it once applied), and "
+    "pgraftd has no other way to find out (etcd: peers answer a removed member's messages "
+    "with 'member removed', and it exits)")
+
+
+# The leader applies the conf change removing itself (raft drops its own progress) in the
+# same Ready as new entries of its own, then RawNode::advance -> on_persist_entries unwraps
+# the leader's (now missing) progress: panic, abort.
+REMOVED_LEADER_PANIC = (
+    "known server bug: removed member {name} crashed (exit {rc}) instead of exiting: the raft "
+    "loop applied its own removal, then RawNode::advance panicked: ")
+
+
+def exits(m, timeout: float, kind: str, known_bugs: list[str]) -> bool:
+    """Waits (bounded) until removed member m exits by itself, with code 0. With pgraftd, a
+    member that does not exit is recorded as the known bug (the test ends as xfail) and False
+    is returned; with etcd it fails the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if m.proc.poll() is not None:
+            rc = m.proc.returncode
+            log = m.log_since_start()
+            if rc != 0 and kind == "pgraftd" and "raft loop panicked" in log:
+                panic = [ln for ln in log.splitlines() if "panicked at" in ln or "unwrap" in ln]
+                known_bugs.append(REMOVED_LEADER_PANIC.format(name=m.name, rc=rc) +
+                                  " ".join(panic[:2]))
+                return True
+            assert rc == 0, f"removed member {m.name} exited with {rc}\n{m.log_tail(20)}"
+            return True
+        time.sleep(0.1)
+    st = status(m)
+    if kind == "pgraftd":
+        known_bugs.append(REMOVED_MEMBER_BUG.format(name=m.name) + f"; its status: {st}")
+        return False
+    raise AssertionError(f"removed member {m.name} still running {timeout}s after removal; "
+                         f"status {st}\n" + m.log_tail(20))
