@@ -173,7 +173,6 @@ def test_membership_changes_under_load(cluster_factory, cluster_kind):
     m1, m2, m3 = c.members
     leader = c.wait_leader()
     steps = {}
-    known_bugs: list[str] = []
     w = Writer(c.voters, prefix="w/", threads=2).start()
     try:
         w.wait_acked(10, timeout=30)
@@ -215,7 +214,7 @@ def test_membership_changes_under_load(cluster_factory, cluster_kind):
         c.remove(leader, victim)
         rest = {n: False for n in c.in_cluster}
         c.wait_members(leader, rest)
-        if not exits(victim, 15, cluster_kind, known_bugs):
+        if not exits(victim, 15):
             victim.stop(cleanup=False)
         steps["removed_follower"] = victim.name
         steps["follower_exit_s"] = round(time.monotonic() - t, 2)
@@ -226,7 +225,7 @@ def test_membership_changes_under_load(cluster_factory, cluster_kind):
         via = next(m for m in c.voters() if m is not leader)
         t = time.monotonic()
         c.remove(via, leader)
-        if not exits(leader, 15, cluster_kind, known_bugs):
+        if not exits(leader, 15):
             leader.stop(cleanup=False)
         steps["removed_leader"] = leader.name
         steps["leader_exit_s"] = round(time.monotonic() - t, 2)
@@ -243,22 +242,13 @@ def test_membership_changes_under_load(cluster_factory, cluster_kind):
         ids = sorted(hexid(int(x["ID"])) for x in member_list(m))
         assert ids == sorted(hexid(c.ids[n]) for n in c.in_cluster), (m.name, ids)
     report("membership_changes_under_load", **steps, final_members=c.in_cluster,
-           acked=len(expect), writer=w.summary(), known_bugs=known_bugs)
-    if known_bugs:
-        pytest.xfail("; ".join(known_bugs))
+           acked=len(expect), writer=w.summary())
 
 
 def test_new_learner_refuses_writes_from_the_start(cluster_factory, cluster_kind, request):
     """A learner must refuse writes (and linearizable reads) from its first moment, also
     before it received its first snapshot from the leader: none of the puts sent to it may be
     acknowledged or end up in the cluster."""
-    if cluster_kind == "pgraftd":
-        request.applymarker(pytest.mark.xfail(
-            strict=False,
-            reason="server bug: a member that joins as a learner takes its learner flag from "
-                   "raft's ConfState, which is empty until the first snapshot is applied; in "
-                   "that window it serves puts (forwarded to the leader and committed) and "
-                   "reports isLearner false"))
     c = cluster_factory(3)
     leader = c.wait_leader()
     # some megabytes of data, so that making, sending and installing the learner's first
@@ -301,43 +291,15 @@ def test_new_learner_refuses_writes_from_the_start(cluster_factory, cluster_kind
         f"status said not a learner {not_learner[:5]} (of {len(results)} tries)"
 
 
-# A removed follower learns of its removal only if the commit of the conf change reaches it;
-# the leader stops talking to it once it applied the change, so sometimes it never does.
-REMOVED_MEMBER_BUG = (
-    "known server bug: removed member {name} did not exit: it never learned that the conf "
-    "change removing it was committed (the leader stops sending to it once applied), and "
-    "pgraftd has no other way to find out (etcd: peers answer a removed member's messages "
-    "with 'member removed', and it exits)")
-
-
-# The leader applies the conf change removing itself (raft drops its own progress) in the
-# same Ready as new entries of its own, then RawNode::advance -> on_persist_entries unwraps
-# the leader's (now missing) progress: panic, abort.
-REMOVED_LEADER_PANIC = (
-    "known server bug: removed member {name} crashed (exit {rc}) instead of exiting: the raft "
-    "loop applied its own removal, then RawNode::advance panicked: ")
-
-
-def exits(m, timeout: float, kind: str, known_bugs: list[str]) -> bool:
-    """Waits (bounded) until removed member m exits by itself, with code 0. With pgraftd, a
-    member that does not exit is recorded as the known bug (the test ends as xfail) and False
-    is returned; with etcd it fails the test."""
+def exits(m, timeout: float) -> bool:
+    """Waits (bounded) until removed member m exits by itself, with code 0 (etcd and pgraftd
+    alike: a removed member that missed its removal learns it from its peers)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if m.proc.poll() is not None:
             rc = m.proc.returncode
-            log = m.log_since_start()
-            if rc != 0 and kind == "pgraftd" and "raft loop panicked" in log:
-                panic = [ln for ln in log.splitlines() if "panicked at" in ln or "unwrap" in ln]
-                known_bugs.append(REMOVED_LEADER_PANIC.format(name=m.name, rc=rc) +
-                                  " ".join(panic[:2]))
-                return True
             assert rc == 0, f"removed member {m.name} exited with {rc}\n{m.log_tail(20)}"
             return True
         time.sleep(0.1)
-    st = status(m)
-    if kind == "pgraftd":
-        known_bugs.append(REMOVED_MEMBER_BUG.format(name=m.name) + f"; its status: {st}")
-        return False
-    raise AssertionError(f"removed member {m.name} still running {timeout}s after removal; "
-                         f"status {st}\n" + m.log_tail(20))
+    raise AssertionError(f"removed member {m.name} did not exit within {timeout} s; "
+                         f"its status: {status(m)}\n{m.log_tail(20)}")

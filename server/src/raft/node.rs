@@ -462,6 +462,7 @@ impl<S: StateMachine> Loop<S> {
         if !rd.entries().is_empty() || hs.is_some() {
             self.storage.persist(rd.entries(), hs.as_ref(), false)?;
         }
+        let rd_must_sync = rd.must_sync();
         for rs in rd.take_read_states() {
             if let Some((_, waiters)) = self.read_waiters.remove(&rs.request_ctx) {
                 for tx in waiters {
@@ -470,10 +471,15 @@ impl<S: StateMachine> Loop<S> {
             }
         }
         let number = rd.number();
-        let needs_sync = rd.must_sync() || !rd.snapshot().is_empty();
+        let installed_snapshot = !rd.snapshot().is_empty();
         let held = rd.take_persisted_messages();
         self.raw.advance_append_async(rd);
-        if needs_sync || !self.unsynced.is_empty() {
+        if installed_snapshot {
+            // The snapshot's batch was fsync'ed, and with it every write before it: this Ready
+            // and all earlier ones are durable now.
+            self.unsynced.push_back((number, held));
+            self.on_persisted(number);
+        } else if rd_must_sync || !self.unsynced.is_empty() {
             self.unsynced.push_back((number, held));
             self.persister.send(number).map_err(|_| Error::Stopped)?;
         } else {
