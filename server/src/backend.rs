@@ -14,6 +14,12 @@ use crate::error::{Error, Result};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use std::path::Path;
 
+/// Block cache shared by every keyspace. Reads of recent revisions hit the memtables; the
+/// cache serves older ones.
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+/// A keyspace's memtable is flushed to disk at this size.
+const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+
 pub mod meta_key {
     pub const CURRENT_REV: &str = "current_rev";
     pub const COMPACT_REV: &str = "compact_rev";
@@ -36,8 +42,14 @@ pub struct Backend {
 impl Backend {
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(Error::internal)?;
-        let db = Database::builder(dir.join("db")).open()?;
-        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let db = Database::builder(dir.join("db"))
+            .cache_size(CACHE_BYTES)
+            .open()?;
+        let ks = |name: &str| {
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })
+        };
         Ok(Backend {
             kv: ks("kv")?,
             meta: ks("meta")?,

@@ -195,6 +195,8 @@ pub fn start<S: StateMachine>(
         pre_vote: true,
         max_size_per_msg: 1024 * 1024,
         max_inflight_msgs: 256,
+        // Merge appends to a follower that are still queued into one message.
+        batch_append: true,
         ..Default::default()
     };
     rc.validate().map_err(Error::internal)?;
