@@ -72,17 +72,9 @@ def test_three_members_replicate(cluster_factory):
            revision=next(iter(dumps.values()))[0])
 
 
-def test_endpoint_status_cluster_flag(cluster_factory, cluster_kind, request):
+def test_endpoint_status_cluster_flag(cluster_factory):
     """`etcdctl endpoint status --cluster` asks every member at its advertised client URL
     (http://127.0.0.1:PORT, taken from the member list)."""
-    if cluster_kind == "pgraftd":
-        request.applymarker(pytest.mark.xfail(
-            strict=True,
-            reason="server bug: etcdctl 3.4's maintenance calls that dial one endpoint "
-                   "(endpoint status, endpoint hashkv, move-leader), given it as a URL "
-                   "(http://host:port, as --cluster does), send that URL as the HTTP/2 "
-                   ":authority; pgraftd's HTTP/2 server (h2) rejects it with RST_STREAM "
-                   "PROTOCOL_ERROR, real etcd accepts it"))
     c = cluster_factory(3)
     leader = c.wait_leader()
     out = ok(c.members[0].etcdctl("endpoint", "status", "--cluster", "-w", "json"),

@@ -2,11 +2,13 @@
 //! layer's calls and back. gRPC (HTTP/2) and the JSON gateway plus the plain HTTP endpoints
 //! (HTTP/1.1) share one listener, as on etcd's client port.
 
+mod authority;
 pub mod grpc;
 pub mod http;
 pub mod peer;
 
 use crate::service::EtcdServer;
+use futures::StreamExt;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -20,7 +22,7 @@ pub async fn serve_client(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = no_delay(listener);
+    let incoming = no_delay(listener).map(|conn| conn.map(authority::AuthorityFix::new));
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let signal = async move {
         shutdown.await;
