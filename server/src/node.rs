@@ -208,12 +208,17 @@ impl Node {
                 }
             });
         }
+        // Like etcd, clients are served once this member has published its name and client
+        // URLs through the log (until then connections wait in the listen backlog), so that a
+        // client never sees a member list without it.
+        let (ready_tx, ready_rx) = watch::channel(false);
         {
             let server = server.clone();
             let stop = stopped(shutdown.subscribe());
+            let ready = ready_tx;
             tasks.spawn(async move {
                 tokio::select! {
-                    _ = server.publish_attributes() => {}
+                    _ = server.publish_attributes() => { let _ = ready.send(true); }
                     _ = stop => {}
                 }
             });
@@ -233,8 +238,14 @@ impl Node {
         for l in client_listeners {
             client_addrs.push(l.local_addr().map_err(Error::internal)?);
             let server = server.clone();
+            let mut ready = ready_rx.clone();
+            let mut stop_wait = shutdown.subscribe();
             let stop = stopped(shutdown.subscribe());
             tasks.spawn(async move {
+                tokio::select! {
+                    r = ready.wait_for(|r| *r) => if r.is_err() { return },
+                    _ = stop_wait.changed() => return,
+                }
                 if let Err(e) = crate::api::serve_client(server, l, stop).await {
                     tracing::error!(error = %e, "client listener failed");
                 }
