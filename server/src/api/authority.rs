@@ -2,9 +2,11 @@
 //! written as a URL (`http://host:port`, which `endpoint status --cluster` always uses), that
 //! etcdctl puts the whole URL in `:authority`; grpc-go servers ignore it, but our HTTP/2 server
 //! refuses the request as malformed. This wrapper sits between the socket and the HTTP/2
-//! server: it follows each connection's request header blocks (HPACK) and, from the first block
-//! whose `:authority` carries a scheme, re-encodes header blocks with the scheme removed. A
-//! connection that never sends one passes through unchanged; HTTP/1.1 connections untouched.
+//! server. A client uses one `:authority` for a whole connection, so only the first request
+//! header block of each HTTP/2 connection is decoded (HPACK): if its `:authority` has no scheme,
+//! the connection is passed through untouched from then on (as HTTP/1.1 connections are from the
+//! start); if it has one, every header block of that connection is re-encoded with the scheme
+//! removed.
 
 use bytes::{Buf, BytesMut};
 use std::io;
@@ -29,7 +31,9 @@ const MAX_BLOCK: usize = 1024 * 1024;
 enum Mode {
     /// Waiting for enough bytes to tell HTTP/2 from HTTP/1.1.
     Sniffing,
-    Http1,
+    /// Bytes go through untouched (HTTP/1.1, or HTTP/2 with a plain `:authority`).
+    Passthrough,
+    /// HTTP/2: following frames until the first header block decides.
     Http2,
 }
 
@@ -74,7 +78,7 @@ impl AuthorityFix {
     fn process(&mut self) -> io::Result<()> {
         loop {
             match self.mode {
-                Mode::Http1 => {
+                Mode::Passthrough => {
                     let all = self.input.split();
                     self.output.extend_from_slice(&all);
                     return Ok(());
@@ -82,7 +86,7 @@ impl AuthorityFix {
                 Mode::Sniffing => {
                     let n = self.input.len().min(PREFACE.len());
                     if self.input[..n] != PREFACE[..n] {
-                        self.mode = Mode::Http1;
+                        self.mode = Mode::Passthrough;
                     } else if n == PREFACE.len() {
                         self.mode = Mode::Http2;
                     } else {
@@ -177,7 +181,9 @@ impl AuthorityFix {
             .iter()
             .any(|(n, v)| n == b":authority" && strip_scheme(v).is_some());
         if self.encoder.is_none() && !needs_fix {
+            // The usual case: nothing to fix on this connection, ever.
             self.output.extend_from_slice(&p.raw_frames);
+            self.mode = Mode::Passthrough;
             return Ok(());
         }
         let mut block = Vec::new();
@@ -262,6 +268,12 @@ impl AsyncRead for AuthorityFix {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
+            if this.output.is_empty()
+                && this.input.is_empty()
+                && matches!(this.mode, Mode::Passthrough)
+            {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
             if !this.output.is_empty() {
                 let n = this.output.len().min(buf.remaining());
                 buf.put_slice(&this.output[..n]);
