@@ -5,10 +5,11 @@
 //!
 //! Each test starts its own member in-process on 127.0.0.1 with an OS-picked port.
 
+mod common;
+
 use base64::Engine as _;
-use clap::Parser;
 use etcd_proto::etcdserverpb::{auth_client::AuthClient, AuthStatusRequest};
-use pgraft_server::{Config, Node};
+use pgraft_server::Node;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -66,18 +67,8 @@ impl Member {
 
     async fn start_with(extra: &[&str]) -> Member {
         let dir = tempfile::tempdir().unwrap();
-        let mut args = vec![
-            "pgraftd".to_string(),
-            "--name=gw".into(),
-            format!("--data-dir={}", dir.path().join("data").display()),
-            "--listen-client-urls=http://127.0.0.1:0".into(),
-            "--advertise-client-urls=http://127.0.0.1:0".into(),
-            "--listen-peer-urls=http://127.0.0.1:0".into(),
-            "--initial-advertise-peer-urls=http://127.0.0.1:2380".into(),
-            "--initial-cluster=gw=http://127.0.0.1:2380".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let node = Node::start(Config::parse_from(args))
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let node = Node::start(common::config(dir.path(), &extra))
             .await
             .expect("node starts");
         let addr = node.client_addrs[0];
@@ -844,7 +835,7 @@ async fn routes_prefixes_methods_and_cors() {
     let s = m.call("/v3/maintenance/status", json!({})).await;
     assert_eq!(s["version"], json!("3.5.0"));
     let ml = m.call("/v3/cluster/member/list", json!({})).await;
-    assert_eq!(ml["members"][0]["name"], json!("gw"));
+    assert_eq!(ml["members"][0]["name"], json!("t1"));
     assert!(ml["header"].get("revision").is_none(), "{ml}");
     let al = m
         .call("/v3/maintenance/alarm", json!({"action": "GET"}))
