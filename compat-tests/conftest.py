@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import WORK_ROOT, Server  # noqa: E402
+from harness import WORK_ROOT, HarnessError, Server  # noqa: E402
 from cluster import Cluster  # noqa: E402
 
 
@@ -27,6 +27,32 @@ def pytest_sessionstart(session):
 def reference_only() -> bool:
     """COMPAT_REFERENCE_ONLY=1: use real etcd where pgraftd would run (validates the tests)."""
     return os.environ.get("COMPAT_REFERENCE_ONLY", "") not in ("", "0", "false", "no")
+
+
+def candidate_kind() -> str:
+    """The server under test: pgraftd, or etcd with COMPAT_REFERENCE_ONLY=1."""
+    return "etcd" if reference_only() else "pgraftd"
+
+
+def session_cache(run_session):
+    """For the differential tests: `get(role)` runs `run_session(kind)` once per pytest run for
+    role "reference" (real etcd) and "candidate" ([`candidate_kind`]), and fails the asking
+    test, not the whole run, when a session could not run."""
+    cache: dict = {}
+
+    def get(role: str):
+        if role not in cache:
+            kind = "etcd" if role == "reference" else candidate_kind()
+            try:
+                cache[role] = run_session(kind)
+            except HarnessError as e:
+                cache[role] = e
+        got = cache[role]
+        if isinstance(got, Exception):
+            pytest.fail(f"could not run the {role} session: {got}", pytrace=False)
+        return got
+
+    return get
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
@@ -76,7 +102,7 @@ def _failed(request) -> bool:
 @pytest.fixture
 def cluster_kind() -> str:
     """The server the cluster tests run: pgraftd, or etcd with COMPAT_REFERENCE_ONLY=1."""
-    return "etcd" if reference_only() else "pgraftd"
+    return candidate_kind()
 
 
 @pytest.fixture

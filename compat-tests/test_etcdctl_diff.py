@@ -20,8 +20,8 @@ from typing import Callable
 
 import pytest
 
-from conftest import reference_only
-from harness import HarnessError, Server
+from conftest import candidate_kind, session_cache
+from harness import Server
 from masking import TTL_TOLERANCE, Masker
 
 WATCH_SECONDS = 2.0
@@ -379,21 +379,8 @@ def mask_entries(entries: list[Entry], server: Server) -> None:
 
 
 # --------------------------------------------------------------------------- tests
-CANDIDATE = "etcd" if reference_only() else "pgraftd"
-_cache: dict = {}
-
-
-def _session(role: str):
-    if role not in _cache:
-        kind = "etcd" if role == "reference" else CANDIDATE
-        try:
-            _cache[role] = run_session(kind)
-        except HarnessError as e:
-            _cache[role] = e
-    got = _cache[role]
-    if isinstance(got, Exception):
-        pytest.fail(f"could not run the {role} session: {got}", pytrace=False)
-    return got
+CANDIDATE = candidate_kind()
+_session = session_cache(run_session)
 
 
 @pytest.mark.parametrize("st", STEPS, ids=[s.name for s in STEPS])

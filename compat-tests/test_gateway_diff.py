@@ -23,8 +23,8 @@ from typing import Callable
 
 import pytest
 
-from conftest import reference_only
-from harness import HarnessError, Server
+from conftest import candidate_kind, session_cache
+from harness import Server
 
 TTL_TOLERANCE = 2  # seconds
 IO_TIMEOUT = 10.0
@@ -658,21 +658,8 @@ KNOWN: dict[str, Callable[[Record, Record], Record]] = {
 
 
 # --------------------------------------------------------------------------- tests
-CANDIDATE = "etcd" if reference_only() else "pgraftd"
-_cache: dict = {}
-
-
-def _session(role: str):
-    if role not in _cache:
-        kind = "etcd" if role == "reference" else CANDIDATE
-        try:
-            _cache[role] = run_session(kind)
-        except HarnessError as e:
-            _cache[role] = e
-    got = _cache[role]
-    if isinstance(got, Exception):
-        pytest.fail(f"could not run the {role} session: {got}", pytrace=False)
-    return got
+CANDIDATE = candidate_kind()
+_session = session_cache(run_session)
 
 
 def test_known_differences_are_all_used():
