@@ -52,10 +52,6 @@ impl Lessor {
         }
     }
 
-    pub fn min_ttl(&self) -> i64 {
-        self.min_ttl
-    }
-
     /// The TTL a grant of `ttl` seconds gets.
     pub fn effective_ttl(&self, ttl: i64) -> i64 {
         ttl.max(self.min_ttl)

@@ -53,7 +53,7 @@ impl KeyRange {
         }
     }
 
-    /// True when `key` lies in the range or the range is the single key itself.
+    /// The range as `BTreeMap` range bounds.
     pub fn bounds(&self) -> (Bound<&[u8]>, Bound<&[u8]>) {
         let start = Bound::Included(self.start.as_slice());
         match &self.end {

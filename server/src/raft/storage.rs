@@ -76,12 +76,6 @@ impl RaftStorage {
         })
     }
 
-    /// True when this member has never been bootstrapped.
-    pub fn is_empty(&self) -> bool {
-        let h = self.header.read();
-        h.conf_state.voters.is_empty() && h.conf_state.learners.is_empty() && h.last_index == 0
-    }
-
     pub fn conf_state(&self) -> ConfState {
         self.header.read().conf_state.clone()
     }
