@@ -4,9 +4,13 @@
 #   ./test.sh                 cargo build --bins, cargo test, pytest compat-tests
 #   ./test.sh --lint          also cargo fmt --check and cargo clippy (before the tests)
 #   ./test.sh --no-cargo      only the compat tests (uses the pgraftd binary already built)
+#   ./test.sh --no-pgext      skip the PostgreSQL extension (its pgrx tests, its install,
+#                             and the compat tests that need it)
 #   ./test.sh -- ARGS...      extra arguments for pytest (e.g. -- -k crash -x)
 #
 # Needs: /usr/bin/etcd and /usr/bin/etcdctl (apt-get install -y etcd-server etcd-client),
+# for the extension: PostgreSQL 15 with its server headers, clang, sudo and cargo-pgrx 0.18.0
+# (`cargo pgrx init --pg15 /usr/lib/postgresql/15/bin/pg_config`); .ci/run installs them all.
 # and pytest, from .venv (python3 -m venv .venv && .venv/bin/pip install -r
 # compat-tests/requirements.txt) or from the python3 on PATH.
 set -euo pipefail
@@ -14,13 +18,15 @@ cd "$(dirname "$0")"
 
 lint=0
 cargo=1
+pgext=1
 pytest_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --lint) lint=1 ;;
     --no-cargo) cargo=0 ;;
+    --no-pgext) pgext=0 ;;
     --) shift; pytest_args=("$@"); break ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -33,6 +39,9 @@ if [ "$lint" = 1 ]; then
   cargo fmt --all -- --check
   step "cargo clippy"
   cargo clippy --all-targets -- -D warnings
+  if [ "$pgext" = 1 ]; then
+    cargo clippy -p pgraft --all-targets -- -D warnings
+  fi
 fi
 
 if [ "$cargo" = 1 ]; then
@@ -40,6 +49,31 @@ if [ "$cargo" = 1 ]; then
   cargo build --bins
   step "cargo test"
   cargo test
+fi
+
+if [ "$pgext" = 1 ]; then
+  if ! cargo pgrx --version >/dev/null 2>&1; then
+    echo "test.sh: cargo-pgrx is not installed (cargo install cargo-pgrx --version 0.18.0 --locked;" >&2
+    echo "  cargo pgrx init --pg15 /usr/lib/postgresql/15/bin/pg_config), or pass --no-pgext" >&2
+    exit 1
+  fi
+  pg_config=/usr/lib/postgresql/15/bin/pg_config
+  if [ "$cargo" = 1 ]; then
+    # The test server runs as `postgres` (PostgreSQL refuses root) in a data directory it owns.
+    pgdata="${TMPDIR:-/tmp}/pgraft-pgrx-test"
+    rm -rf "$pgdata" && mkdir -p "$pgdata"
+    runas=()
+    if [ "$(id -u)" = 0 ]; then
+      chown postgres "$pgdata"
+      runas=(--runas postgres)
+    fi
+    step "pgext: cargo pgrx test pg15"
+    (cd pgext && cargo pgrx test pg15 ${runas[@]+"${runas[@]}"} --pgdata "$pgdata")
+  fi
+  # Last, so that the compat tests get the plain build (pgrx test installs its test build).
+  step "pgext: cargo pgrx install (into $($pg_config --pkglibdir))"
+  (cd pgext && cargo pgrx install --pg-config "$pg_config")
+  export PGRAFT_REQUIRE_PGEXT=1
 fi
 
 if [ -x .venv/bin/python ]; then

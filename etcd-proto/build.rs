@@ -14,6 +14,7 @@ const PROTOS: &[&str] = &[
     "v3lockpb/v3lock.proto",
     "v3electionpb/v3election.proto",
     "pgraftpb/raft.proto",
+    "pgraftpb/admin.proto",
 ];
 
 /// Packages that get gateway JSON (serde) impls. `pgraftpb` is internal gRPC only.

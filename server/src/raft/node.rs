@@ -61,7 +61,32 @@ pub struct RaftStatus {
     pub is_learner: AtomicBool,
     /// Set when this member has been removed from the cluster; the loop has stopped.
     pub removed: AtomicBool,
+    /// Elections (campaigns, pre-vote included) this member started since it started.
+    pub elections: AtomicU64,
     applied: watch::Sender<u64>,
+}
+
+/// A member's raft view at one instant, for status reports (pgraft's Admin.RaftStatus).
+#[derive(Debug, Clone)]
+pub struct RaftReport {
+    pub role: StateRole,
+    pub first_index: u64,
+    pub last_index: u64,
+    /// Index of the last log compaction.
+    pub snapshot_index: u64,
+    /// Only on the leader: every other member's progress.
+    pub progress: Vec<PeerProgress>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PeerProgress {
+    pub id: u64,
+    pub matched: u64,
+    pub next_idx: u64,
+    /// "probe", "replicate" or "snapshot".
+    pub state: &'static str,
+    pub recent_active: bool,
+    pub is_learner: bool,
 }
 
 impl RaftStatus {
@@ -111,6 +136,8 @@ pub enum Command {
     SnapshotStatus(u64, bool),
     /// Asks for the leader's view of followers' progress (member ID -> matched index).
     Progress(oneshot::Sender<HashMap<u64, u64>>),
+    /// Asks for a status report.
+    Report(oneshot::Sender<RaftReport>),
     /// The persister made every Ready up to this number durable.
     Persisted(u64),
     /// A peer refused our traffic: this member was removed while it was not listening.
@@ -153,6 +180,13 @@ impl RaftHandle {
     pub async fn progress(&self) -> Result<HashMap<u64, u64>> {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Progress(tx))?;
+        rx.await.map_err(|_| Error::Stopped)
+    }
+
+    /// This member's raft view (role, log bounds, followers' progress on the leader).
+    pub async fn report(&self) -> Result<RaftReport> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Report(tx))?;
         rx.await.map_err(|_| Error::Stopped)
     }
 
@@ -216,6 +250,8 @@ pub fn start<S: StateMachine>(
         commit_index: AtomicU64::new(raw.raft.raft_log.committed),
         is_learner: AtomicBool::new(cs.learners.contains(&cfg.id)),
         removed: AtomicBool::new(false),
+        // A lone member's campaign above already made it leader.
+        elections: AtomicU64::new(u64::from(single)),
         applied: applied_tx,
     });
     let (tx, rx) = mpsc::channel();
@@ -237,6 +273,8 @@ pub fn start<S: StateMachine>(
         removed: false,
         persister: start_persister(storage_for_sync, tx.clone())?,
         was_leader: false,
+        last_role: StateRole::Follower,
+        last_term: 0,
     };
     let thread = std::thread::Builder::new()
         .name("raft".into())
@@ -283,6 +321,9 @@ struct Loop<S> {
     /// ReadIndex requests in flight: context -> (last sent, callers).
     read_waiters: HashMap<Vec<u8>, (Instant, Vec<ReadWaiter>)>,
     was_leader: bool,
+    /// Role and term seen at the last status update (to count elections).
+    last_role: StateRole,
+    last_term: u64,
 }
 
 /// Starts the persister thread: it fdatasyncs whenever the loop asks and reports the highest
@@ -390,6 +431,9 @@ impl<S: StateMachine> Loop<S> {
                     .map(|(id, p)| (*id, p.matched))
                     .collect();
                 let _ = tx.send(map);
+            }
+            Command::Report(tx) => {
+                let _ = tx.send(self.report());
             }
             Command::Persisted(number) => self.on_persisted(number),
             Command::Removed => self.removed = true,
@@ -558,8 +602,56 @@ impl<S: StateMachine> Loop<S> {
         Ok(())
     }
 
+    fn report(&self) -> RaftReport {
+        let r = &self.raw.raft;
+        let mut progress = Vec::new();
+        if r.state == StateRole::Leader {
+            let learners = r.prs().conf().learners();
+            for (id, p) in r.prs().iter() {
+                if *id == self.cfg.id {
+                    continue;
+                }
+                progress.push(PeerProgress {
+                    id: *id,
+                    matched: p.matched,
+                    next_idx: p.next_idx,
+                    state: match p.state {
+                        raft::ProgressState::Probe => "probe",
+                        raft::ProgressState::Replicate => "replicate",
+                        raft::ProgressState::Snapshot => "snapshot",
+                    },
+                    recent_active: p.recent_active,
+                    is_learner: learners.contains(id),
+                });
+            }
+            progress.sort_by_key(|p| p.id);
+        }
+        let first_index = self.storage.first_index().unwrap_or(0);
+        RaftReport {
+            role: r.state,
+            first_index,
+            last_index: r.raft_log.last_index(),
+            snapshot_index: first_index.saturating_sub(1),
+            progress,
+        }
+    }
+
     fn update_status(&mut self) {
         let r = &self.raw.raft;
+        let campaigning =
+            |s: StateRole| matches!(s, StateRole::PreCandidate | StateRole::Candidate);
+        // A campaign begins when a member enters (pre-)candidacy, or, as a candidate, moves to
+        // a new term (a failed election followed by another).
+        if campaigning(r.state)
+            && (!campaigning(self.last_role)
+                || (r.state == StateRole::Candidate
+                    && self.last_role == StateRole::Candidate
+                    && r.term != self.last_term))
+        {
+            self.status.elections.fetch_add(1, Ordering::Relaxed);
+        }
+        self.last_role = r.state;
+        self.last_term = r.term;
         self.status.term.store(r.term, Ordering::Release);
         let prev = self.status.leader.swap(r.leader_id, Ordering::AcqRel);
         crate::metrics::leader_seen(prev, r.leader_id);

@@ -8,8 +8,10 @@ use crate::error::{Error, Result};
 use crate::membership::member_id;
 use crate::request::{ConfChangeContext, Op};
 use etcd_proto::etcdserverpb::*;
+use etcd_proto::pgraftpb::{FollowerProgress, RaftStatusResponse};
 use prost::Message;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+use raft::StateRole;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A learner may be promoted once it has this share of the leader's log.
@@ -65,28 +67,63 @@ impl EtcdServer {
     }
 
     pub async fn member_add(&self, r: MemberAddRequest) -> Result<MemberAddResponse> {
-        self.check_not_learner()?;
-        self.check_peer_urls(&r.peer_ur_ls, None)?;
-        let members = self.membership.members();
-        if r.is_learner && members.iter().filter(|m| m.is_learner).count() >= MAX_LEARNERS {
-            return Err(Error::TooManyLearners);
-        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let id = member_id(&r.peer_ur_ls, &self.cfg.initial_cluster_token, Some(now));
+        self.add_member(id, r.peer_ur_ls, r.is_learner).await
+    }
+
+    /// MemberAdd under an ID the caller chose (pgraft's Admin API; the PostgreSQL extension's
+    /// `pgraft_add_node`). The joining member adopts it by its peer URLs.
+    pub async fn member_add_with_id(
+        &self,
+        id: u64,
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    ) -> Result<MemberAddResponse> {
+        if id == 0 {
+            return Err(Error::Remote(
+                tonic::Code::InvalidArgument,
+                "pgraft: member ID must not be 0".into(),
+            ));
+        }
+        if self.membership.is_removed(id) {
+            return Err(Error::Remote(
+                tonic::Code::FailedPrecondition,
+                format!(
+                    "pgraft: member ID {id:x} was removed from this cluster and cannot be reused"
+                ),
+            ));
+        }
+        self.add_member(id, peer_urls, is_learner).await
+    }
+
+    async fn add_member(
+        &self,
+        id: u64,
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    ) -> Result<MemberAddResponse> {
+        self.check_not_learner()?;
+        // etcd's order: the ID, the peer URLs, then the learner limit.
+        let members = self.membership.members();
         if members.iter().any(|m| m.id == id) {
             return Err(Error::MemberExist);
+        }
+        self.check_peer_urls(&peer_urls, None)?;
+        if is_learner && members.iter().filter(|m| m.is_learner).count() >= MAX_LEARNERS {
+            return Err(Error::TooManyLearners);
         }
         let member = Member {
             id,
             name: String::new(),
-            peer_ur_ls: r.peer_ur_ls,
+            peer_ur_ls: peer_urls,
             client_ur_ls: Vec::new(),
-            is_learner: r.is_learner,
+            is_learner,
         };
-        let change = if r.is_learner {
+        let change = if is_learner {
             ConfChangeType::AddLearnerNode
         } else {
             ConfChangeType::AddNode
@@ -227,5 +264,47 @@ impl EtcdServer {
                 }
             }
         }
+    }
+}
+
+impl EtcdServer {
+    /// pgraft's Admin.RaftStatus: this member's raft view, with followers' progress on the
+    /// leader. Served by any member, learners included, without a leader.
+    pub async fn raft_status(&self) -> Result<RaftStatusResponse> {
+        let rep = self.raft.report().await?;
+        let st = &self.raft.status;
+        let role = match rep.role {
+            _ if st.is_learner() => "learner",
+            StateRole::Leader => "leader",
+            StateRole::Follower => "follower",
+            StateRole::Candidate => "candidate",
+            StateRole::PreCandidate => "pre-candidate",
+        };
+        Ok(RaftStatusResponse {
+            header: Some(self.header(0)),
+            id: self.member_id(),
+            role: role.into(),
+            leader: st.leader(),
+            term: st.term(),
+            commit_index: st.commit_index(),
+            applied_index: st.applied_index(),
+            first_index: rep.first_index,
+            last_index: rep.last_index,
+            snapshot_index: rep.snapshot_index,
+            elections: st.elections.load(std::sync::atomic::Ordering::Relaxed),
+            leader_changes: crate::metrics::LEADER_CHANGES.get(),
+            progress: rep
+                .progress
+                .into_iter()
+                .map(|p| FollowerProgress {
+                    id: p.id,
+                    match_index: p.matched,
+                    next_index: p.next_idx,
+                    state: p.state.into(),
+                    recent_active: p.recent_active,
+                    is_learner: p.is_learner,
+                })
+                .collect(),
+        })
     }
 }

@@ -1,5 +1,6 @@
 //! The etcd v3 gRPC services (etcd's `v3rpc`), as thin adapters over [`EtcdServer`].
 
+pub(crate) mod admin;
 pub(crate) mod cluster;
 pub(crate) mod kv;
 pub(crate) mod lease;
@@ -15,6 +16,7 @@ use etcd_proto::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use etcd_proto::pgraftpb::admin_server::AdminServer;
 use futures::{Stream, StreamExt};
 use std::sync::Arc;
 use tonic::service::Routes;
@@ -53,7 +55,8 @@ pub fn routes(server: Arc<EtcdServer>, stopping: tokio::sync::watch::Receiver<bo
             MaintenanceServer::new(maintenance::MaintenanceService(server.clone()))
                 .max_decoding_message_size(recv),
         )
-        .add_service(AuthServer::new(unimplemented::AuthService));
+        .add_service(AuthServer::new(unimplemented::AuthService))
+        .add_service(AdminServer::new(admin::AdminService(server.clone())));
     b.routes()
 }
 
