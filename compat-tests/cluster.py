@@ -533,6 +533,7 @@ def probe_first_write(targets, t0: float, prefix: str, every: float = 0.1,
 
 
 MEASUREMENTS = WORK_ROOT / "measurements.jsonl"
+REPORTED: list[str] = []  # this run's measurements, listed at the end by conftest.py
 
 
 def report(test: str, **values) -> None:
@@ -540,6 +541,7 @@ def report(test: str, **values) -> None:
     rec = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "test": test, **values}
     line = json.dumps(rec, sort_keys=False, default=str)
     print(f"MEASURE {line}")
+    REPORTED.append(line)
     try:
         WORK_ROOT.mkdir(parents=True, exist_ok=True)
         with open(MEASUREMENTS, "a") as f:

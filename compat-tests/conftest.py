@@ -55,6 +55,15 @@ def session_cache(run_session):
     return get
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Lists the measurements of this run (cluster.report), also without -s."""
+    import cluster
+    if cluster.REPORTED:
+        terminalreporter.section("measurements (also in .work/measurements.jsonl)")
+        for line in cluster.REPORTED:
+            terminalreporter.write_line(line)
+
+
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield

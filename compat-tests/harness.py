@@ -136,6 +136,38 @@ def etcdctl_env() -> dict:
     return env
 
 
+def etcdctl_argv(endpoints: str, *args: str) -> list[str]:
+    """etcdctl's command line for `endpoints` ("host:port[,host:port...]")."""
+    return [
+        ETCDCTL_BIN,
+        f"--endpoints={endpoints}",
+        "--dial-timeout=2s",
+        "--command-timeout=5s",
+        *args,
+    ]
+
+
+def run_etcdctl(endpoints: str, *args: str, input: str | None = None, timeout: float = 20):
+    """Run etcdctl against `endpoints` (any etcd v3 API, not only a `Server`); returns
+    (returncode, stdout, stderr). stdin is /dev/null unless `input` is given. A run that
+    outlives `timeout` is killed and reported as returncode None."""
+    try:
+        cp = subprocess.run(
+            etcdctl_argv(endpoints, *args),
+            input=input if input is not None else None,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            env=etcdctl_env(),
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        return None, out, err + f"\n[harness: killed after {timeout}s]"
+    return cp.returncode, cp.stdout, cp.stderr
+
+
 class Server:
     """One single-member server process (etcd or pgraftd)."""
 
@@ -329,13 +361,7 @@ class Server:
 
     # ------------------------------------------------------------------ etcdctl
     def etcdctl_argv(self, *args: str) -> list[str]:
-        return [
-            ETCDCTL_BIN,
-            f"--endpoints={self.endpoint}",
-            "--dial-timeout=2s",
-            "--command-timeout=5s",
-            *args,
-        ]
+        return etcdctl_argv(self.endpoint, *args)
 
     def etcdctl(self, *args: str, input: str | None = None, timeout: float = 20):
         """Run etcdctl against this server; returns (returncode, stdout, stderr).
@@ -343,21 +369,7 @@ class Server:
         stdin is /dev/null unless `input` is given.  A run that outlives `timeout`
         is killed and reported as returncode None.
         """
-        try:
-            cp = subprocess.run(
-                self.etcdctl_argv(*args),
-                input=input if input is not None else None,
-                stdin=None if input is not None else subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                env=etcdctl_env(),
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired as e:
-            out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
-            err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
-            return None, out, err + f"\n[harness: killed after {timeout}s]"
-        return cp.returncode, cp.stdout, cp.stderr
+        return run_etcdctl(self.endpoint, *args, input=input, timeout=timeout)
 
     def etcdctl_for(self, *args: str, seconds: float, input: str | None = None):
         """Run a long-running etcdctl command (e.g. watch) for `seconds`, then SIGKILL it.

@@ -35,9 +35,10 @@ const WORKER_RESTART: Duration = Duration::from_secs(5);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    settings::register();
     // SAFETY: a PostgreSQL global, read on the thread that loads the library.
-    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    settings::register(preloading);
+    if !preloading {
         return;
     }
     PRELOADED.store(true, Ordering::Relaxed);

@@ -26,13 +26,23 @@ pub static REQUEST_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5000);
 /// Where registration keys live (client mode): `<prefix><name>`.
 pub const REGISTRATION_PREFIX: &str = "pgraft/postgres/";
 
-pub fn register() {
+/// Defines the settings. Loaded through shared_preload_libraries they take effect at server
+/// start (`postmaster`); loaded later by a backend (client mode without the registration
+/// worker) PostgreSQL no longer accepts such settings, so they are reloadable (`sighup`).
+pub fn register(preloading: bool) {
+    let ctx = || {
+        if preloading {
+            GucContext::Postmaster
+        } else {
+            GucContext::Sighup
+        }
+    };
     GucRegistry::define_string_guc(
         c"pgraft.name",
         c"This member's name (member mode; must appear in pgraft.initial_cluster). In client mode, the name this server registers under.",
         c"",
         &NAME,
-        GucContext::Postmaster,
+        ctx(),
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
@@ -40,7 +50,7 @@ pub fn register() {
         c"host:port to listen on for Raft peer traffic (member mode).",
         c"Defaults to this member's address in pgraft.initial_cluster.",
         &LISTEN_ADDRESS,
-        GucContext::Postmaster,
+        ctx(),
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
@@ -48,7 +58,7 @@ pub fn register() {
         c"The cluster's members as name=host:port,... (member mode; identical on every member).",
         c"Setting it turns member mode on: a background worker hosts a pgraft member.",
         &INITIAL_CLUSTER,
-        GucContext::Postmaster,
+        ctx(),
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
@@ -56,7 +66,7 @@ pub fn register() {
         c"'new' to bootstrap with pgraft.initial_cluster, 'existing' to join a running cluster.",
         c"",
         &INITIAL_CLUSTER_STATE,
-        GucContext::Postmaster,
+        ctx(),
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
@@ -64,7 +74,7 @@ pub fn register() {
         c"Initial cluster token: keeps the member IDs of different clusters apart.",
         c"",
         &CLUSTER_TOKEN,
-        GucContext::Postmaster,
+        ctx(),
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
@@ -72,7 +82,7 @@ pub fn register() {
         c"Directory of this member's raft log and state (relative paths are under the PostgreSQL data directory).",
         c"",
         &DATA_DIR,
-        GucContext::Postmaster,
+        ctx(),
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -82,7 +92,7 @@ pub fn register() {
         &ELECTION_TIMEOUT,
         10,
         600_000,
-        GucContext::Postmaster,
+        ctx(),
         GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
@@ -92,7 +102,7 @@ pub fn register() {
         &HEARTBEAT_INTERVAL,
         1,
         60_000,
-        GucContext::Postmaster,
+        ctx(),
         GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
@@ -102,7 +112,7 @@ pub fn register() {
         &SNAPSHOT_COUNT,
         1,
         i32::MAX,
-        GucContext::Postmaster,
+        ctx(),
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
@@ -110,7 +120,7 @@ pub fn register() {
         c"host:port on which the member also serves the etcd v3 API (member mode; optional).",
         c"",
         &CLIENT_ADDRESS,
-        GucContext::Postmaster,
+        ctx(),
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(
@@ -118,7 +128,7 @@ pub fn register() {
         c"Client URLs of an external pgraft cluster, comma-separated (client mode).",
         c"Setting it turns client mode on; it excludes pgraft.initial_cluster.",
         &ENDPOINTS,
-        GucContext::Postmaster,
+        ctx(),
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -128,7 +138,7 @@ pub fn register() {
         &REGISTRATION_TTL,
         2,
         3600,
-        GucContext::Postmaster,
+        ctx(),
         GucFlags::UNIT_S,
     );
     GucRegistry::define_string_guc(
@@ -136,7 +146,7 @@ pub fn register() {
         c"Host name this server registers under (client mode; default: the machine's host name).",
         c"",
         &ADVERTISE_HOST,
-        GucContext::Postmaster,
+        ctx(),
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(

@@ -261,6 +261,39 @@ impl Node {
         })
     }
 
+    /// On the leader: moves leadership to the voter with the longest matching log among those
+    /// heard from recently, and waits (at most an election timeout) for it to take over.
+    async fn transfer_leadership(&self) {
+        let raft = &self.server.raft;
+        if !raft.status.is_leader() {
+            return;
+        }
+        let Ok(report) = raft.report().await else {
+            return;
+        };
+        let Some(target) = report
+            .progress
+            .iter()
+            .filter(|p| p.recent_active && !p.is_learner)
+            .max_by_key(|p| p.matched)
+            .map(|p| p.id)
+        else {
+            return;
+        };
+        if raft.transfer_leader(target).is_err() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.server.cfg.election();
+        while raft.status.is_leader() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::info!(
+            target = %format!("{target:x}"),
+            transferred = !raft.status.is_leader(),
+            "handed over leadership before stopping"
+        );
+    }
+
     /// Resolves when this member has been removed from the cluster.
     pub fn removed(&self) -> impl Future<Output = ()> + Send + 'static {
         let server = self.server.clone();
@@ -272,8 +305,11 @@ impl Node {
     }
 
     /// Stops serving (streams still open after a grace period are cut), lets the raft loop
-    /// finish its turn, and flushes the database.
+    /// finish its turn, and flushes the database. A leader first hands its leadership to the
+    /// most up-to-date active voter, as etcd does, so that a clean stop costs the cluster no
+    /// election timeout.
     pub async fn stop(mut self) {
+        self.transfer_leadership().await;
         let _ = self.shutdown.send(true);
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while self.tasks.join_next().await.is_some() {}
