@@ -295,3 +295,30 @@ def exits(m, timeout: float) -> bool:
         time.sleep(0.1)
     raise AssertionError(f"removed member {m.name} did not exit within {timeout} s; "
                          f"its status: {status(m)}\n{m.log_tail(20)}")
+
+
+def test_strict_reconfig_check(cluster_factory):
+    """etcd's --strict-reconfig-check (on by default): with one of three members down, adding a
+    member (voter or learner) and removing a connected voter are refused with
+    `etcdserver: unhealthy cluster` and change nothing; removing the member that is down is
+    allowed."""
+    c = cluster_factory(3)
+    leader = c.wait_leader()
+    ids = {m.name: c.member_id(m) for m in c.members}
+    victim, survivor = [m for m in c.members if m is not leader]
+    c.kill(victim)
+    time.sleep(3)  # longer than either server takes to see a peer gone
+    m4 = c.new_member()
+    for extra in ([], ["--learner"]):
+        rc, out, err = leader.etcdctl("member", "add", m4.name, *extra,
+                                      f"--peer-urls={m4.advertise_peer_url}")
+        assert rc != 0 and "etcdserver: unhealthy cluster" in err, (extra, rc, out, err)
+    rc, out, err = leader.etcdctl("member", "remove", hexid(ids[survivor.name]))
+    assert rc != 0 and "etcdserver: unhealthy cluster" in err, (rc, out, err)
+    assert sorted(int(x["ID"]) for x in member_list(leader)) == sorted(ids.values())
+    # The member that is down is not part of the active quorum: it may go.
+    ok(leader.etcdctl("member", "remove", hexid(ids[victim.name])), "remove the member that is down")
+    c.in_cluster.remove(victim.name)
+    assert sorted(int(x["ID"]) for x in member_list(leader)) == sorted(
+        ids[m.name] for m in (leader, survivor))
+    ok(put(survivor, "after/remove", "v"), "a write with two members")

@@ -96,6 +96,18 @@ pub struct Config {
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 100000)]
     pub snapshot_count: u64,
 
+    /// Reject reconfiguration requests that would cause quorum loss (etcd's check: every
+    /// voting member connected for 5 s before an add, enough started members, ...).
+    #[arg(
+        long,
+        env = "ETCD_STRICT_RECONFIG_CHECK",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub strict_reconfig_check: bool,
+
     /// Duration of periodic watch progress notifications.
     #[arg(
         long = "experimental-watch-progress-notify-interval",
@@ -304,6 +316,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strict_reconfig_check_is_a_go_style_bool_flag() {
+        let parse = |args: &[&str]| {
+            Config::try_parse_from(std::iter::once("pgraftd").chain(args.iter().copied()))
+                .map(|c| c.strict_reconfig_check)
+        };
+        assert!(parse(&[]).unwrap());
+        assert!(parse(&["--strict-reconfig-check"]).unwrap());
+        assert!(!parse(&["--strict-reconfig-check=false"]).unwrap());
+        assert!(parse(&["--strict-reconfig-check=true"]).unwrap());
+        assert!(parse(&["--strict-reconfig-check=maybe"]).is_err());
+    }
 
     #[test]
     fn defaults_match_etcd() {

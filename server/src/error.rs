@@ -57,6 +57,10 @@ pub enum Error {
     RequestTooLarge,
     #[error("etcdserver: too many requests")]
     TooManyRequests,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStartedMembers,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: not leader")]
@@ -94,16 +98,22 @@ impl Error {
             Compacted | FutureRev | LeaseTtlTooLarge => Code::OutOfRange,
             LeaseNotFound | MemberNotFound => Code::NotFound,
             MemberBadUrls => Code::InvalidArgument,
-            LeaseExist | NotLeader | MemberExist | PeerUrlExist | MemberNotLearner
-            | LearnerNotReady | TooManyLearners | BadLeaderTransferee | ClusterIdMismatch => {
-                Code::FailedPrecondition
-            }
+            LeaseExist
+            | NotLeader
+            | MemberExist
+            | PeerUrlExist
+            | MemberNotLearner
+            | LearnerNotReady
+            | TooManyLearners
+            | BadLeaderTransferee
+            | ClusterIdMismatch
+            | NotEnoughStartedMembers => Code::FailedPrecondition,
             NotSupportedForLearner => Code::Unavailable,
             LeaderTransferTimeout => Code::Unknown,
             Remote(code, _) => *code,
             // etcd maps this one to a client-side error type, so grpc-go sends Unknown.
             TooManyRequests => Code::Unknown,
-            NoLeader | LeaderChanged | Stopped | Timeout => Code::Unavailable,
+            NoLeader | LeaderChanged | Stopped | Timeout | Unhealthy => Code::Unavailable,
             WatchCanceled => Code::Cancelled,
             Corrupt => Code::DataLoss,
             Unimplemented(_) => Code::Unimplemented,

@@ -47,6 +47,9 @@ impl RaftPeer for PeerService {
         let mut stream = req.into_inner();
         while let Some(batch) = stream.message().await? {
             self.check_cluster(batch.cluster_id)?;
+            if batch.from != 0 {
+                self.0.raft.transport.heard_from(batch.from);
+            }
             for m in &batch.messages {
                 self.step(m)?;
             }

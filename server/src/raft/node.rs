@@ -256,7 +256,7 @@ pub fn start<S: StateMachine>(
     });
     let (tx, rx) = mpsc::channel();
     let storage_for_sync = storage.clone();
-    let transport = Arc::new(Transport::new(cfg.cluster_id, runtime, tx.clone()));
+    let transport = Arc::new(Transport::new(cfg.id, cfg.cluster_id, runtime, tx.clone()));
     transport.set_peers(sm.peers());
     let mut lp = Loop {
         raw,

@@ -11,7 +11,7 @@ use protobuf::Message as PbMessage;
 use raft::eraftpb::{Message, MessageType};
 use std::collections::HashMap;
 use std::sync::mpsc::Sender as LoopSender;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
@@ -27,6 +27,11 @@ const MAX_BATCH: usize = 512;
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 /// Wait before reconnecting to a peer that failed.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
+/// An idle link sends an empty batch this often (etcd's link heartbeat), so that the receiver
+/// knows the sender is connected even when raft has nothing to say to it.
+const LINK_HEARTBEAT: Duration = Duration::from_millis(500);
+/// A peer not heard from for this long counts as disconnected.
+const INACTIVE_AFTER: Duration = Duration::from_secs(2);
 
 struct Peer {
     url: String,
@@ -35,20 +40,46 @@ struct Peer {
 }
 
 pub struct Transport {
+    id: u64,
     cluster_id: u64,
     runtime: Handle,
     loop_tx: LoopSender<Command>,
     peers: Mutex<HashMap<u64, Peer>>,
+    /// Per peer heard from: (since when without a gap, last time).
+    activity: Mutex<HashMap<u64, (Instant, Instant)>>,
 }
 
 impl Transport {
-    pub fn new(cluster_id: u64, runtime: Handle, loop_tx: LoopSender<Command>) -> Self {
+    pub fn new(id: u64, cluster_id: u64, runtime: Handle, loop_tx: LoopSender<Command>) -> Self {
         Transport {
+            id,
             cluster_id,
             runtime,
             loop_tx,
             peers: Mutex::new(HashMap::new()),
+            activity: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records traffic (or a link heartbeat) received from a peer.
+    pub fn heard_from(&self, peer: u64) {
+        let now = Instant::now();
+        let mut a = self.activity.lock();
+        let e = a.entry(peer).or_insert((now, now));
+        if now.duration_since(e.1) > INACTIVE_AFTER {
+            e.0 = now;
+        }
+        e.1 = now;
+    }
+
+    /// Since when a peer has been connected without a gap (etcd's `ActiveSince`); `None` when
+    /// it is not connected now.
+    pub fn active_since(&self, peer: u64) -> Option<Instant> {
+        self.activity
+            .lock()
+            .get(&peer)
+            .filter(|(_, last)| last.elapsed() <= INACTIVE_AFTER)
+            .map(|(since, _)| *since)
     }
 
     /// Sets the peers to talk to (every member but this one), keyed by member ID with their
@@ -78,6 +109,7 @@ impl Transport {
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             self.runtime.spawn(stream_to_peer(
                 id,
+                self.id,
                 self.cluster_id,
                 channel.clone(),
                 rx,
@@ -117,9 +149,11 @@ impl Transport {
     }
 }
 
-/// Keeps one `Send` stream open to a peer, batching whatever is queued.
+/// Keeps one `Send` stream open to a peer, batching whatever is queued; an idle stream carries
+/// link heartbeats (empty batches).
 async fn stream_to_peer(
     id: u64,
+    from: u64,
     cluster_id: u64,
     channel: Channel,
     mut rx: mpsc::Receiver<Message>,
@@ -127,15 +161,22 @@ async fn stream_to_peer(
 ) {
     let mut client = RaftPeerClient::new(channel);
     loop {
-        // Wait for traffic before (re)connecting.
-        let Some(first) = rx.recv().await else { return };
+        // Wait for traffic, or the next link heartbeat, before (re)connecting.
+        let first = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => Some(m),
+                None => return,
+            },
+            _ = tokio::time::sleep(LINK_HEARTBEAT) => None,
+        };
         let (btx, brx) = mpsc::channel::<RaftBatch>(16);
+        // `Some(None)`: a link heartbeat is due.
         let mut pending = Some(first);
         let call = client.send(tokio_stream::wrappers::ReceiverStream::new(brx));
         tokio::pin!(call);
         loop {
             let next = match pending.take() {
-                Some(m) => Some(m),
+                Some(m) => m,
                 None => tokio::select! {
                     res = &mut call => {
                         if peer_says_removed(id, res, &loop_tx) {
@@ -143,22 +184,28 @@ async fn stream_to_peer(
                         }
                         break;
                     }
-                    m = rx.recv() => m,
+                    m = rx.recv() => match m {
+                        Some(m) => Some(m),
+                        None => return,
+                    },
+                    _ = tokio::time::sleep(LINK_HEARTBEAT) => None,
                 },
             };
-            let Some(m) = next else { return };
             let mut messages = Vec::with_capacity(16);
-            for m in std::iter::once(m).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
-                if let Ok(b) = m.write_to_bytes() {
-                    messages.push(b);
-                }
-                if messages.len() >= MAX_BATCH {
-                    break;
+            if let Some(m) = next {
+                for m in std::iter::once(m).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                    if let Ok(b) = m.write_to_bytes() {
+                        messages.push(b);
+                    }
+                    if messages.len() >= MAX_BATCH {
+                        break;
+                    }
                 }
             }
             let batch = RaftBatch {
                 messages,
                 cluster_id,
+                from,
             };
             tokio::select! {
                 sent = btx.send(batch) => if sent.is_err() { break },

@@ -12,12 +12,25 @@ use etcd_proto::pgraftpb::{FollowerProgress, RaftStatusResponse};
 use prost::Message;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use raft::StateRole;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A learner may be promoted once it has this share of the leader's log.
 const PROMOTE_READY: f64 = 0.9;
 /// At most this many learners at once (etcd 3.4/3.5's hard limit).
 const MAX_LEARNERS: usize = 1;
+/// With `--strict-reconfig-check`, voting members must have been connected this long before
+/// a reconfiguration (etcd's `HealthInterval`).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A member that has published its name has started (etcd's `IsStarted`).
+fn is_started(m: &Member) -> bool {
+    !m.name.is_empty()
+}
+
+/// etcd's quorum-of-started rule: `started` of `members` voters can form a quorum.
+fn quorum_started(members: usize, started: usize) -> bool {
+    started > members / 2
+}
 
 impl EtcdServer {
     async fn propose_conf_change(
@@ -49,6 +62,89 @@ impl EtcdServer {
                 "pgraft: unexpected apply result {other:?}"
             ))),
         }
+    }
+
+    fn voters(&self) -> Vec<Member> {
+        let mut v = self.membership.members();
+        v.retain(|m| !m.is_learner);
+        v
+    }
+
+    /// Whether this member has heard from `id` without a gap since `since` (itself: always).
+    fn connected_since(&self, id: u64, since: Option<Instant>) -> bool {
+        id == self.member_id()
+            || matches!(
+                (self.raft.transport.active_since(id), since),
+                (Some(t), Some(s)) if t <= s
+            )
+    }
+
+    fn health_since() -> Option<Instant> {
+        Instant::now().checked_sub(HEALTH_INTERVAL)
+    }
+
+    /// etcd's `mayAddMember`: a new voter must leave a quorum of started members, and every
+    /// voting member must have been connected for [`HEALTH_INTERVAL`].
+    fn may_add_member(&self, is_learner: bool) -> Result<()> {
+        if !self.cfg.strict_reconfig_check {
+            return Ok(());
+        }
+        let voters = self.voters();
+        if !is_learner {
+            let members = voters.len() + 1;
+            let started = voters.iter().filter(|m| is_started(m)).count();
+            // Adding a second member to a lone one (restoring a cluster) is allowed.
+            let restoring = started == 1 && members == 2;
+            if !restoring && !quorum_started(members, started) {
+                return Err(Error::NotEnoughStartedMembers);
+            }
+        }
+        let since = Self::health_since();
+        if !voters.iter().all(|m| self.connected_since(m.id, since)) {
+            return Err(Error::Unhealthy);
+        }
+        Ok(())
+    }
+
+    /// etcd's `mayRemoveMember`: learners and disconnected members may always go; removing a
+    /// connected voter must leave a connected quorum.
+    fn may_remove_member(&self, id: u64) -> Result<()> {
+        if !self.cfg.strict_reconfig_check || self.membership.get(id).is_some_and(|m| m.is_learner)
+        {
+            return Ok(());
+        }
+        let voters = self.voters();
+        let rest = voters.iter().filter(|m| m.id != id);
+        let (members, started) =
+            rest.fold((0, 0), |(n, s), m| (n + 1, s + usize::from(is_started(m))));
+        if !quorum_started(members, started) {
+            return Err(Error::NotEnoughStartedMembers);
+        }
+        if id != self.member_id() && self.raft.transport.active_since(id).is_none() {
+            return Ok(());
+        }
+        let since = Self::health_since();
+        let active = voters
+            .iter()
+            .filter(|m| self.connected_since(m.id, since))
+            .count();
+        if active.saturating_sub(1) < 1 + (voters.len().saturating_sub(1)) / 2 {
+            return Err(Error::Unhealthy);
+        }
+        Ok(())
+    }
+
+    /// etcd's `mayPromoteMember`: the voters plus the learner must have a started quorum.
+    fn may_promote_member(&self) -> Result<()> {
+        if !self.cfg.strict_reconfig_check {
+            return Ok(());
+        }
+        let voters = self.voters();
+        let started = voters.iter().filter(|m| is_started(m)).count() + 1;
+        if !quorum_started(voters.len() + 1, started) {
+            return Err(Error::NotEnoughStartedMembers);
+        }
+        Ok(())
     }
 
     fn check_peer_urls(&self, urls: &[String], except: Option<u64>) -> Result<()> {
@@ -107,6 +203,7 @@ impl EtcdServer {
         is_learner: bool,
     ) -> Result<MemberAddResponse> {
         self.check_not_learner()?;
+        self.may_add_member(is_learner)?;
         // etcd's order: the ID, the peer URLs, then the learner limit.
         let members = self.membership.members();
         if members.iter().any(|m| m.id == id) {
@@ -143,6 +240,7 @@ impl EtcdServer {
         if self.membership.get(r.id).is_none() {
             return Err(Error::MemberNotFound);
         }
+        self.may_remove_member(r.id)?;
         let members = self
             .propose_conf_change(ConfChangeType::RemoveNode, r.id, None)
             .await?;
@@ -189,6 +287,7 @@ impl EtcdServer {
         if !m.is_learner {
             return Err(Error::MemberNotLearner);
         }
+        self.may_promote_member()?;
         let progress = self.raft.progress().await?;
         let leader_match = progress.get(&self.member_id()).copied().unwrap_or(0);
         let learner_match = progress.get(&r.id).copied().unwrap_or(0);
