@@ -3,11 +3,13 @@
 //! one Ready in raft-rs's order: send what may leave now, apply committed entries (conf changes
 //! through raft first), write new entries and the hard state, answer ReadIndex requests.
 //!
-//! Durability is pipelined (raft-rs's async persistence): a Ready's writes go to the database at
-//! once, and a persister thread makes them durable with one fdatasync for everything queued
-//! (group commit). Until it reports back, raft does not count those entries as persisted and
-//! the messages that promise them (votes, append acknowledgements) wait; meanwhile the loop keeps
-//! serving acknowledgements, commits and applies.
+//! Durability, as etcd's raftNode: the leader's appends leave before its own write; then one
+//! fdatasync covers the whole Ready, and only after it do the messages that promise those
+//! entries (votes, append acknowledgements) leave. Whatever arrives during the fsync waits in
+//! the queue and goes into the next Ready together (group commit). Doing the fsync on this
+//! thread, rather than handing it to a persister thread, measured no slower on our 2-core
+//! machines and saves a thread hop per Ready (3-member cluster, single-client put p50
+//! 0.67-0.71 ms against 0.69-0.79 ms; 16 clients 8.1-8.6k puts/s against 7.6-8.8k).
 
 use super::transport::Transport;
 use super::RaftStorage;
@@ -138,8 +140,6 @@ pub enum Command {
     Progress(oneshot::Sender<HashMap<u64, u64>>),
     /// Asks for a status report.
     Report(oneshot::Sender<RaftReport>),
-    /// The persister made every Ready up to this number durable.
-    Persisted(u64),
     /// A peer refused our traffic: this member was removed while it was not listening.
     Removed,
     Stop,
@@ -255,7 +255,6 @@ pub fn start<S: StateMachine>(
         applied: applied_tx,
     });
     let (tx, rx) = mpsc::channel();
-    let storage_for_sync = storage.clone();
     let transport = Arc::new(Transport::new(cfg.id, cfg.cluster_id, runtime, tx.clone()));
     transport.set_peers(sm.peers());
     let mut lp = Loop {
@@ -269,9 +268,7 @@ pub fn start<S: StateMachine>(
         read_seq: 0,
         pending_reads: Vec::new(),
         read_waiters: HashMap::new(),
-        unsynced: Default::default(),
         removed: false,
-        persister: start_persister(storage_for_sync, tx.clone())?,
         was_leader: false,
         last_role: StateRole::Follower,
         last_term: 0,
@@ -315,37 +312,12 @@ struct Loop<S> {
     pending_reads: Vec<ReadWaiter>,
     /// Set when this member learned it was removed from the cluster.
     removed: bool,
-    /// Readies written but not yet durable, with the messages that must wait for that.
-    unsynced: std::collections::VecDeque<(u64, Vec<Message>)>,
-    persister: Sender<u64>,
     /// ReadIndex requests in flight: context -> (last sent, callers).
     read_waiters: HashMap<Vec<u8>, (Instant, Vec<ReadWaiter>)>,
     was_leader: bool,
     /// Role and term seen at the last status update (to count elections).
     last_role: StateRole,
     last_term: u64,
-}
-
-/// Starts the persister thread: it fdatasyncs whenever the loop asks and reports the highest
-/// Ready number covered; requests that queue up during one fsync share the next.
-fn start_persister(storage: RaftStorage, loop_tx: Sender<Command>) -> Result<Sender<u64>> {
-    let (tx, rx) = mpsc::channel::<u64>();
-    std::thread::Builder::new()
-        .name("raft-persist".into())
-        .spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let number = rx.try_iter().fold(first, u64::max);
-                if let Err(e) = storage.sync() {
-                    tracing::error!(error = %e, "fsync of the raft log failed");
-                    std::process::abort();
-                }
-                if loop_tx.send(Command::Persisted(number)).is_err() {
-                    return;
-                }
-            }
-        })
-        .map_err(Error::internal)?;
-    Ok(tx)
 }
 
 /// How long a ReadIndex request may go unanswered before it is sent again (etcd's
@@ -385,7 +357,7 @@ impl<S: StateMachine> Loop<S> {
                 }
             }
             self.issue_read_index();
-            if self.removed || self.on_ready()? {
+            if self.removed || self.drain_ready()? {
                 tracing::warn!("this member was removed from the cluster; raft stopped");
                 self.status.removed.store(true, Ordering::Release);
                 self.status.leader.store(0, Ordering::Release);
@@ -435,22 +407,9 @@ impl<S: StateMachine> Loop<S> {
             Command::Report(tx) => {
                 let _ = tx.send(self.report());
             }
-            Command::Persisted(number) => self.on_persisted(number),
             Command::Removed => self.removed = true,
             Command::Stop => {}
         }
-    }
-
-    /// Readies up to `number` are durable: their held-back messages may leave.
-    fn on_persisted(&mut self, number: u64) {
-        while let Some((n, _)) = self.unsynced.front() {
-            if *n > number {
-                break;
-            }
-            let (_, msgs) = self.unsynced.pop_front().unwrap();
-            self.transport.send(msgs);
-        }
-        self.raw.on_persist_ready(number);
     }
 
     /// One ReadIndex request covers every read queued this turn. Its context is unique in the
@@ -481,6 +440,18 @@ impl<S: StateMachine> Loop<S> {
             }
         }
         self.read_waiters.retain(|_, (_, w)| !w.is_empty());
+    }
+
+    /// Handles Readies until raft has none: making entries durable can commit them (our own
+    /// vote counts only once persisted), which gives raft a new Ready at once. Bounded by the
+    /// work queued: each Ready hands over what raft had.
+    fn drain_ready(&mut self) -> Result<bool> {
+        while self.raw.has_ready() {
+            if self.on_ready()? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Handles one Ready; true when applying it removed this member.
@@ -520,19 +491,12 @@ impl<S: StateMachine> Loop<S> {
         let installed_snapshot = !rd.snapshot().is_empty();
         let held = rd.take_persisted_messages();
         self.raw.advance_append_async(rd);
-        if installed_snapshot {
-            // The snapshot's batch was fsync'ed, and with it every write before it: this Ready
-            // and all earlier ones are durable now.
-            self.unsynced.push_back((number, held));
-            self.on_persisted(number);
-        } else if rd_must_sync || !self.unsynced.is_empty() {
-            self.unsynced.push_back((number, held));
-            self.persister.send(number).map_err(|_| Error::Stopped)?;
-        } else {
-            // Nothing new to make durable, nothing waiting before it.
-            self.transport.send(held);
-            self.raw.on_persist_ready(number);
+        // A snapshot's batch was fsync'ed when it was installed, and with it every write before.
+        if rd_must_sync && !installed_snapshot {
+            self.storage.sync()?;
         }
+        self.transport.send(held);
+        self.raw.on_persist_ready(number);
         self.raw.advance_apply();
         self.status
             .commit_index

@@ -174,6 +174,12 @@ async fn stream_to_peer(
         let mut pending = Some(first);
         let call = client.send(tokio_stream::wrappers::ReceiverStream::new(brx));
         tokio::pin!(call);
+        // One timer for the stream's life (not one per batch); a tick with traffic since the
+        // previous one sends nothing.
+        let mut heartbeat =
+            tokio::time::interval_at(tokio::time::Instant::now() + LINK_HEARTBEAT, LINK_HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut busy = false;
         loop {
             let next = match pending.take() {
                 Some(m) => m,
@@ -188,9 +194,15 @@ async fn stream_to_peer(
                         Some(m) => Some(m),
                         None => return,
                     },
-                    _ = tokio::time::sleep(LINK_HEARTBEAT) => None,
+                    _ = heartbeat.tick() => {
+                        if std::mem::take(&mut busy) {
+                            continue;
+                        }
+                        None
+                    }
                 },
             };
+            busy |= next.is_some();
             let mut messages = Vec::with_capacity(16);
             if let Some(m) = next {
                 for m in std::iter::once(m).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
