@@ -17,8 +17,10 @@ use std::path::Path;
 /// Block cache shared by every keyspace. Reads of recent revisions hit the memtables; the
 /// cache serves older ones.
 const CACHE_BYTES: u64 = 16 * 1024 * 1024;
-/// A keyspace's memtable is flushed to disk at this size.
-const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+/// A keyspace's memtable is flushed to disk at this size. Memtables are most of a member's
+/// memory at rest: 4 MiB (rather than 16) took the idle RSS of a benchmarked member from 59 to
+/// 45 MiB, with put throughput unchanged within the run-to-run noise.
+const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 
 pub mod meta_key {
     pub const CURRENT_REV: &str = "current_rev";
