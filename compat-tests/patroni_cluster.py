@@ -173,6 +173,22 @@ def _pids_in_session(sid: int) -> list[int]:
     return out
 
 
+def postmaster_pid(data_dir: Path) -> int | None:
+    """The running postmaster of `data_dir` (from its postmaster.pid, checked against /proc:
+    alive and started on that data dir), or None."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if str(data_dir).encode() not in cmd or not _alive(pid):
+        return None
+    return pid
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -284,18 +300,8 @@ class PatroniNode:
         return self.proc is not None and self.proc.poll() is None
 
     def postmaster_pid(self) -> int | None:
-        """The running postmaster of this node's data dir (from postmaster.pid), or None."""
-        try:
-            pid = int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return None
-        if not any(str(self.data_dir).encode() == a for a in cmd) or not _alive(pid):
-            return None
-        return pid
+        """The running postmaster of this node's data dir, or None."""
+        return postmaster_pid(self.data_dir)
 
     def remote_ports(self) -> dict[int, int]:
         """{remote port: count} of the Patroni daemon's established TCP connections to

@@ -35,7 +35,8 @@ import time
 from pathlib import Path
 
 from harness import WORK_ROOT, HarnessError, free_ports
-from patroni_cluster import PG_BIN, _alive as pid_alive, _demote_kwargs as demote_kwargs, run_as
+from patroni_cluster import (PG_BIN, _alive as pid_alive, _demote_kwargs as demote_kwargs,
+                             postmaster_pid, run_as)
 
 PSQL = Path(os.environ.get("PSQL", str(PG_BIN / "psql")))
 PGEXT_CONTROL = Path(os.environ.get("PGRAFT_CONTROL",
@@ -193,19 +194,8 @@ class PgInstance:
         self.start(timeout=timeout)
 
     def postmaster_pid(self) -> int | None:
-        """The running postmaster of this data dir (from postmaster.pid, checked against
-        /proc), or None."""
-        try:
-            pid = int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return None
-        if str(self.data_dir).encode() not in cmd or not pid_alive(pid):
-            return None
-        return pid
+        """The running postmaster of this data dir, or None."""
+        return postmaster_pid(self.data_dir)
 
     def _wait_stale_postmaster_reaped(self, timeout: float = 15) -> None:
         """After a kill -9 the dead postmaster stays a zombie until init reaps it (here about
