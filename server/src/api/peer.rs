@@ -127,7 +127,10 @@ impl RaftPeer for PeerService {
     }
 }
 
-/// Serves the peer protocol on `listener` until `shutdown` resolves.
+/// Serves the peer protocol on `listener` until `shutdown` resolves. Not gracefully: peer
+/// streams are long-lived and never finish by themselves, so waiting for them would only
+/// delay the stop (as etcd, the member just closes its peer connections); streams still open
+/// end with the raft loop, whose messages they can no longer deliver.
 pub async fn serve_peer(
     server: Arc<EtcdServer>,
     listener: TcpListener,
@@ -137,9 +140,12 @@ pub async fn serve_peer(
     let svc = RaftPeerServer::new(PeerService(server))
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE);
-    tonic::transport::Server::builder()
+    let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(svc)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .serve_with_incoming(incoming);
+    tokio::select! {
+        r = serve => r,
+        _ = shutdown => Ok(()),
+    }
 }
