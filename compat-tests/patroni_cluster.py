@@ -189,6 +189,18 @@ def postmaster_pid(data_dir: Path) -> int | None:
     return pid
 
 
+def kill_postmaster(pid: int, name: str, wait: float = 10.0) -> int:
+    """SIGKILL to the postmaster `pid` only (its children notice and exit by themselves); waits
+    (bounded) until it is gone. Returns the pid."""
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + wait
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if _alive(pid):
+        raise HarnessError(f"postmaster {pid} of {name} survived SIGKILL")
+    return pid
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -346,13 +358,7 @@ class PatroniNode:
         pid = self.postmaster_pid()
         if pid is None:
             return None
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + wait
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(pid):
-            raise HarnessError(f"postmaster {pid} of {self.name} survived SIGKILL")
-        return pid
+        return kill_postmaster(pid, self.name, wait)
 
     def _signal_group(self, sig: int) -> None:
         if self.proc is not None:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from harness import WORK_ROOT, HarnessError, free_ports
 from patroni_cluster import (PG_BIN, _alive as pid_alive, _demote_kwargs as demote_kwargs,
-                             postmaster_pid, run_as)
+                             kill_postmaster, postmaster_pid, run_as)
 
 PSQL = Path(os.environ.get("PSQL", str(PG_BIN / "psql")))
 PGEXT_CONTROL = Path(os.environ.get("PGRAFT_CONTROL",
@@ -219,13 +219,7 @@ class PgInstance:
         pid = self.postmaster_pid()
         if pid is None:
             raise HarnessError(f"{self.name}: no running postmaster to kill")
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + wait
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if pid_alive(pid):
-            raise HarnessError(f"postmaster {pid} of {self.name} survived SIGKILL")
-        return pid
+        return kill_postmaster(pid, self.name, wait)
 
     def kill9_all(self, wait: float = 10.0) -> list[int]:
         """SIGKILL to every process of the instance at once, like a host crash: no process gets

@@ -138,7 +138,7 @@ fn request_timeout() -> Duration {
 
 /// Runs `fut` to completion on this backend's runtime, checking for query cancel between
 /// slices, within `pgraft.request_timeout`.
-pub fn block_on<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
+fn block_on<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
     let timeout = request_timeout();
     RUNTIME.with(|rt| {
         // Timers belong to a runtime: make them inside this one.
@@ -159,7 +159,8 @@ pub fn block_on<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
     })
 }
 
-async fn connect(endpoints: &[String]) -> Result<Channel> {
+/// A channel to the first of `endpoints` that accepts a connection.
+pub(crate) async fn connect(endpoints: &[String]) -> Result<Channel> {
     let mut last = String::new();
     for url in endpoints {
         let ep = Endpoint::from_shared(url.clone())
@@ -198,9 +199,23 @@ pub fn channel() -> Result<Channel> {
     Ok(ch)
 }
 
-/// A channel to one given URL (another member, e.g. the leader), not cached.
-pub fn channel_to(url: &str) -> Result<Channel> {
-    block_on(connect(&[url.to_string()]))
+/// A gRPC answer as this module's result.
+async fn answer<T>(
+    fut: impl Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+) -> Result<T> {
+    fut.await
+        .map(tonic::Response::into_inner)
+        .map_err(Failure::Status)
+}
+
+/// Runs one request built by `f` on a channel to `url` (another member, e.g. the leader); the
+/// connection is not kept.
+pub fn call_at<T, F, Fut>(url: &str, f: F) -> Result<T>
+where
+    F: FnOnce(Channel) -> Fut,
+    Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
+{
+    block_on(async { answer(f(connect(&[url.to_string()]).await?)).await })
 }
 
 /// Runs one request built by `f` on the cluster channel. A connection that broke is
@@ -212,7 +227,7 @@ where
     Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
 {
     let ch = channel()?;
-    let r = block_on(async { f(ch).await.map(|r| r.into_inner()).map_err(Failure::Status) });
+    let r = block_on(answer(f(ch)));
     if let Err(Failure::Status(s)) = &r {
         if s.code() == Code::Unavailable || s.code() == Code::Unknown {
             CONN.with_borrow_mut(|c| *c = None);

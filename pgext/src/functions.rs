@@ -314,14 +314,8 @@ fn leader_status() -> Result<RaftStatusResponse> {
     let mut last =
         Failure::Unreachable(format!("the leader ({}) serves no client URL", leader.name));
     for url in &leader.client_ur_ls {
-        let r = client::channel_to(url).and_then(|ch| {
-            client::block_on(async move {
-                AdminClient::new(ch)
-                    .raft_status(RaftStatusRequest {})
-                    .await
-                    .map(|r| r.into_inner())
-                    .map_err(Failure::Status)
-            })
+        let r = client::call_at(url, |ch| async move {
+            AdminClient::new(ch).raft_status(RaftStatusRequest {}).await
         });
         match r {
             Ok(st) => return Ok(st),

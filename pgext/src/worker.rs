@@ -143,19 +143,11 @@ impl Registrar {
         if let Some(c) = &self.channel {
             return Ok(c.clone());
         }
-        for url in &self.endpoints {
-            let Ok(ep) = tonic::transport::Endpoint::from_shared(url.clone()) else {
-                continue;
-            };
-            let ep = ep
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(Duration::from_secs(5));
-            if let Ok(ch) = ep.connect().await {
-                self.channel = Some(ch.clone());
-                return Ok(ch);
-            }
-        }
-        Err(format!("cannot reach {}", self.endpoints.join(",")))
+        let ch = crate::client::connect(&self.endpoints)
+            .await
+            .map_err(|f| f.message())?;
+        self.channel = Some(ch.clone());
+        Ok(ch)
     }
 
     /// Makes sure the key is there with the current recovery state, renewing the lease.

@@ -274,7 +274,7 @@ impl Node {
         let Some(target) = report
             .progress
             .iter()
-            .filter(|p| p.recent_active && !p.is_learner)
+            .filter(|p| p.id != raft.status.id && p.recent_active && !p.is_learner)
             .max_by_key(|p| p.matched)
             .map(|p| p.id)
         else {

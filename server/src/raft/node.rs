@@ -74,9 +74,7 @@ pub struct RaftReport {
     pub role: StateRole,
     pub first_index: u64,
     pub last_index: u64,
-    /// Index of the last log compaction.
-    pub snapshot_index: u64,
-    /// Only on the leader: every other member's progress.
+    /// Only on the leader: every member's replication progress, its own included.
     pub progress: Vec<PeerProgress>,
 }
 
@@ -136,8 +134,6 @@ pub enum Command {
     Unreachable(u64),
     /// A snapshot stream to this peer finished (`true`) or failed.
     SnapshotStatus(u64, bool),
-    /// Asks for the leader's view of followers' progress (member ID -> matched index).
-    Progress(oneshot::Sender<HashMap<u64, u64>>),
     /// Asks for a status report.
     Report(oneshot::Sender<RaftReport>),
     /// A peer refused our traffic: this member was removed while it was not listening.
@@ -174,13 +170,6 @@ impl RaftHandle {
 
     pub fn transfer_leader(&self, to: u64) -> Result<()> {
         self.send(Command::TransferLeader(to))
-    }
-
-    /// The leader's matched index per member (empty on a follower).
-    pub async fn progress(&self) -> Result<HashMap<u64, u64>> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Command::Progress(tx))?;
-        rx.await.map_err(|_| Error::Stopped)
     }
 
     /// This member's raft view (role, log bounds, followers' progress on the leader).
@@ -394,16 +383,6 @@ impl<S: StateMachine> Loop<S> {
                 };
                 self.raw.report_snapshot(id, st);
             }
-            Command::Progress(tx) => {
-                let map = self
-                    .raw
-                    .raft
-                    .prs()
-                    .iter()
-                    .map(|(id, p)| (*id, p.matched))
-                    .collect();
-                let _ = tx.send(map);
-            }
             Command::Report(tx) => {
                 let _ = tx.send(self.report());
             }
@@ -572,9 +551,6 @@ impl<S: StateMachine> Loop<S> {
         if r.state == StateRole::Leader {
             let learners = r.prs().conf().learners();
             for (id, p) in r.prs().iter() {
-                if *id == self.cfg.id {
-                    continue;
-                }
                 progress.push(PeerProgress {
                     id: *id,
                     matched: p.matched,
@@ -590,12 +566,10 @@ impl<S: StateMachine> Loop<S> {
             }
             progress.sort_by_key(|p| p.id);
         }
-        let first_index = self.storage.first_index().unwrap_or(0);
         RaftReport {
             role: r.state,
-            first_index,
+            first_index: self.storage.first_index().unwrap_or(0),
             last_index: r.raft_log.last_index(),
-            snapshot_index: first_index.saturating_sub(1),
             progress,
         }
     }

@@ -288,9 +288,14 @@ impl EtcdServer {
             return Err(Error::MemberNotLearner);
         }
         self.may_promote_member()?;
-        let progress = self.raft.progress().await?;
-        let leader_match = progress.get(&self.member_id()).copied().unwrap_or(0);
-        let learner_match = progress.get(&r.id).copied().unwrap_or(0);
+        let progress = self.raft.report().await?.progress;
+        let matched = |id| {
+            progress
+                .iter()
+                .find(|p| p.id == id)
+                .map_or(0, |p| p.matched)
+        };
+        let (leader_match, learner_match) = (matched(self.member_id()), matched(r.id));
         if (learner_match as f64) < PROMOTE_READY * leader_match as f64 {
             return Err(Error::LearnerNotReady);
         }
@@ -389,12 +394,14 @@ impl EtcdServer {
             applied_index: st.applied_index(),
             first_index: rep.first_index,
             last_index: rep.last_index,
-            snapshot_index: rep.snapshot_index,
+            // The log starts right after the last compaction.
+            snapshot_index: rep.first_index.saturating_sub(1),
             elections: st.elections.load(std::sync::atomic::Ordering::Relaxed),
             leader_changes: crate::metrics::LEADER_CHANGES.get(),
             progress: rep
                 .progress
                 .into_iter()
+                .filter(|p| p.id != self.member_id())
                 .map(|p| FollowerProgress {
                     id: p.id,
                     match_index: p.matched,
