@@ -9,10 +9,18 @@
 //! | `members`   | member ID BE                 | `etcdserverpb.Member`                   |
 //! | `raft_log`  | entry index BE               | `eraftpb.Entry` (protobuf)              |
 //! | `raft_meta` | name                         | hard state, conf state, log start       |
+//!
+//! Durability ([`Backend::sync_journal`]): fjall holds its journal lock through an fsync, which
+//! would stall every other write (the raft thread's next batch, the applier) for the length of
+//! the disk flush. So the journal buffer is handed to the OS under the lock, and the
+//! fdatasync runs on our own descriptor of the active journal file, without it.
 
 use crate::error::{Error, Result};
-use fjall::{Database, Keyspace, KeyspaceCreateOptions};
-use std::path::Path;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use parking_lot::Mutex;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Block cache shared by every keyspace. Reads of recent revisions hit the memtables; the
 /// cache serves older ones.
@@ -39,14 +47,70 @@ pub struct Backend {
     pub members: Keyspace,
     pub raft_log: Keyspace,
     pub raft_meta: Keyspace,
+    journal: Arc<Mutex<ActiveJournal>>,
+}
+
+/// The journal file fjall appends to: `<db>/<id>.jnl`. fjall seals a journal by syncing it
+/// (`SyncAll`) before it creates `<id + 1>.jnl`, so once a successor exists every write to the
+/// old one is durable, and only the newest file ever needs our fdatasync.
+struct ActiveJournal {
+    dir: PathBuf,
+    /// `None` when no journal file was found at open (an unknown layout): then syncs go
+    /// through fjall's own, locking, persist.
+    id: Option<u64>,
+    file: Option<File>,
+}
+
+impl ActiveJournal {
+    fn find(dir: PathBuf) -> Self {
+        let id = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".jnl")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max();
+        if id.is_none() {
+            tracing::warn!(dir = %dir.display(), "no fjall journal file found; syncs will hold the journal lock");
+        }
+        ActiveJournal {
+            dir,
+            id,
+            file: None,
+        }
+    }
+
+    fn path(&self, id: u64) -> PathBuf {
+        self.dir.join(format!("{id}.jnl"))
+    }
+
+    /// The newest journal file, following rotations since the last call.
+    fn current(&mut self) -> Result<Option<&File>> {
+        let Some(mut id) = self.id else {
+            return Ok(None);
+        };
+        while self.path(id + 1).exists() {
+            id += 1;
+            self.file = None;
+        }
+        self.id = Some(id);
+        if self.file.is_none() {
+            self.file = Some(File::open(self.path(id)).map_err(Error::internal)?);
+        }
+        Ok(self.file.as_ref())
+    }
 }
 
 impl Backend {
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(Error::internal)?;
-        let db = Database::builder(dir.join("db"))
-            .cache_size(CACHE_BYTES)
-            .open()?;
+        let db_dir = dir.join("db");
+        let db = Database::builder(&db_dir).cache_size(CACHE_BYTES).open()?;
         let ks = |name: &str| {
             db.keyspace(name, || {
                 KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
@@ -60,7 +124,22 @@ impl Backend {
             raft_log: ks("raft_log")?,
             raft_meta: ks("raft_meta")?,
             db,
+            journal: Arc::new(Mutex::new(ActiveJournal::find(db_dir))),
         })
+    }
+
+    /// Makes every write committed so far durable (one fdatasync of the journal), without
+    /// holding fjall's journal lock during the flush to disk: writers go on meanwhile.
+    pub fn sync_journal(&self) -> Result<()> {
+        // Hands fjall's buffered journal bytes to the OS (a write, under its lock); the
+        // fdatasync below covers them whichever descriptor it goes through, and a rotation in
+        // between synced them already.
+        self.db.persist(PersistMode::Buffer)?;
+        let mut journal = self.journal.lock();
+        match journal.current()? {
+            Some(file) => file.sync_data().map_err(Error::internal),
+            None => Ok(self.db.persist(PersistMode::SyncData)?),
+        }
     }
 
     pub fn get_meta_i64(&self, key: &str) -> Result<Option<i64>> {
@@ -87,5 +166,46 @@ pub fn get_i64(ks: &Keyspace, key: &str) -> Result<Option<i64>> {
             Ok(Some(i64::from_be_bytes(b)))
         }
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fdatasync goes to the journal fjall is writing now, also after fjall sealed one and
+    /// started the next (fjall rotates a journal past 64 MB when it flushes a memtable).
+    #[test]
+    fn journal_sync_follows_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backend::open(dir.path()).unwrap();
+        let first = b.journal.lock().id.expect("journal file found at open");
+        b.kv.insert("a", "1").unwrap();
+        b.sync_journal().unwrap();
+        assert_eq!(b.journal.lock().id, Some(first));
+        // Incompressible values (fjall may compress its journal).
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..66u32 {
+            let value: Vec<u8> = (0..1 << 20)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            b.kv.insert(i.to_be_bytes(), value).unwrap();
+        }
+        // A memtable flush with more than 64 MB in the journal rotates it.
+        b.meta.insert("x", "y").unwrap();
+        b.meta.rotate_memtable_and_wait().unwrap();
+        b.kv.insert("b", "2").unwrap();
+        b.sync_journal().unwrap();
+        let now = b.journal.lock().id.unwrap();
+        assert!(
+            now > first,
+            "still syncing journal {first} after a rotation"
+        );
+        assert!(dir.path().join("db").join(format!("{now}.jnl")).exists());
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod node;
 pub mod storage;
+mod syncer;
 pub mod transport;
 
 pub use node::{RaftConfig, RaftHandle, RaftStatus, StateMachine};

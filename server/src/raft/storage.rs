@@ -212,13 +212,9 @@ impl RaftStorage {
         Ok(())
     }
 
-    /// Makes every write so far durable (one fdatasync of the shared journal): entries and hard
-    /// states written by [`RaftStorage::persist`] without `sync`, and everything applied.
-    pub fn sync(&self) -> Result<()> {
-        let start = std::time::Instant::now();
-        self.backend.db.persist(PersistMode::SyncData)?;
-        crate::metrics::WAL_FSYNC.since(start);
-        Ok(())
+    /// The database the log lives in (shared with the state machine: one journal).
+    pub fn backend(&self) -> &Backend {
+        &self.backend
     }
 
     /// Drops log entries up to and including `index` (already applied and reflected in the
