@@ -1,5 +1,13 @@
 //! `pgraftd`: runs one pgraft member with etcd's flags and `ETCD_*` environment variables.
 
+/// mimalloc rather than glibc's malloc: allocation was about a sixth of a member's CPU under
+/// load (glibc's arenas grow and shrink all the time). Measured, 3 members, 256-byte puts,
+/// medians of 4 interleaved runs: 64 clients 15.3k -> 17.0k puts/s, 88 -> 76 µs of server CPU
+/// per put. Built without transparent huge pages, which otherwise took the idle RSS of a member
+/// from 45 to 75 MiB (47 MiB without them).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use pgraft_server::{Config, Node};
 use tracing_subscriber::EnvFilter;
