@@ -64,6 +64,9 @@ impl StateMachine for Applier {
             return Ok(());
         };
         let mut w = self.store.write();
+        if self.hub.stream_count() == 0 {
+            w.skip_events();
+        }
         let mut results = Vec::new();
         for e in entries {
             if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {

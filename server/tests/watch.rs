@@ -880,3 +880,44 @@ async fn a_watcher_that_never_reads_does_not_block_writes() {
         }
     }
 }
+
+/// Revisions written while no stream is open build no events (the applier skips them); a
+/// watcher opened later still replays every revision from the store, including the gap after
+/// revisions that were kept in memory while an earlier stream was open.
+#[tokio::test]
+async fn history_written_while_nobody_watched_is_replayed() {
+    let n = TestNode::start().await;
+    let hub = n.node.as_ref().unwrap().server.hub.clone();
+    let mut w = n.watch_stream().await;
+    w.watch_key("k").await;
+    n.put("k", "1").await; // 2: kept in memory, a stream is open
+    n.put("k", "2").await; // 3
+    drop(w);
+    let deadline = Instant::now() + TIMEOUT;
+    while hub.stream_count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream is still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    n.put("k", "3").await; // 4: nobody watches
+    n.put("k", "4").await; // 5
+    let mut w = n.watch_stream().await;
+    let r = w
+        .create(WatchCreateRequest {
+            start_revision: 2,
+            prev_kv: true,
+            ..create("k")
+        })
+        .await;
+    n.put("k", "5").await; // 6: live again
+    let ev = events(&mut w, r.watch_id, 5).await;
+    let revs: Vec<i64> = summary(&ev).into_iter().map(|e| e.2).collect();
+    assert_eq!(revs, [2, 3, 4, 5, 6]);
+    let prevs: Vec<&[u8]> = ev[1..]
+        .iter()
+        .map(|e| e.prev_kv.as_ref().unwrap().value.as_slice())
+        .collect();
+    assert_eq!(prevs, [&b"1"[..], b"2", b"3", b"4"]);
+}

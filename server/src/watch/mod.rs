@@ -37,15 +37,26 @@ impl WatchHub {
         &self.store
     }
 
-    /// Called by the applier after each committed chunk.
-    pub fn publish(&self, revs: Vec<RevEvents>, current: i64) {
-        if !revs.is_empty() {
-            let mut recent = self.recent.write();
-            for r in revs {
-                recent.push_back(Arc::new(r));
+    /// Called by the applier after each committed chunk, with its revisions' events, or `None`
+    /// when it built none (no stream was open). Then the recent revisions are forgotten, so
+    /// that they stay contiguous: a stream opened later reads what it misses from the store.
+    pub fn publish(&self, revs: Option<Vec<RevEvents>>, current: i64) {
+        match revs {
+            Some(revs) if !revs.is_empty() => {
+                let mut recent = self.recent.write();
+                for r in revs {
+                    recent.push_back(Arc::new(r));
+                }
+                while recent.len() > RECENT_REVISIONS {
+                    recent.pop_front();
+                }
             }
-            while recent.len() > RECENT_REVISIONS {
-                recent.pop_front();
+            Some(_) => {}
+            None => {
+                let mut recent = self.recent.write();
+                if !recent.is_empty() {
+                    recent.clear();
+                }
             }
         }
         self.current.send_if_modified(|c| {
