@@ -284,7 +284,7 @@ pub fn put_checked(w: &mut Writer<'_>, lessor: &Lessor, r: &PutRequest) -> Resul
         (Some(c), true) => c.lease,
         _ => r.lease,
     };
-    let prev = w.put(&r.key, value, lease)?;
+    let prev = w.put(&r.key, value, lease, r.prev_kv)?;
     if let Some(p) = &prev {
         if p.lease != 0 && p.lease != lease {
             lessor.detach(p.lease, &r.key);
@@ -295,7 +295,7 @@ pub fn put_checked(w: &mut Writer<'_>, lessor: &Lessor, r: &PutRequest) -> Resul
     }
     Ok(PutResponse {
         header: rev_header(w.txn_write_rev()),
-        prev_kv: if r.prev_kv { prev } else { None },
+        prev_kv: prev.and_then(|p| p.kv),
     })
 }
 

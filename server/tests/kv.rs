@@ -796,3 +796,33 @@ async fn first_compaction_may_use_revision_0() {
     );
     assert_eq!(compact(&n, 1, false).await.unwrap(), 2);
 }
+
+/// A put carries on the create revision and version of the value it replaces, also when that
+/// value was written before a restart (the key index is rebuilt from the stored values).
+#[tokio::test]
+async fn put_after_a_restart_continues_the_key_history() {
+    let mut n = TestNode::start().await;
+    let created = n.put("a", "1").await;
+    n.put("a", "2").await;
+    n.restart().await;
+    let rev = n.put("a", "3").await;
+    let kv = n.get("a").await.unwrap();
+    assert_eq!(
+        (kv.create_revision, kv.mod_revision, kv.version),
+        (created, rev, 3)
+    );
+    // The put's prev_kv is the value from before the restart.
+    let r = n
+        .kv()
+        .put(PutRequest {
+            key: b"a".to_vec(),
+            value: b"4".to_vec(),
+            prev_kv: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let prev = r.prev_kv.unwrap();
+    assert_eq!((prev.value.as_slice(), prev.version), (&b"3"[..], 3));
+}

@@ -5,6 +5,7 @@
 //! applier's fjall batch, which also carries the raft applied index: state and applied index move
 //! together.
 
+use super::index::Latest;
 use super::{KeyIndex, KeyRange, Revision};
 use crate::backend::{meta_key, Backend};
 use crate::error::{Error, Result};
@@ -25,6 +26,14 @@ const TAG_TOMBSTONE: u8 = 1;
 pub struct RevEvents {
     pub rev: i64,
     pub events: Vec<Event>,
+}
+
+/// What a put replaced (see [`Writer::put`]).
+#[derive(Debug)]
+pub struct Replaced {
+    pub lease: i64,
+    /// The replaced value, when asked for.
+    pub kv: Option<KeyValue>,
 }
 
 /// What a Range read returns before the service adds the header.
@@ -153,7 +162,15 @@ fn load(backend: &Backend) -> Result<(Inner, Vec<LeasedKey>)> {
             index.tombstone(&kv.key, rev);
             leases.remove(&kv.key);
         } else {
-            index.put(&kv.key, rev);
+            index.put(
+                &kv.key,
+                Latest {
+                    rev,
+                    create_revision: kv.create_revision,
+                    version: kv.version,
+                    lease: kv.lease,
+                },
+            );
             if kv.lease != 0 {
                 leases.insert(kv.key, kv.lease);
             } else {
@@ -293,18 +310,31 @@ impl Writer<'_> {
         eval_range(&self.inner, rev, req, |r| self.fetch(r))
     }
 
-    /// Puts `value` under `key` with `lease`; returns the previous live value.
-    pub fn put(&mut self, key: &[u8], value: Vec<u8>, lease: i64) -> Result<Option<KeyValue>> {
-        let prev = self.get(key)?;
+    /// Puts `value` under `key` with `lease`. Returns what it replaced when the key was live:
+    /// its lease always, the value itself only with `want_prev`. The key index knows the
+    /// replaced value's create revision, version and lease, so the stored value is read only
+    /// when someone needs it (`want_prev`, or a watch stream for its `prev_kv`).
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        value: Vec<u8>,
+        lease: i64,
+        want_prev: bool,
+    ) -> Result<Option<Replaced>> {
+        let latest = self.inner.index.latest(key);
+        let prev = match latest {
+            Some(l) if want_prev || self.events.is_some() => self.fetch(l.rev)?,
+            _ => None,
+        };
         let main = self.txn_write_rev();
         let t = self.txn();
         let rev = Revision::new(main, t.sub);
         t.sub += 1;
         let kv = KeyValue {
             key: key.to_vec(),
-            create_revision: prev.as_ref().map_or(main, |p| p.create_revision),
+            create_revision: latest.map_or(main, |l| l.create_revision),
             mod_revision: main,
-            version: prev.as_ref().map_or(0, |p| p.version) + 1,
+            version: latest.map_or(0, |l| l.version) + 1,
             value,
             lease,
         };
@@ -315,9 +345,20 @@ impl Writer<'_> {
         });
         self.batch
             .insert(&self.backend.kv, rev.to_bytes(), encode_value(TAG_PUT, &kv));
-        self.inner.index.put(key, rev);
+        self.inner.index.put(
+            key,
+            Latest {
+                rev,
+                create_revision: kv.create_revision,
+                version: kv.version,
+                lease,
+            },
+        );
         self.pending.insert(rev, kv);
-        Ok(prev)
+        Ok(latest.map(|l| Replaced {
+            lease: l.lease,
+            kv: if want_prev { prev } else { None },
+        }))
     }
 
     /// Deletes every live key in `range`; returns the deleted values in key order.
