@@ -173,10 +173,14 @@ run_matrix() {
     cat "$WORK/$kind"/m?.log | grep -ciE '"level":"(warn|error)"| [WE] \| ' \
         >"$RESULTS_DIR/$kind-log-warnings" || true
     stop_members
+    # Flush this cluster's dirty pages now, so that their writeback does not compete with the
+    # next cluster's fsyncs.
+    sync
     cp "$WORK/$kind"/*.log "$RESULTS_DIR/" 2>/dev/null || true
     for i in 1 2 3; do mv -f "$RESULTS_DIR/m$i.log" "$RESULTS_DIR/$kind-m$i.log" 2>/dev/null || true; done
 }
 
+sync
 run_matrix etcd "$ETCD"
 run_matrix pgraft "$PGRAFTD"
 
