@@ -68,20 +68,25 @@ struct ActiveJournal {
     file: Option<File>,
 }
 
+/// The highest-numbered journal file in `dir`: the one fjall writes now.
+fn newest_journal(dir: &Path) -> Option<u64> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_suffix(".jnl")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+}
+
 impl ActiveJournal {
     fn find(dir: PathBuf) -> Self {
-        let id = std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()?
-                    .strip_suffix(".jnl")?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .max();
+        let id = newest_journal(&dir);
         if id.is_none() {
             tracing::warn!(dir = %dir.display(), "no fjall journal file found; syncs will hold the journal lock");
         }
@@ -98,14 +103,18 @@ impl ActiveJournal {
 
     /// The newest journal file, following rotations since the last call.
     fn current(&mut self) -> Result<Option<&File>> {
-        let Some(mut id) = self.id else {
+        let Some(id) = self.id else {
             return Ok(None);
         };
-        while self.path(id + 1).exists() {
-            id += 1;
+        // fjall moved on to a successor, or this file is gone (several rotations, the sealed
+        // journals already deleted): look for the newest file again.
+        if self.path(id + 1).exists() || !self.path(id).exists() {
             self.file = None;
+            self.id = newest_journal(&self.dir);
         }
-        self.id = Some(id);
+        let Some(id) = self.id else {
+            return Ok(None);
+        };
         if self.file.is_none() {
             self.file = Some(File::open(self.path(id)).map_err(Error::internal)?);
         }
@@ -183,8 +192,27 @@ pub fn get_i64(ks: &Keyspace, key: &str) -> Result<Option<i64>> {
 mod tests {
     use super::*;
 
-    /// The fdatasync goes to the journal fjall is writing now, also after fjall sealed one and
-    /// started the next (fjall rotates a journal past 64 MB when it flushes a memtable).
+    /// Fills more than one journal (fjall rotates past 64 MB when it flushes a memtable).
+    fn fill_a_journal(b: &Backend) {
+        // Incompressible (fjall may compress journal items), generated once.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let value: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for i in 0..66u32 {
+            b.kv.insert(i.to_be_bytes(), &value).unwrap();
+        }
+        b.meta.insert("x", "y").unwrap();
+        b.meta.rotate_memtable_and_wait().unwrap();
+    }
+
+    /// The fdatasync goes to the journal fjall is writing now, also after fjall sealed one or
+    /// several and started the next, and deleted the sealed ones.
     #[test]
     fn journal_sync_follows_rotation() {
         let dir = tempfile::tempdir().unwrap();
@@ -193,29 +221,17 @@ mod tests {
         b.kv.insert("a", "1").unwrap();
         b.sync_journal().unwrap();
         assert_eq!(b.journal.lock().id, Some(first));
-        // Incompressible values (fjall may compress its journal).
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for i in 0..66u32 {
-            let value: Vec<u8> = (0..1 << 20)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
-            b.kv.insert(i.to_be_bytes(), value).unwrap();
-        }
-        // A memtable flush with more than 64 MB in the journal rotates it.
-        b.meta.insert("x", "y").unwrap();
-        b.meta.rotate_memtable_and_wait().unwrap();
+        fill_a_journal(&b);
+        b.sync_journal().unwrap();
+        let second = b.journal.lock().id.unwrap();
+        assert!(second > first, "still syncing journal {first} after a rotation");
+        // Two more rotations between syncs: the journal synced last is gone by now.
+        fill_a_journal(&b);
+        fill_a_journal(&b);
         b.kv.insert("b", "2").unwrap();
         b.sync_journal().unwrap();
         let now = b.journal.lock().id.unwrap();
-        assert!(
-            now > first,
-            "still syncing journal {first} after a rotation"
-        );
-        assert!(dir.path().join("db").join(format!("{now}.jnl")).exists());
+        assert!(now >= second + 2, "syncing journal {now}, not the newest");
+        assert_eq!(newest_journal(&dir.path().join("db")), Some(now));
     }
 }

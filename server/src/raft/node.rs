@@ -511,16 +511,30 @@ impl<S: StateMachine> Loop<S> {
             }
         }
         let number = rd.number();
-        // A snapshot's batch was fsync'ed when it was installed, and with it every write before.
-        let sync = rd_must_sync && rd.snapshot().is_empty();
+        let installed_snapshot = !rd.snapshot().is_empty();
         let held = rd.take_persisted_messages();
         self.raw.advance_append_async(rd);
-        if sync || self.persisting != 0 {
-            self.syncer.request(number, held, sync);
+        if installed_snapshot {
+            // Raft applies from the snapshot index on in this same turn (`advance_apply` below),
+            // which it allows only once the snapshot is reported persisted: so the Ready is made
+            // durable here. The install batch was fsync'ed, and with it every write before;
+            // entries or a hard state written after it in this Ready need one more sync.
+            if rd_must_sync {
+                self.storage.backend().sync_journal()?;
+            }
+            self.raw.on_persist_ready(number);
+        }
+        if self.persisting != 0 || (rd_must_sync && !installed_snapshot) {
+            // Behind earlier Readies still syncing (the messages keep their order), or to be
+            // synced itself.
+            self.syncer
+                .request(number, held, rd_must_sync && !installed_snapshot);
             self.persisting = number;
         } else {
             self.transport.send(held);
-            self.raw.on_persist_ready(number);
+            if !installed_snapshot {
+                self.raw.on_persist_ready(number);
+            }
         }
         self.raw.advance_apply();
         self.status

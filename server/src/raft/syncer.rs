@@ -46,7 +46,15 @@ impl Syncer {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("raft-sync".into())
-            .spawn(move || run(rx, &backend, &transport, &loop_tx))?;
+            .spawn(move || {
+                // A syncer that died would leave raft waiting for persistence forever: stop the
+                // process, as the raft loop does.
+                let run = std::panic::AssertUnwindSafe(|| run(rx, &backend, &transport, &loop_tx));
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!("raft syncer panicked");
+                    std::process::abort();
+                }
+            })?;
         Ok(Syncer {
             tx: Some(tx),
             thread: Some(thread),
