@@ -224,7 +224,10 @@ mod tests {
         fill_a_journal(&b);
         b.sync_journal().unwrap();
         let second = b.journal.lock().id.unwrap();
-        assert!(second > first, "still syncing journal {first} after a rotation");
+        assert!(
+            second > first,
+            "still syncing journal {first} after a rotation"
+        );
         // Two more rotations between syncs: the journal synced last is gone by now.
         fill_a_journal(&b);
         fill_a_journal(&b);
