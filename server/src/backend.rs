@@ -153,12 +153,15 @@ impl Backend {
         // Hands fjall's buffered journal bytes to the OS (a write, under its lock); the
         // fdatasync below covers them whichever descriptor it goes through, and a rotation in
         // between synced them already.
+        let start = std::time::Instant::now();
         self.db.persist(PersistMode::Buffer)?;
         let mut journal = self.journal.lock();
         match journal.current()? {
-            Some(file) => file.sync_data().map_err(Error::internal),
-            None => Ok(self.db.persist(PersistMode::SyncData)?),
+            Some(file) => file.sync_data().map_err(Error::internal)?,
+            None => self.db.persist(PersistMode::SyncData)?,
         }
+        crate::metrics::WAL_FSYNC.since(start);
+        Ok(())
     }
 
     pub fn get_meta_i64(&self, key: &str) -> Result<Option<i64>> {

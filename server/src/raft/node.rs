@@ -500,7 +500,7 @@ impl<S: StateMachine> Loop<S> {
         }
         let hs = rd.hs().cloned();
         if !rd.entries().is_empty() || hs.is_some() {
-            self.storage.persist(rd.entries(), hs.as_ref(), false)?;
+            self.storage.persist(rd.entries(), hs.as_ref())?;
         }
         let rd_must_sync = rd.must_sync();
         for rs in rd.take_read_states() {
@@ -512,6 +512,8 @@ impl<S: StateMachine> Loop<S> {
         }
         let number = rd.number();
         let installed_snapshot = !rd.snapshot().is_empty();
+        // What the syncer must fsync; a snapshot Ready is made durable right here.
+        let sync_later = rd_must_sync && !installed_snapshot;
         let held = rd.take_persisted_messages();
         self.raw.advance_append_async(rd);
         if installed_snapshot {
@@ -524,11 +526,10 @@ impl<S: StateMachine> Loop<S> {
             }
             self.raw.on_persist_ready(number);
         }
-        if self.persisting != 0 || (rd_must_sync && !installed_snapshot) {
+        if self.persisting != 0 || sync_later {
             // Behind earlier Readies still syncing (the messages keep their order), or to be
             // synced itself.
-            self.syncer
-                .request(number, held, rd_must_sync && !installed_snapshot);
+            self.syncer.request(number, held, sync_later);
             self.persisting = number;
         } else {
             self.transport.send(held);

@@ -1,13 +1,13 @@
 //! The raft log and hard state on fjall, behind raft-rs's [`Storage`] trait.
 //!
-//! The node loop is the only writer: it appends entries and the hard state in one batch with a
-//! single fdatasync per Ready ([`RaftStorage::persist`]). Raft reads through the trait; a small
+//! The node loop is the only writer: it appends entries and the hard state in one batch per
+//! Ready ([`RaftStorage::persist`]), made durable by the syncer's fdatasync of the journal
+//! ([`Backend::sync_journal`]). Raft reads through the trait; a small
 //! in-memory header (first/last index, hard state, conf state) answers the cheap questions,
 //! and an [`EntryCache`] of the newest entries answers most entry reads.
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use fjall::PersistMode;
 use parking_lot::RwLock;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -56,8 +56,7 @@ impl EntryCache {
             return;
         };
         while self.entries.back().is_some_and(|e| e.index >= first.index) {
-            let e = self.entries.pop_back().expect("checked");
-            self.bytes -= cached_size(&e);
+            self.pop_back();
         }
         if self
             .entries
@@ -77,6 +76,12 @@ impl EntryCache {
 
     fn pop_front(&mut self) {
         if let Some(e) = self.entries.pop_front() {
+            self.bytes -= cached_size(&e);
+        }
+    }
+
+    fn pop_back(&mut self) {
+        if let Some(e) = self.entries.pop_back() {
             self.bytes -= cached_size(&e);
         }
     }
@@ -172,7 +177,8 @@ impl RaftStorage {
             ..Default::default()
         };
         self.set_log_start(1, 1)?;
-        self.persist(&[], Some(&hs), true)
+        self.persist(&[], Some(&hs))?;
+        self.backend.sync_journal()
     }
 
     fn set_log_start(&self, index: u64, term: u64) -> Result<()> {
@@ -242,7 +248,8 @@ impl RaftStorage {
             hs.commit = index;
             hs
         };
-        self.persist(&[], Some(&hs), true)
+        self.persist(&[], Some(&hs))?;
+        self.backend.sync_journal()
     }
 
     pub fn set_conf_state(&self, cs: &ConfState) -> Result<()> {
@@ -253,9 +260,8 @@ impl RaftStorage {
     }
 
     /// Appends `entries` (truncating any conflicting suffix) and sets the hard state, in one
-    /// batch; fdatasync'ed when `sync` is set. Nothing raft sends after this may depend on data
-    /// that is not durable, so callers pass `Ready::must_sync()`.
-    pub fn persist(&self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<()> {
+    /// batch, not yet durable: [`Backend::sync_journal`] makes it so.
+    pub fn persist(&self, entries: &[Entry], hs: Option<&HardState>) -> Result<()> {
         let mut batch = self.backend.db.batch();
         let mut last = None;
         if let Some(first) = entries.first() {
@@ -273,12 +279,7 @@ impl RaftStorage {
             let bytes = hs.write_to_bytes().map_err(Error::internal)?;
             batch.insert(&self.backend.raft_meta, HARD_STATE, bytes);
         }
-        let mode = sync.then_some(PersistMode::SyncData);
-        let start = std::time::Instant::now();
-        batch.durability(mode).commit()?;
-        if sync {
-            crate::metrics::WAL_FSYNC.since(start);
-        }
+        batch.commit()?;
         self.cache.lock().append(entries);
         let mut h = self.header.write();
         if let Some(l) = last {

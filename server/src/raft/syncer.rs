@@ -89,14 +89,12 @@ fn run(rx: Receiver<Request>, backend: &Backend, transport: &Transport, loop_tx:
     while let Ok(first) = rx.recv() {
         let batch: Vec<Request> = std::iter::once(first).chain(rx.try_iter()).collect();
         if batch.iter().any(|r| r.sync) {
-            let start = std::time::Instant::now();
             if let Err(e) = backend.sync_journal() {
                 // The journal may have lost writes raft believes are in the log: a member
                 // must not go on from here (etcd panics on a failed WAL sync too).
                 tracing::error!(error = %e, "journal fdatasync failed");
                 std::process::abort();
             }
-            crate::metrics::WAL_FSYNC.since(start);
         }
         let mut last = 0;
         for r in batch {

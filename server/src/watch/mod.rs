@@ -52,12 +52,7 @@ impl WatchHub {
                 }
             }
             Some(_) => {}
-            None => {
-                let mut recent = self.recent.write();
-                if !recent.is_empty() {
-                    recent.clear();
-                }
-            }
+            None => self.recent.write().clear(),
         }
         self.current.send_if_modified(|c| {
             let changed = *c != current;
