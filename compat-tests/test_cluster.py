@@ -87,6 +87,41 @@ def test_endpoint_status_cluster_flag(cluster_factory):
         [leader.client_url], sts
 
 
+def test_crashed_leader_is_replaced_before_its_lease_ends(cluster_factory, cluster_kind):
+    """pgraft's fast failover: a follower whose link to the leader breaks (kill -9 closes the
+    leader's sockets) gives up the leader's lease at once instead of waiting out the election
+    timeout. With a 3 s election timeout no follower may campaign earlier than 3 s after the
+    leader's last message unless it noticed the broken link; with it, the new leader takes
+    writes within half the timeout (the randomized part) plus the election and the probe.
+    A split vote (both followers campaigning in the same instant: the term then moves by more
+    than 1) costs one further randomized timeout, and is allowed for."""
+    if cluster_kind != "pgraftd":
+        pytest.skip("pgraft's own failover speed-up; etcd waits out the election timeout")
+    c = cluster_factory(3, election_ms=3000)
+    election_s = c.election_ms / 1000
+    leader = c.wait_leader()
+    survivors = [m for m in c.members if m is not leader]
+    term0 = int(status(leader)["raftTerm"])
+    w = Writer(c.voters, prefix="w/", threads=2).start()
+    try:
+        w.wait_acked(10, timeout=30)
+        t_kill = time.monotonic()
+        c.kill(leader)
+        failover, probes = probe_first_write(survivors, t_kill, "probe/")
+    finally:
+        w.stop()
+    new_leader = c.wait_leader(survivors, timeout=10)
+    terms = int(status(new_leader)["raftTerm"]) - term0
+    bound = 0.5 * election_s + 1.0 + (1.6 * election_s if terms > 1 else 0)
+    report("crashed_leader_replaced_before_lease_ends", failover_s=round(failover, 3),
+           bound_s=bound, election_timeout_ms=c.election_ms, terms_elapsed=terms,
+           new_leader=new_leader.name)
+    assert failover < bound, \
+        f"first write acknowledged {failover:.2f}s after kill -9 of the leader ({terms} " \
+        f"election round(s)); with the broken link noticed it should take under {bound:.1f}s"
+    c.wait_converged(survivors, {**w.expected(), **probes}, timeout=30)
+
+
 @pytest.mark.parametrize("catch_up", ["log", "snapshot"])
 def test_kill_leader_failover(cluster_factory, cluster_kind, catch_up):
     """kill -9 the leader under steady writes; a survivor takes writes within 2 x the election

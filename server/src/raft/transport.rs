@@ -1,7 +1,8 @@
 //! The peer transport (etcd's `rafthttp`), outbound side: one task per peer streams batches of
 //! raft messages over a long-lived gRPC stream, reconnecting on failure; snapshot messages go
 //! on their own stream, their state data in chunks. The raft loop never blocks on the network:
-//! a full peer queue drops messages (raft retransmits) and reports the peer unreachable.
+//! a full peer queue drops messages (raft retransmits) and reports the peer unreachable; a
+//! broken stream reports the link lost (see [`Command::LinkLost`]).
 
 use super::node::Command;
 use etcd_proto::pgraftpb::raft_peer_client::RaftPeerClient;
@@ -229,7 +230,9 @@ async fn stream_to_peer(
                 }
             }
         }
-        let _ = loop_tx.send(Command::Unreachable(id));
+        // The stream broke or could not be opened: the peer's process died (the kernel closed
+        // its sockets), or the network between us failed.
+        let _ = loop_tx.send(Command::LinkLost(id));
         tokio::time::sleep(RECONNECT_BACKOFF).await;
     }
 }
