@@ -4,13 +4,18 @@
 #
 #   bench/run-comparison.sh            # full matrix (a few minutes)
 #   QUICK=1 bench/run-comparison.sh    # small smoke run (well under a minute of load)
+#   ROUNDS=3 bench/run-comparison.sh   # three rounds, etcd and pgraft alternating; medians
 #
 # Steps: build pgraftd and pgraft-bench (release); for etcd, then pgraftd: start 3 members on
 # free 127.0.0.1 ports with data under a temp dir, wait for health, run the matrix, let the
 # members settle, read each member's VmRSS, stop them. Prints a Markdown table (etcd, pgraft,
 # ratio) with the machine and the exact commands; results and logs go to $RESULTS_DIR.
 #
-# Knobs (environment): QUICK=1, PUT_TOTAL, RANGE_TOTAL, LAT_TOTAL, CONNS, SETTLE (seconds
+# Rounds: on a shared 2-core VM one run can be 10% faster or slower than the next, for both
+# servers alike; with ROUNDS=N each round starts fresh clusters (odd rounds etcd first, even
+# rounds pgraft first) and the table shows the median of the rounds, with each round's figures.
+#
+# Knobs (environment): QUICK=1, ROUNDS (default 1), PUT_TOTAL, RANGE_TOTAL, LAT_TOTAL, CONNS, SETTLE (seconds
 # before reading RSS), ETCD (etcd binary), SKIP_BUILD=1, CARGO_JOBS, RESULTS_DIR, KEEP_WORK=1
 # (the temp dir with data and logs is also kept when the script fails).
 # All traffic stays on 127.0.0.1; every benchmark is bounded by its request count, a
@@ -29,6 +34,8 @@ else
     SETTLE=${SETTLE:-10}
 fi
 CONNS=${CONNS:-16}
+ROUNDS=${ROUNDS:-1}
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a positive integer" >&2; exit 2; }
 ETCD=${ETCD:-/usr/bin/etcd}
 PGRAFTD=$ROOT/target/release/pgraftd
 BENCH=$ROOT/target/release/pgraft-bench
@@ -143,9 +150,11 @@ start_cluster() {
 bench() {
     local kind=$1 test=$2
     shift 2
-    local out="$RESULTS_DIR/$kind-$test.json"
-    log "$kind: $test"
-    echo "pgraft-bench --endpoints \$ENDPOINTS $*" >>"$WORK/commands-$kind"
+    local out="$ROUND_DIR/$kind-$test.json"
+    log "$kind: $test (round $ROUND)"
+    if [[ $ROUND == 1 ]]; then
+        echo "pgraft-bench --endpoints \$ENDPOINTS $*" >>"$WORK/commands-$kind"
+    fi
     timeout "$BENCH_TIMEOUT" "$BENCH" --endpoints "$ENDPOINTS" --json "$@" >"$out" ||
         die "$kind $test failed (pgraft-bench exit $?)"
     check_alive "$kind"
@@ -154,7 +163,8 @@ bench() {
 
 run_matrix() {
     local kind=$1 bin=$2 pid i
-    log "starting 3-member $kind cluster"
+    log "starting 3-member $kind cluster (round $ROUND)"
+    rm -rf "${WORK:?}/$kind"
     start_cluster "$kind" "$bin"
     local put=(put --key-size 8 --val-size 256 --sequential-keys --key-space-size "$PUT_TOTAL")
     bench "$kind" put16 --target-leader --conns "$CONNS" --clients 16 --total "$PUT_TOTAL" "${put[@]}"
@@ -165,29 +175,43 @@ run_matrix() {
     bench "$kind" range-s --conns "$CONNS" --clients 64 --total "$RANGE_TOTAL" range "$RANGE_KEY" --consistency s
     log "$kind: idle for ${SETTLE}s before reading RSS"
     sleep "$SETTLE"
-    : >"$RESULTS_DIR/$kind-rss-kib"
+    : >"$ROUND_DIR/$kind-rss-kib"
     for pid in "${PIDS[@]}"; do
-        awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" >>"$RESULTS_DIR/$kind-rss-kib"
+        awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" >>"$ROUND_DIR/$kind-rss-kib"
     done
     # WARN/ERROR lines: pgraftd logs JSON ("level":"WARN"), etcd 3.4 capnslog ("W | ...").
     cat "$WORK/$kind"/m?.log | grep -ciE '"level":"(warn|error)"| [WE] \| ' \
-        >"$RESULTS_DIR/$kind-log-warnings" || true
+        >"$ROUND_DIR/$kind-log-warnings" || true
     stop_members
     # Flush this cluster's dirty pages now, so that their writeback does not compete with the
     # next cluster's fsyncs.
     sync
-    cp "$WORK/$kind"/*.log "$RESULTS_DIR/" 2>/dev/null || true
-    for i in 1 2 3; do mv -f "$RESULTS_DIR/m$i.log" "$RESULTS_DIR/$kind-m$i.log" 2>/dev/null || true; done
+    for i in 1 2 3; do cp "$WORK/$kind/m$i.log" "$ROUND_DIR/$kind-m$i.log" 2>/dev/null || true; done
 }
 
 sync
-run_matrix etcd "$ETCD"
-run_matrix pgraft "$PGRAFTD"
+for ROUND in $(seq "$ROUNDS"); do
+    ROUND_DIR=$RESULTS_DIR/round$ROUND
+    mkdir -p "$ROUND_DIR"
+    if ((ROUND % 2 == 1)); then
+        run_matrix etcd "$ETCD"
+        run_matrix pgraft "$PGRAFTD"
+    else
+        run_matrix pgraft "$PGRAFTD"
+        run_matrix etcd "$ETCD"
+    fi
+done
 
 # ---------------------------------------------------------------- report
-j() { jq -r "$2" "$RESULTS_DIR/$1.json"; }
-rss() { awk -v f="$2" '{s += $1; if ($1 > m) m = $1} END {printf "%.1f", (f == "max" ? m : s / NR) / 1024}' "$RESULTS_DIR/$1-rss-kib"; }
-errors() { cat "$RESULTS_DIR/$1"-{put16,put64,put1,range-l,range-s}.json | jq -s 'map(.errors) | add'; }
+# j RUN FIELD: the median over the rounds; each RUN FIELD: every round's value, in order.
+j() {
+    jq -s "map($2) | sort | if length % 2 == 1 then .[length / 2 | floor]
+        else (.[length / 2 - 1] + .[length / 2]) / 2 end" "$RESULTS_DIR"/round*/"$1.json"
+}
+each() { jq -s -r "map($2 | round) | map(tostring) | join(\", \")" "$RESULTS_DIR"/round*/"$1.json"; }
+rss() { cat "$RESULTS_DIR"/round*/"$1-rss-kib" | awk -v f="$2" '{s += $1; if ($1 > m) m = $1} END {printf "%.1f", (f == "max" ? m : s / NR) / 1024}'; }
+errors() { cat "$RESULTS_DIR"/round*/"$1"-{put16,put64,put1,range-l,range-s}.json | jq -s 'map(.errors) | add'; }
+warnings() { cat "$RESULTS_DIR"/round*/"$1-log-warnings" | awk '{s += $1} END {print s}'; }
 row() { # row LABEL ETCD PGRAFT
     local ratio
     ratio=$(awk -v a="$2" -v b="$3" 'BEGIN {if (a > 0) printf "%.2f", b / a; else print "n/a"}')
@@ -214,9 +238,15 @@ report() {
     row "idle RSS per member, mean (MiB, lower is better)" "$(rss etcd mean)" "$(rss pgraft mean)"
     row "idle RSS per member, max (MiB, lower is better)" "$(rss etcd max)" "$(rss pgraft max)"
     row "failed requests, all runs (lower is better)" "$(errors etcd)" "$(errors pgraft)"
-    row "WARN/ERROR log lines, 3 members" "$(cat "$RESULTS_DIR/etcd-log-warnings")" \
-        "$(cat "$RESULTS_DIR/pgraft-log-warnings")"
+    row "WARN/ERROR log lines, 3 members" "$(warnings etcd)" "$(warnings pgraft)"
     echo
+    if ((ROUNDS > 1)); then
+        echo "Medians of $ROUNDS rounds (fresh clusters each round, etcd and pgraft alternating first)."
+        echo "Each round, req/s: put 16 clients etcd $(each etcd-put16 .requests_per_sec), pgraft" \
+            "$(each pgraft-put16 .requests_per_sec); put 64 clients etcd" \
+            "$(each etcd-put64 .requests_per_sec), pgraft $(each pgraft-put64 .requests_per_sec)."
+        echo
+    fi
     echo "Machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)," \
         "$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, Linux $(uname -r)."
     echo "etcd $("$ETCD" --version | awk '/^etcd Version/ {print $3}') vs pgraft" \
@@ -224,15 +254,15 @@ report() {
         "($("$PGRAFTD" --version | head -1)); clients, servers and all three members of each" \
         "cluster share this machine; data dirs on $(df -P "$WORK" | awk 'NR == 2 {print $1}')."
     echo
-    echo "Command: \`$(env | grep -E '^(QUICK|PUT_TOTAL|RANGE_TOTAL|LAT_TOTAL|CONNS|SETTLE)=' | sort | tr '\n' ' ')bench/run-comparison.sh\`" \
-        "(PUT_TOTAL=$PUT_TOTAL RANGE_TOTAL=$RANGE_TOTAL LAT_TOTAL=$LAT_TOTAL CONNS=$CONNS SETTLE=$SETTLE)."
+    echo "Command: \`$(env | grep -E '^(QUICK|ROUNDS|PUT_TOTAL|RANGE_TOTAL|LAT_TOTAL|CONNS|SETTLE)=' | sort | tr '\n' ' ')bench/run-comparison.sh\`" \
+        "(ROUNDS=$ROUNDS PUT_TOTAL=$PUT_TOTAL RANGE_TOTAL=$RANGE_TOTAL LAT_TOTAL=$LAT_TOTAL CONNS=$CONNS SETTLE=$SETTLE)."
     echo "Benchmarks run against each cluster (\$ENDPOINTS: its three client URLs):"
     echo '```'
     cat "$WORK/commands-etcd"
     echo '```'
     local f errs
-    errs=$(for f in "$RESULTS_DIR"/{etcd,pgraft}-*.json; do
-        jq -r --arg run "$(basename "$f" .json)" \
+    errs=$(for f in "$RESULTS_DIR"/round*/{etcd,pgraft}-*.json; do
+        jq -r --arg run "$(basename "$(dirname "$f")")/$(basename "$f" .json)" \
             '.error_distribution | to_entries[] | "- \($run): \(.value) × `\(.key)`"' "$f"
     done)
     if [[ -n $errs ]]; then

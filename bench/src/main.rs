@@ -10,6 +10,12 @@
 //! Every run is bounded: `--total` requests (or `--put-total` puts), each under
 //! `--request-timeout`. Output is etcd's text report, or one JSON object with `--json`.
 
+/// The load generator shares the machine with the servers it measures: every microsecond it
+/// spends is taken from them. mimalloc rather than glibc's malloc, as in pgraftd: 3-4 µs less
+/// CPU per put at 64 clients (about 15% of the tool's own CPU).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cmd;
 mod conn;
 mod runner;
