@@ -7,10 +7,11 @@
 //! writes each Ready without syncing and hands it to the [`Syncer`] thread, which does one
 //! fdatasync for all Readies written meanwhile (group commit), only then sends the messages that
 //! promise those entries (votes, append acknowledgements), and reports them persisted
-//! (raft-rs's async Ready: `advance_append_async`, `on_persist_ready`). Raft applies only
-//! entries both committed and persisted here. The loop keeps stepping acknowledgements and
-//! applying while the disk flushes; with the fsync inline, a 3-member leader spent about half its
-//! time waiting for the disk.
+//! (raft-rs's async Ready: `advance_append_async`, `on_persist_ready`). The loop keeps stepping
+//! acknowledgements and applying while the disk flushes; with the fsync inline, a 3-member
+//! leader spent about half its time waiting for the disk. Raft counts this member's own log
+//! towards a commit only once it is durable; the loop applies an entry once it is committed
+//! and written, durable here or not yet (`Loop::apply_ahead` says why that is safe).
 
 use super::syncer::Syncer;
 use super::transport::Transport;
@@ -18,7 +19,7 @@ use super::RaftStorage;
 use crate::error::{Error, Result};
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
-use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
+use raft::{GetEntriesContext, RawNode, SnapshotStatus, StateRole, Storage as _};
 use raft_proto::ConfChangeI;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -268,6 +269,7 @@ pub fn start<S: StateMachine>(
         transport: transport.clone(),
         syncer,
         persisting: 0,
+        applied_ahead: 0,
         cfg,
         read_seq: 0,
         pending_reads: Vec::new(),
@@ -315,6 +317,9 @@ struct Loop<S> {
     /// The last Ready handed to the syncer and not yet reported persisted (0: none). Later
     /// Readies queue behind it, so that raft hears of them in order.
     persisting: u64,
+    /// The last entry applied before it was durable here (see [`Loop::apply_ahead`]); raft
+    /// hands it over again once it is, and it is skipped then.
+    applied_ahead: u64,
     cfg: RaftConfig,
     read_seq: u64,
     pending_reads: Vec<ReadWaiter>,
@@ -379,6 +384,7 @@ impl<S: StateMachine> Loop<S> {
                 self.status.leader.store(0, Ordering::Release);
                 return Ok(());
             }
+            self.apply_ahead()?;
         }
     }
 
@@ -527,6 +533,9 @@ impl<S: StateMachine> Loop<S> {
             self.storage.snapshot_installed(&snap);
             self.after_membership_change(snap.get_metadata().get_conf_state());
             self.status.applied.send_replace(snap.get_metadata().index);
+            // Sent only to a member missing entries before the snapshot: nothing was applied
+            // past it here.
+            self.applied_ahead = 0;
         }
         if !rd.committed_entries().is_empty() && self.apply(rd.take_committed_entries())? {
             // Removed: raft no longer tracks this member's own progress; stop here.
@@ -589,6 +598,7 @@ impl<S: StateMachine> Loop<S> {
         let mut removed = false;
         for e in entries {
             match e.get_entry_type() {
+                EntryType::EntryNormal if e.index <= self.applied_ahead => {}
                 EntryType::EntryNormal => normal.push(e),
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     if !normal.is_empty() {
@@ -602,9 +612,56 @@ impl<S: StateMachine> Loop<S> {
             self.sm.apply(normal)?;
         }
         self.status.commit_index.fetch_max(last, Ordering::AcqRel);
-        self.status.applied.send_replace(last);
+        self.status.applied.send_if_modified(|a| {
+            let raised = last > *a;
+            *a = (*a).max(last);
+            raised
+        });
         self.maybe_compact_log(last)?;
         Ok(removed)
+    }
+
+    /// Applies entries that are committed but not yet durable on this member. raft-rs (as
+    /// etcd-raft) hands out only entries that are both, for a log kept apart from the state
+    /// machine. Ours is not: log entries and applied state go to the one fjall journal, the
+    /// entries first, and the journal recovers as a prefix (fjall syncs a journal before it
+    /// starts the next, and a memtable reaches disk only after its journal did). So the applied
+    /// state can never survive a crash without the entries it came from, and a restart replays
+    /// from the durable applied index (the commit index raised to it). What makes a write
+    /// acknowledged does not change: raft commits an entry once a quorum holds it durably (the
+    /// leader's own copy counts only once synced), and an entry is applied only once committed.
+    ///
+    /// The gain: the leader answers once the followers' acknowledgements commit an entry
+    /// instead of also waiting for its own fdatasync; a follower serves reads sooner.
+    /// Measured (3 members, 256-byte puts, medians of 4 interleaved runs): 16 clients 12.1k ->
+    /// 12.4k puts/s, 64 clients 21.3k -> 22.2k, server CPU per put 58 -> 55 µs.
+    /// Runs after every Ready was handled, when each entry raft holds has been written to
+    /// storage; stops at a conf change, which goes through raft's own apply.
+    fn apply_ahead(&mut self) -> Result<()> {
+        let log = &self.raw.raft.raft_log;
+        let from = self.applied_ahead.max(log.applied) + 1;
+        let to = log.committed.min(log.last_index());
+        if to < from {
+            return Ok(());
+        }
+        let entries = log
+            .slice(from, to + 1, None, GetEntriesContext::empty(false))
+            .map_err(Error::internal)?;
+        let normal: Vec<Entry> = entries
+            .into_iter()
+            .take_while(|e| e.get_entry_type() == EntryType::EntryNormal)
+            .collect();
+        let Some(last) = normal.last().map(|e| e.index) else {
+            return Ok(());
+        };
+        self.sm.apply(normal)?;
+        self.applied_ahead = last;
+        self.status.applied.send_if_modified(|a| {
+            let raised = last > *a;
+            *a = (*a).max(last);
+            raised
+        });
+        Ok(())
     }
 
     /// Returns true when the change removed this member.
