@@ -251,7 +251,7 @@ report() {
         "$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, Linux $(uname -r)."
     echo "etcd $("$ETCD" --version | awk '/^etcd Version/ {print $3}') vs pgraft" \
         "$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)" \
-        "($("$PGRAFTD" --version | head -1)); clients, servers and all three members of each" \
+        "($("$PGRAFTD" --version | sed -n 1p)); clients, servers and all three members of each" \
         "cluster share this machine; data dirs on $(df -P "$WORK" | awk 'NR == 2 {print $1}')."
     echo
     echo "Command: \`$(env | grep -E '^(QUICK|ROUNDS|PUT_TOTAL|RANGE_TOTAL|LAT_TOTAL|CONNS|SETTLE)=' | sort | tr '\n' ' ')bench/run-comparison.sh\`" \

@@ -87,6 +87,23 @@ def test_endpoint_status_cluster_flag(cluster_factory):
         [leader.client_url], sts
 
 
+def kill_leader_under_writes(c, leader, survivors, acked_first: int):
+    """Starts a Writer on the voters, waits for `acked_first` acknowledged writes, kill -9s the
+    leader and probes the survivors until one takes a write. Returns the writer (still
+    running: the caller stops it), the time of the kill, the seconds from the kill to the
+    first acknowledged probe, and the acknowledged probes."""
+    w = Writer(c.voters, prefix="w/", threads=2).start()
+    try:
+        w.wait_acked(acked_first, timeout=30)
+        t_kill = time.monotonic()
+        c.kill(leader)
+        failover, probes = probe_first_write(survivors, t_kill, "probe/")
+    except BaseException:
+        w.stop()
+        raise
+    return w, t_kill, failover, probes
+
+
 def test_crashed_leader_is_replaced_before_its_lease_ends(cluster_factory, cluster_kind):
     """pgraft's fast failover: a follower whose link to the leader breaks (kill -9 closes the
     leader's sockets) gives up the leader's lease at once instead of waiting out the election
@@ -102,14 +119,8 @@ def test_crashed_leader_is_replaced_before_its_lease_ends(cluster_factory, clust
     leader = c.wait_leader()
     survivors = [m for m in c.members if m is not leader]
     term0 = int(status(leader)["raftTerm"])
-    w = Writer(c.voters, prefix="w/", threads=2).start()
-    try:
-        w.wait_acked(10, timeout=30)
-        t_kill = time.monotonic()
-        c.kill(leader)
-        failover, probes = probe_first_write(survivors, t_kill, "probe/")
-    finally:
-        w.stop()
+    w, _, failover, probes = kill_leader_under_writes(c, leader, survivors, acked_first=10)
+    w.stop()
     new_leader = c.wait_leader(survivors, timeout=10)
     terms = int(status(new_leader)["raftTerm"]) - term0
     bound = 0.5 * election_s + 1.0 + (1.6 * election_s if terms > 1 else 0)
@@ -134,12 +145,8 @@ def test_kill_leader_failover(cluster_factory, cluster_kind, catch_up):
     leader = c.wait_leader()
     survivors = [m for m in c.members if m is not leader]
 
-    w = Writer(c.voters, prefix="w/", threads=2).start()
+    w, t_kill, failover, probes = kill_leader_under_writes(c, leader, survivors, acked_first=20)
     try:
-        w.wait_acked(20, timeout=30)
-        t_kill = time.monotonic()
-        c.kill(leader)
-        failover, probes = probe_first_write(survivors, t_kill, "probe/")
         new_leader = c.wait_leader(survivors, timeout=10)
         assert new_leader is not leader
         acked_at_kill = w.acked_between(0, t_kill)

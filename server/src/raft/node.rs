@@ -111,6 +111,18 @@ impl RaftStatus {
     pub fn is_learner(&self) -> bool {
         self.is_learner.load(Ordering::Acquire)
     }
+    /// Raises the applied index to `index`; never lowers it (raft hands over again entries
+    /// already applied ahead of their fsync).
+    fn raise_applied(&self, index: u64) {
+        self.applied.send_if_modified(|a| {
+            let raised = index > *a;
+            if raised {
+                *a = index;
+            }
+            raised
+        });
+    }
+
     /// Waits until the applied index reaches `index`.
     pub async fn wait_applied(&self, index: u64) {
         let mut rx = self.applied.subscribe();
@@ -612,11 +624,7 @@ impl<S: StateMachine> Loop<S> {
             self.sm.apply(normal)?;
         }
         self.status.commit_index.fetch_max(last, Ordering::AcqRel);
-        self.status.applied.send_if_modified(|a| {
-            let raised = last > *a;
-            *a = (*a).max(last);
-            raised
-        });
+        self.status.raise_applied(last);
         self.maybe_compact_log(last)?;
         Ok(removed)
     }
@@ -656,11 +664,7 @@ impl<S: StateMachine> Loop<S> {
         };
         self.sm.apply(normal)?;
         self.applied_ahead = last;
-        self.status.applied.send_if_modified(|a| {
-            let raised = last > *a;
-            *a = (*a).max(last);
-            raised
-        });
+        self.status.raise_applied(last);
         Ok(())
     }
 
