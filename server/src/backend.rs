@@ -35,7 +35,16 @@ const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 /// busy the two bounce the requests between them (a sixth of a follower's fjall CPU). Measured
 /// (3 members, 100k keys, 256-byte puts, 4 interleaved runs each): 64-client puts 18.2k -> 19.2k
 /// per second, 69 -> 64 µs of server CPU per put.
-const FJALL_WORKERS: usize = 1;
+///
+/// Also required for safety: the raft loop applies entries before they are synced
+/// (`Loop::apply_ahead`), which needs every SST to come from a memtable whose journal was synced
+/// first. fjall's flush task syncs the journal, then flushes the sealed memtables; a second
+/// worker could seal a memtable holding unsynced writes in between.
+pub(crate) const FJALL_WORKERS: usize = 1;
+const _: () = assert!(
+    FJALL_WORKERS == 1,
+    "the raft loop's apply_ahead relies on one fjall worker"
+);
 
 pub mod meta_key {
     pub const CURRENT_REV: &str = "current_rev";

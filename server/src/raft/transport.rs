@@ -73,6 +73,11 @@ impl Transport {
         e.1 = now;
     }
 
+    /// When a peer was last heard from (raft traffic or a link heartbeat), if ever.
+    pub fn last_heard(&self, peer: u64) -> Option<Instant> {
+        self.activity.lock().get(&peer).map(|(_, last)| *last)
+    }
+
     /// Since when a peer has been connected without a gap (etcd's `ActiveSince`); `None` when
     /// it is not connected now.
     pub fn active_since(&self, peer: u64) -> Option<Instant> {
