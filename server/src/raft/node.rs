@@ -148,7 +148,8 @@ pub enum Command {
     /// The transport could not deliver to this peer (its queue is full).
     Unreachable(u64),
     /// The stream to this peer broke, or could not be opened. When the peer is this
-    /// follower's leader, its lease is given up at once (see `Loop::link_lost`).
+    /// follower's leader and then stays silent, its lease is given up early (see
+    /// `Loop::leader_silent`).
     LinkLost(u64),
     /// A snapshot stream to this peer finished (`true`) or failed.
     SnapshotStatus(u64, bool),
