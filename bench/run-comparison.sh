@@ -6,18 +6,20 @@
 #   QUICK=1 bench/run-comparison.sh    # small smoke run (well under a minute of load)
 #   ROUNDS=3 bench/run-comparison.sh   # three rounds, etcd and pgraft alternating; medians
 #
-# Steps: build pgraftd and pgraft-bench (release); for etcd, then pgraftd: start 3 members on
-# free 127.0.0.1 ports with data under a temp dir, wait for health, run the matrix, let the
-# members settle, read each member's VmRSS, stop them. Prints a Markdown table (etcd, pgraft,
-# ratio) with the machine and the exact commands; results and logs go to $RESULTS_DIR.
+# Steps: build pgraftd and pgraft-bench (release); for etcd and pgraftd in turn (see Rounds):
+# start 3 members on free 127.0.0.1 ports with data under a temp dir, wait for health, run the
+# matrix, let the members settle, read each member's VmRSS, stop them. Prints a Markdown table
+# (etcd, pgraft, ratio) with the machine and the exact commands; results and logs go to
+# $RESULTS_DIR.
 #
 # Rounds: on a shared 2-core VM one run can be 10% faster or slower than the next, for both
 # servers alike; with ROUNDS=N each round starts fresh clusters (odd rounds etcd first, even
 # rounds pgraft first) and the table shows the median of the rounds, with each round's figures.
 #
-# Knobs (environment): QUICK=1, ROUNDS (default 1), PUT_TOTAL, RANGE_TOTAL, LAT_TOTAL, CONNS, SETTLE (seconds
-# before reading RSS), ETCD (etcd binary), SKIP_BUILD=1, CARGO_JOBS, RESULTS_DIR, KEEP_WORK=1
-# (the temp dir with data and logs is also kept when the script fails).
+# Knobs (environment): QUICK=1, ROUNDS (default 1), PUT_TOTAL, RANGE_TOTAL, LAT_TOTAL, CONNS,
+# SETTLE (seconds before reading RSS), ETCD (etcd binary), SKIP_BUILD=1, CARGO_JOBS,
+# RESULTS_DIR, KEEP_WORK=1 (the temp dir with data and logs is also kept when the script
+# fails).
 # All traffic stays on 127.0.0.1; every benchmark is bounded by its request count, a
 # per-request timeout and `timeout`; all started processes are stopped on exit.
 set -euo pipefail

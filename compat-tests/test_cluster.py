@@ -107,9 +107,10 @@ def kill_leader_under_writes(c, leader, survivors, acked_first: int):
 def test_crashed_leader_is_replaced_before_its_lease_ends(cluster_factory, cluster_kind):
     """pgraft's fast failover: a follower whose link to the leader breaks (kill -9 closes the
     leader's sockets), and which then hears nothing from it for 1.5 heartbeat intervals, gives
-    up the leader's lease instead of waiting out the election timeout. With a 3 s election timeout no follower may campaign earlier than 3 s after the
-    leader's last message unless it noticed the broken link; with it, the new leader takes
-    writes within half the timeout (the randomized part) plus the election and the probe.
+    up the leader's lease instead of waiting out the election timeout. With a 3 s election
+    timeout no follower may campaign earlier than 3 s after the leader's last message unless
+    it noticed the broken link; with it, the new leader takes writes within half the timeout
+    (the randomized part) plus the election and the probe.
     A split vote (both followers campaigning in the same instant: the term then moves by more
     than 1) costs one further randomized timeout, and is allowed for."""
     if cluster_kind != "pgraftd":

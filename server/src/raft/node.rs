@@ -507,7 +507,10 @@ impl<S: StateMachine> Loop<S> {
         }
         let timeout = r.election_timeout();
         if r.election_elapsed < timeout {
-            tracing::info!(leader = %format!("{id:x}"), "lost the link to the leader and heard nothing since; its lease is given up");
+            tracing::info!(
+                leader = %format!("{id:x}"),
+                "lost the link to the leader and heard nothing since; its lease is given up"
+            );
             r.election_elapsed = timeout;
         }
     }
