@@ -43,6 +43,6 @@ pub async fn serve_client(
 
 /// Accepted connections with Nagle's algorithm off (tonic ignores its own `tcp_nodelay` when
 /// given a listener), so small responses leave at once instead of after the delayed-ACK timer.
-pub(crate) fn no_delay(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+fn no_delay(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -1,25 +1,35 @@
 //! The peer face (etcd's `rafthttp` receiving side plus its leader-forwarding endpoints): raft
 //! messages and snapshots from other members go to the raft loop; leader-only client requests
-//! forwarded by followers are served here.
+//! forwarded by followers are served here. One port carries two protocols, told apart by a
+//! connection's first byte: raft message streams ([`crate::raft::wire`]) and gRPC (snapshots,
+//! forwarding, the member list for joining).
 
 use crate::error::Error;
 use crate::raft::transport::MEMBER_REMOVED;
+use crate::raft::wire::{self, Frame};
 use crate::service::EtcdServer;
 use etcd_proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
     MemberPromoteRequest, MemberPromoteResponse,
 };
 use etcd_proto::pgraftpb::raft_peer_server::{RaftPeer, RaftPeerServer};
-use etcd_proto::pgraftpb::{MembersRequest, MembersResponse, RaftBatch, SendAck, SnapshotChunk};
+use etcd_proto::pgraftpb::{MembersRequest, MembersResponse, SendAck, SnapshotChunk};
 use protobuf::Message as PbMessage;
 use raft::eraftpb::Message;
 use std::future::Future;
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tonic::{Request, Response, Status, Streaming};
 
-/// Largest peer message accepted (a batch of raft messages, or one snapshot chunk).
+/// Largest gRPC peer message accepted (one snapshot chunk, a forwarded request).
 const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
+/// A new peer connection must say which protocol it speaks within this long.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A raft stream that carries nothing this long is dead (a live sender heartbeats every 0.5 s):
+/// drop it rather than hold it forever.
+const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct PeerService(pub Arc<EtcdServer>);
 
@@ -43,20 +53,6 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
-    async fn send(&self, req: Request<Streaming<RaftBatch>>) -> Result<Response<SendAck>, Status> {
-        let mut stream = req.into_inner();
-        while let Some(batch) = stream.message().await? {
-            self.check_cluster(batch.cluster_id)?;
-            if batch.from != 0 {
-                self.0.raft.transport.heard_from(batch.from);
-            }
-            for m in &batch.messages {
-                self.step(m)?;
-            }
-        }
-        Ok(Response::new(SendAck {}))
-    }
-
     async fn snapshot(
         &self,
         req: Request<Streaming<SnapshotChunk>>,
@@ -127,7 +123,7 @@ impl RaftPeer for PeerService {
     }
 }
 
-/// Serves the peer protocol on `listener` until `shutdown` resolves. Not gracefully: peer
+/// Serves the peer protocols on `listener` until `shutdown` resolves. Not gracefully: peer
 /// streams are long-lived and never finish by themselves, so waiting for them would only
 /// delay the stop (as etcd, the member just closes its peer connections); streams still open
 /// end with the raft loop, whose messages they can no longer deliver.
@@ -136,16 +132,113 @@ pub async fn serve_peer(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = super::no_delay(listener);
-    let svc = RaftPeerServer::new(PeerService(server))
+    let svc = RaftPeerServer::new(PeerService(server.clone()))
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE);
+    let peer = Arc::new(PeerService(server));
+    let (grpc_tx, grpc_rx) = tokio::sync::mpsc::channel::<std::io::Result<TcpStream>>(64);
+    let accept = async move {
+        loop {
+            let conn = match listener.accept().await {
+                Ok((conn, _)) => conn,
+                Err(e) => {
+                    // Out of descriptors, mostly: wait instead of spinning.
+                    tracing::warn!(error = %e, "peer accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = conn.set_nodelay(true);
+            let (peer, grpc_tx) = (peer.clone(), grpc_tx.clone());
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(HELLO_TIMEOUT, conn.peek(&mut first)).await {
+                    Ok(Ok(1)) if first[0] == wire::MAGIC[0] => peer.serve_raft_stream(conn).await,
+                    Ok(Ok(1)) => {
+                        let _ = grpc_tx.send(Ok(conn)).await;
+                    }
+                    _ => {}
+                }
+            });
+        }
+    };
     let serve = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(svc)
-        .serve_with_incoming(incoming);
+        .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(grpc_rx));
     tokio::select! {
         r = serve => r,
+        _ = accept => Ok(()),
         _ = shutdown => Ok(()),
     }
+}
+
+impl PeerService {
+    /// Receives one peer's raft message stream, stepping each message into the raft loop as it
+    /// arrives, until the peer closes it; refuses it (with the reason, then closing) to another
+    /// cluster or to a member removed from this one.
+    async fn serve_raft_stream(&self, mut conn: TcpStream) {
+        let mut preamble = [0u8; wire::PREAMBLE_LEN];
+        let read = tokio::time::timeout(HELLO_TIMEOUT, conn.read_exact(&mut preamble)).await;
+        let Some((cluster_id, from)) = read
+            .ok()
+            .and_then(|r| r.ok())
+            .and_then(|_| wire::parse_preamble(&preamble))
+        else {
+            return;
+        };
+        if let Err(e) = self.check_cluster(cluster_id) {
+            return refuse(conn, e.message()).await;
+        }
+        let transport = &self.0.raft.transport;
+        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut used = 0;
+        loop {
+            if used == buf.len() {
+                buf.clear();
+                used = 0;
+            } else if used > 0 && buf.capacity() - buf.len() < 16 * 1024 {
+                buf.drain(..used);
+                used = 0;
+            }
+            match tokio::time::timeout(STREAM_IDLE_TIMEOUT, conn.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            transport.heard_from(from);
+            loop {
+                match wire::next_frame(&buf[used..]) {
+                    Frame::Partial => break,
+                    Frame::TooLarge(len) => {
+                        let reason = format!("raft frame of {len} bytes is over the limit");
+                        return refuse(conn, &reason).await;
+                    }
+                    Frame::Whole(payload, len) => {
+                        used += len;
+                        if payload.is_empty() {
+                            continue;
+                        }
+                        if let Err(e) = self.step(payload) {
+                            return refuse(conn, e.message()).await;
+                        }
+                    }
+                }
+            }
+            // Room for the rest of a large frame, so it is read in few calls.
+            if let Frame::Partial = wire::next_frame(&buf[used..]) {
+                if let Some(head) = buf.get(used..used + 4) {
+                    let len = 4 + u32::from_be_bytes(head.try_into().expect("4 bytes")) as usize;
+                    buf.reserve(len.saturating_sub(buf.len() - used));
+                }
+            }
+        }
+    }
+}
+
+/// Tells a raft stream's sender why it is refused, then closes the stream.
+async fn refuse(mut conn: TcpStream, reason: &str) {
+    let mut frame = Vec::new();
+    wire::put_frame(&mut frame, reason.as_bytes());
+    let _ = conn.write_all(&frame).await;
+    let _ = conn.shutdown().await;
 }

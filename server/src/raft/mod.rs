@@ -9,6 +9,7 @@ pub mod node;
 pub mod storage;
 mod syncer;
 pub mod transport;
+pub mod wire;
 
 pub use node::{RaftConfig, RaftHandle, RaftStatus, StateMachine};
 pub use storage::RaftStorage;

@@ -1,29 +1,43 @@
-//! The peer transport (etcd's `rafthttp`), outbound side: one task per peer streams batches of
-//! raft messages over a long-lived gRPC stream, reconnecting on failure; snapshot messages go
-//! on their own stream, their state data in chunks. The raft loop never blocks on the network:
-//! a full peer queue drops messages (raft retransmits) and reports the peer unreachable; a
-//! broken stream reports the link lost (see [`Command::LinkLost`]).
+//! The peer transport (etcd's `rafthttp`), outbound side. Raft messages go to each peer over
+//! one long-lived raft message stream ([`super::wire`]): the thread that sends them (the raft
+//! loop, the syncer) writes their frames straight into the socket while it takes them, so a
+//! put's messages cost no thread wakeup on the way out. A link task per peer connects and
+//! reconnects, writes what the socket could not take at once, sends link heartbeats on an idle
+//! link, and watches for the peer refusing or closing the stream. Snapshot messages go over
+//! gRPC on their own stream, their state data in chunks. The raft loop never blocks on the
+//! network: a full peer queue drops messages (raft retransmits) and reports the peer
+//! unreachable; a broken stream reports the link lost (see [`Command::LinkLost`]).
 
 use super::node::Command;
+use super::wire;
 use etcd_proto::pgraftpb::raft_peer_client::RaftPeerClient;
-use etcd_proto::pgraftpb::{RaftBatch, SnapshotChunk};
+use etcd_proto::pgraftpb::SnapshotChunk;
 use parking_lot::Mutex;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{Message, MessageType};
 use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender as LoopSender;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
 use tokio::runtime::Handle;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tonic::transport::{Channel, Endpoint};
 
 /// What a member answers to peer traffic from a member removed from the cluster.
 pub const MEMBER_REMOVED: &str = "pgraft: the member has been permanently removed from the cluster";
 
-/// Messages queued per peer before new ones are dropped.
-const PEER_QUEUE: usize = 4096;
-/// Messages per batch on the wire.
-const MAX_BATCH: usize = 512;
+/// Bytes queued per peer (frames the socket has not taken yet) before new messages are dropped.
+const PEER_QUEUE_BYTES: usize = 32 * 1024 * 1024;
+/// A queue buffer grown past this is freed once written, not kept for the next burst.
+const KEEP_QUEUE_CAPACITY: usize = 1024 * 1024;
+/// Connecting to a peer gives up after this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// A stream whose sent bytes stay unacknowledged this long is broken (TCP_USER_TIMEOUT): a
+/// black-holed link is found and reconnected, as gRPC's keepalive did before.
+const UNACKED_TIMEOUT: Duration = Duration::from_secs(5);
 /// Snapshot data per chunk.
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 /// Wait before reconnecting to a peer that failed.
@@ -37,7 +51,96 @@ const INACTIVE_AFTER: Duration = Duration::from_secs(2);
 struct Peer {
     url: String,
     channel: Channel,
-    tx: mpsc::Sender<Message>,
+    link: Arc<Link>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // The peer left the cluster, or the transport is going away: end its link task.
+        self.link.closed.store(true, Ordering::Release);
+        self.link.wake.notify_one();
+    }
+}
+
+/// One peer's raft message stream, shared by the senders and the link task.
+#[derive(Default)]
+struct Link {
+    out: Mutex<Outbox>,
+    /// Rings the link task: frames are waiting, or the link is closed.
+    wake: Notify,
+    /// Raft traffic since the last heartbeat tick (an idle link sends heartbeats).
+    busy: AtomicBool,
+    closed: AtomicBool,
+}
+
+#[derive(Default)]
+struct Outbox {
+    /// The connected stream; `None` while (re)connecting.
+    stream: Option<Arc<TcpStream>>,
+    /// Whole frames the socket has not taken yet; the first `written` bytes are sent.
+    queue: Vec<u8>,
+    written: usize,
+}
+
+impl Link {
+    /// Sends `frames` (whole frames): straight into the socket when nothing waits before them
+    /// and it takes them, else queued for the link task. False, with nothing queued, when the
+    /// queue is full.
+    fn push(&self, frames: &[u8]) -> bool {
+        let mut out = self.out.lock();
+        self.busy.store(true, Ordering::Relaxed);
+        let waiting = out.queue.len() - out.written;
+        if waiting + frames.len() > PEER_QUEUE_BYTES {
+            return false;
+        }
+        let mut rest = frames;
+        if waiting == 0 {
+            if let Some(s) = &out.stream {
+                // Would-block leaves it all to the link task; an error too (its read side
+                // sees the stream broken).
+                if let Ok(n) = s.try_write(frames) {
+                    rest = &frames[n..];
+                }
+            }
+            if rest.is_empty() {
+                return true;
+            }
+            out.clear();
+        }
+        out.queue.extend_from_slice(rest);
+        drop(out);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Writes queued frames while the socket takes them: true when none are left.
+    fn flush(&self, s: &TcpStream) -> io::Result<bool> {
+        let mut out = self.out.lock();
+        while out.written < out.queue.len() {
+            match s.try_write(&out.queue[out.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => out.written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        out.clear();
+        Ok(true)
+    }
+
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+impl Outbox {
+    fn clear(&mut self) {
+        if self.queue.capacity() > KEEP_QUEUE_CAPACITY {
+            self.queue = Vec::new();
+        }
+        self.queue.clear();
+        self.written = 0;
+    }
 }
 
 pub struct Transport {
@@ -112,16 +215,15 @@ impl Transport {
                     continue;
                 }
             };
-            let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            self.runtime.spawn(stream_to_peer(
+            let link = Arc::new(Link::default());
+            self.runtime.spawn(run_link(
                 id,
-                self.id,
-                self.cluster_id,
-                channel.clone(),
-                rx,
+                wire::preamble(self.cluster_id, self.id),
+                url.clone(),
+                link.clone(),
                 self.loop_tx.clone(),
             ));
-            map.insert(id, Peer { url, channel, tx });
+            map.insert(id, Peer { url, channel, link });
         }
     }
 
@@ -130,11 +232,15 @@ impl Transport {
         self.peers.lock().get(&id).map(|p| p.channel.clone())
     }
 
-    /// Hands raft's outgoing messages to their peers' queues. Never blocks.
+    /// Sends raft's outgoing messages, one write per peer when its socket takes them at once.
+    /// Never blocks.
     pub fn send(&self, msgs: Vec<Message>) {
         if msgs.is_empty() {
             return;
         }
+        // Frames per peer, in raft's order (a Ready's messages to one peer are few and mostly
+        // to the same two or four peers, so a short list beats a map).
+        let mut frames: Vec<(u64, Vec<u8>)> = Vec::new();
         let peers = self.peers.lock();
         for m in msgs {
             let to = m.to;
@@ -148,91 +254,71 @@ impl Transport {
                     p.channel.clone(),
                     self.loop_tx.clone(),
                 ));
-            } else if p.tx.try_send(m).is_err() {
+                continue;
+            }
+            let at = match frames.iter().position(|(id, _)| *id == to) {
+                Some(at) => at,
+                None => {
+                    frames.push((to, Vec::new()));
+                    frames.len() - 1
+                }
+            };
+            wire::put_message(&mut frames[at].1, &m);
+        }
+        for (to, bytes) in frames {
+            let sent = peers.get(&to).is_some_and(|p| p.link.push(&bytes));
+            if !sent {
                 let _ = self.loop_tx.send(Command::Unreachable(to));
             }
         }
     }
 }
 
-/// Keeps one `Send` stream open to a peer, batching whatever is queued; an idle stream carries
-/// link heartbeats (empty batches).
-async fn stream_to_peer(
+/// How a connected stream ended.
+enum LinkEnd {
+    /// Broken, refused, or closed by the peer: reconnect.
+    Broken,
+    /// The peer removed this member from the cluster (the raft loop is told), or the peer
+    /// left the transport: stop.
+    Stop,
+}
+
+/// Keeps a peer's raft message stream connected while the peer is in the cluster.
+async fn run_link(
     id: u64,
-    from: u64,
-    cluster_id: u64,
-    channel: Channel,
-    mut rx: mpsc::Receiver<Message>,
+    preamble: [u8; wire::PREAMBLE_LEN],
+    url: String,
+    link: Arc<Link>,
     loop_tx: LoopSender<Command>,
 ) {
-    let mut client = RaftPeerClient::new(channel);
     loop {
         // Wait for traffic, or the next link heartbeat, before (re)connecting.
-        let first = tokio::select! {
-            m = rx.recv() => match m {
-                Some(m) => Some(m),
-                None => return,
-            },
-            _ = tokio::time::sleep(LINK_HEARTBEAT) => None,
-        };
-        let (btx, brx) = mpsc::channel::<RaftBatch>(16);
-        // `Some(None)`: a link heartbeat is due.
-        let mut pending = Some(first);
-        let call = client.send(tokio_stream::wrappers::ReceiverStream::new(brx));
-        tokio::pin!(call);
-        // One timer for the stream's life (not one per batch); a tick with traffic since the
-        // previous one sends nothing.
-        let mut heartbeat =
-            tokio::time::interval_at(tokio::time::Instant::now() + LINK_HEARTBEAT, LINK_HEARTBEAT);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut busy = false;
-        loop {
-            let next = match pending.take() {
-                Some(m) => m,
-                None => tokio::select! {
-                    res = &mut call => {
-                        if peer_says_removed(id, res, &loop_tx) {
-                            return;
-                        }
-                        break;
-                    }
-                    m = rx.recv() => match m {
-                        Some(m) => Some(m),
-                        None => return,
-                    },
-                    _ = heartbeat.tick() => {
-                        if std::mem::take(&mut busy) {
-                            continue;
-                        }
-                        None
-                    }
-                },
-            };
-            busy |= next.is_some();
-            let mut messages = Vec::with_capacity(16);
-            if let Some(m) = next {
-                for m in std::iter::once(m).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
-                    if let Ok(b) = m.write_to_bytes() {
-                        messages.push(b);
-                    }
-                    if messages.len() >= MAX_BATCH {
-                        break;
-                    }
+        tokio::select! {
+            _ = link.wake.notified() => {}
+            _ = tokio::time::sleep(LINK_HEARTBEAT) => {}
+        }
+        if link.closed() {
+            return;
+        }
+        match connect(&url, &preamble).await {
+            Ok(stream) => {
+                let stream = Arc::new(stream);
+                link.out.lock().stream = Some(stream.clone());
+                let end = serve_link(id, &stream, &link, &loop_tx).await;
+                let mut out = link.out.lock();
+                out.stream = None;
+                // A frame may be cut short: what is queued cannot start the next stream.
+                out.clear();
+                drop(out);
+                if let LinkEnd::Stop = end {
+                    return;
                 }
             }
-            let batch = RaftBatch {
-                messages,
-                cluster_id,
-                from,
-            };
-            tokio::select! {
-                sent = btx.send(batch) => if sent.is_err() { break },
-                res = &mut call => {
-                    if peer_says_removed(id, res, &loop_tx) {
-                        return;
-                    }
-                    break;
-                }
+            Err(e) => {
+                tracing::debug!(peer = %format!("{id:x}"), url, error = %e, "cannot reach peer");
+                // Messages for a peer out of reach are lost (raft sends again), as in etcd; not
+                // kept to arrive stale at the next connection.
+                link.out.lock().clear();
             }
         }
         // The stream broke or could not be opened: the peer's process died (the kernel closed
@@ -242,23 +328,95 @@ async fn stream_to_peer(
     }
 }
 
-/// Logs how a peer stream ended; true (after telling the raft loop) when the peer refused us
-/// because this member was removed from the cluster.
-fn peer_says_removed(
+/// Opens a raft message stream to a peer URL (`http://host:port`).
+async fn connect(url: &str, preamble: &[u8]) -> io::Result<TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e}")))?;
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+    let port = uri.port_u16().unwrap_or(80);
+    let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    s.set_nodelay(true)?;
+    socket2::SockRef::from(&s).set_tcp_user_timeout(Some(UNACKED_TIMEOUT))?;
+    s.write_all(preamble).await?;
+    Ok(s)
+}
+
+/// Runs a connected stream: writes what the senders queued, heartbeats while idle, and reads
+/// the peer's refusal or the end of the stream.
+async fn serve_link(
     id: u64,
-    res: Result<tonic::Response<etcd_proto::pgraftpb::SendAck>, tonic::Status>,
+    stream: &TcpStream,
+    link: &Link,
     loop_tx: &LoopSender<Command>,
-) -> bool {
-    match res {
-        Err(e) if e.message() == MEMBER_REMOVED => {
-            let _ = loop_tx.send(Command::Removed);
-            true
+) -> LinkEnd {
+    let peer = format!("{id:x}");
+    // One timer for the stream's life (not one per write); a tick with traffic since the
+    // previous one sends nothing.
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + LINK_HEARTBEAT, LINK_HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refusal = Vec::new();
+    loop {
+        let drained = match link.flush(stream) {
+            Ok(drained) => drained,
+            Err(e) => {
+                tracing::debug!(peer, error = %e, "peer stream broken");
+                return LinkEnd::Broken;
+            }
+        };
+        if link.closed() {
+            return LinkEnd::Stop;
         }
-        Err(e) => {
-            tracing::debug!(peer = %format!("{id:x}"), error = %e, "peer stream ended");
-            false
+        tokio::select! {
+            _ = link.wake.notified() => {}
+            r = stream.writable(), if !drained => if r.is_err() {
+                return LinkEnd::Broken;
+            },
+            r = stream.readable() => {
+                if r.is_err() {
+                    return LinkEnd::Broken;
+                }
+                let mut buf = [0u8; 512];
+                match stream.try_read(&mut buf) {
+                    Ok(0) => {
+                        tracing::debug!(peer, "peer closed the stream");
+                        return LinkEnd::Broken;
+                    }
+                    Ok(n) => refusal.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => {
+                        tracing::debug!(peer, error = %e, "peer stream broken");
+                        return LinkEnd::Broken;
+                    }
+                }
+                match wire::next_frame(&refusal) {
+                    wire::Frame::Partial => {}
+                    wire::Frame::Whole(reason, _) => {
+                        let reason = String::from_utf8_lossy(reason);
+                        if reason == MEMBER_REMOVED {
+                            let _ = loop_tx.send(Command::Removed);
+                            return LinkEnd::Stop;
+                        }
+                        tracing::warn!(peer, %reason, "peer refused the raft stream");
+                        return LinkEnd::Broken;
+                    }
+                    wire::Frame::TooLarge(_) => return LinkEnd::Broken,
+                }
+            }
+            _ = heartbeat.tick() => {
+                if !link.busy.swap(false, Ordering::Relaxed) {
+                    let mut beat = Vec::with_capacity(4);
+                    wire::put_frame(&mut beat, &[]);
+                    link.push(&beat);
+                    // A heartbeat is not traffic: the next idle tick sends one again.
+                    link.busy.store(false, Ordering::Relaxed);
+                }
+            }
         }
-        Ok(_) => false,
     }
 }
 
