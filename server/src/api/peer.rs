@@ -27,6 +27,10 @@ use tonic::{Request, Response, Status, Streaming};
 const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
 /// A new peer connection must say which protocol it speaks within this long.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// A refused raft stream stays open this long at most for its sender to read why.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// A receive buffer grown past this (by a large frame) is freed once it is read.
+const KEEP_BUFFER_CAPACITY: usize = 1024 * 1024;
 /// A raft stream that carries nothing this long is dead (a live sender heartbeats every 0.5 s):
 /// drop it rather than hold it forever.
 const STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,8 +129,9 @@ impl RaftPeer for PeerService {
 
 /// Serves the peer protocols on `listener` until `shutdown` resolves. Not gracefully: peer
 /// streams are long-lived and never finish by themselves, so waiting for them would only
-/// delay the stop (as etcd, the member just closes its peer connections); streams still open
-/// end with the raft loop, whose messages they can no longer deliver.
+/// delay the stop (as etcd, the member just closes its peer connections): raft streams end
+/// with `shutdown`, gRPC streams still open with the raft loop, whose messages they can no
+/// longer deliver.
 pub async fn serve_peer(
     server: Arc<EtcdServer>,
     listener: TcpListener,
@@ -137,6 +142,8 @@ pub async fn serve_peer(
         .max_encoding_message_size(MAX_PEER_MESSAGE);
     let peer = Arc::new(PeerService(server));
     let (grpc_tx, grpc_rx) = tokio::sync::mpsc::channel::<std::io::Result<TcpStream>>(64);
+    // Dropped when this function returns: every raft stream task then ends.
+    let (_stop, stopped) = tokio::sync::watch::channel(());
     let accept = async move {
         loop {
             let conn = match listener.accept().await {
@@ -149,11 +156,14 @@ pub async fn serve_peer(
                 }
             };
             let _ = conn.set_nodelay(true);
-            let (peer, grpc_tx) = (peer.clone(), grpc_tx.clone());
+            let (peer, grpc_tx, mut stopped) = (peer.clone(), grpc_tx.clone(), stopped.clone());
             tokio::spawn(async move {
                 let mut first = [0u8; 1];
                 match tokio::time::timeout(HELLO_TIMEOUT, conn.peek(&mut first)).await {
-                    Ok(Ok(1)) if first[0] == wire::MAGIC[0] => peer.serve_raft_stream(conn).await,
+                    Ok(Ok(1)) if first[0] == wire::MAGIC[0] => tokio::select! {
+                        _ = peer.serve_raft_stream(conn) => {}
+                        _ = stopped.changed() => {}
+                    },
                     Ok(Ok(1)) => {
                         let _ = grpc_tx.send(Ok(conn)).await;
                     }
@@ -190,11 +200,18 @@ impl PeerService {
         if let Err(e) = self.check_cluster(cluster_id) {
             return refuse(conn, e.message()).await;
         }
+        if self.0.membership.is_removed(from) {
+            return refuse(conn, MEMBER_REMOVED).await;
+        }
         let transport = &self.0.raft.transport;
+        transport.heard_from(from);
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         let mut used = 0;
         loop {
             if used == buf.len() {
+                if buf.capacity() > KEEP_BUFFER_CAPACITY {
+                    buf = Vec::with_capacity(64 * 1024);
+                }
                 buf.clear();
                 used = 0;
             } else if used > 0 && buf.capacity() - buf.len() < 16 * 1024 {
@@ -224,21 +241,21 @@ impl PeerService {
                     }
                 }
             }
-            // Room for the rest of a large frame, so it is read in few calls.
-            if let Frame::Partial = wire::next_frame(&buf[used..]) {
-                if let Some(head) = buf.get(used..used + 4) {
-                    let len = 4 + u32::from_be_bytes(head.try_into().expect("4 bytes")) as usize;
-                    buf.reserve(len.saturating_sub(buf.len() - used));
-                }
-            }
         }
     }
 }
 
-/// Tells a raft stream's sender why it is refused, then closes the stream.
+/// Tells a raft stream's sender why it is refused, then closes the stream: after the sender
+/// closes its side (or a second), so that frames it sent meanwhile, left unread, do not make
+/// the kernel reset the connection and drop the reason before the sender reads it.
 async fn refuse(mut conn: TcpStream, reason: &str) {
     let mut frame = Vec::new();
     wire::put_frame(&mut frame, reason.as_bytes());
     let _ = conn.write_all(&frame).await;
     let _ = conn.shutdown().await;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        while matches!(conn.read(&mut sink).await, Ok(n) if n > 0) {}
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, drain).await;
 }

@@ -42,7 +42,7 @@ const UNACKED_TIMEOUT: Duration = Duration::from_secs(5);
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 /// Wait before reconnecting to a peer that failed.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
-/// An idle link sends an empty batch this often (etcd's link heartbeat), so that the receiver
+/// An idle link sends an empty frame this often (etcd's link heartbeat), so that the receiver
 /// knows the sender is connected even when raft has nothing to say to it.
 const LINK_HEARTBEAT: Duration = Duration::from_millis(500);
 /// A peer not heard from for this long counts as disconnected.
@@ -83,12 +83,21 @@ struct Outbox {
 }
 
 impl Link {
-    /// Sends `frames` (whole frames): straight into the socket when nothing waits before them
-    /// and it takes them, else queued for the link task. False, with nothing queued, when the
-    /// queue is full.
+    /// Sends raft's `frames` (whole frames): straight into the socket when nothing waits
+    /// before them and it takes them, else queued for the link task. False, with nothing
+    /// queued, when the queue is full.
     fn push(&self, frames: &[u8]) -> bool {
-        let mut out = self.out.lock();
         self.busy.store(true, Ordering::Relaxed);
+        self.write(frames)
+    }
+
+    /// Sends a link heartbeat (not raft traffic: `busy` stays as it is).
+    fn heartbeat(&self) {
+        self.write(&[0; 4]);
+    }
+
+    fn write(&self, frames: &[u8]) -> bool {
+        let mut out = self.out.lock();
         let waiting = out.queue.len() - out.written;
         if waiting + frames.len() > PEER_QUEUE_BYTES {
             return false;
@@ -205,7 +214,7 @@ impl Transport {
             }
             let channel = match Endpoint::from_shared(url.clone()) {
                 Ok(e) => e
-                    .connect_timeout(Duration::from_secs(1))
+                    .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(5))
                     .keep_alive_timeout(Duration::from_secs(5))
@@ -276,8 +285,10 @@ impl Transport {
 
 /// How a connected stream ended.
 enum LinkEnd {
-    /// Broken, refused, or closed by the peer: reconnect.
+    /// Broken, or closed by the peer: reconnect.
     Broken,
+    /// The peer refused the stream, saying why (another cluster, say): try again later.
+    Refused(String),
     /// The peer removed this member from the cluster (the raft loop is told), or the peer
     /// left the transport: stop.
     Stop,
@@ -291,6 +302,9 @@ async fn run_link(
     link: Arc<Link>,
     loop_tx: LoopSender<Command>,
 ) {
+    let peer = format!("{id:x}");
+    // The last refusal, logged once rather than at every retry.
+    let mut refused = String::new();
     loop {
         // Wait for traffic, or the next link heartbeat, before (re)connecting.
         tokio::select! {
@@ -310,16 +324,25 @@ async fn run_link(
                 // A frame may be cut short: what is queued cannot start the next stream.
                 out.clear();
                 drop(out);
-                if let LinkEnd::Stop = end {
-                    return;
+                match end {
+                    LinkEnd::Stop => return,
+                    LinkEnd::Refused(reason) if reason != refused => {
+                        tracing::warn!(peer, %reason, "peer refused the raft stream");
+                        refused = reason;
+                    }
+                    LinkEnd::Refused(_) => {}
+                    LinkEnd::Broken => refused.clear(),
                 }
             }
             Err(e) => {
-                tracing::debug!(peer = %format!("{id:x}"), url, error = %e, "cannot reach peer");
+                tracing::debug!(peer, url, error = %e, "cannot reach peer");
                 // Messages for a peer out of reach are lost (raft sends again), as in etcd; not
                 // kept to arrive stale at the next connection.
                 link.out.lock().clear();
             }
+        }
+        if link.closed() {
+            return;
         }
         // The stream broke or could not be opened: the peer's process died (the kernel closed
         // its sockets), or the network between us failed.
@@ -340,7 +363,10 @@ async fn connect(url: &str, preamble: &[u8]) -> io::Result<TcpStream> {
         .await
         .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
     s.set_nodelay(true)?;
-    socket2::SockRef::from(&s).set_tcp_user_timeout(Some(UNACKED_TIMEOUT))?;
+    #[cfg(target_os = "linux")]
+    if let Err(e) = socket2::SockRef::from(&s).set_tcp_user_timeout(Some(UNACKED_TIMEOUT)) {
+        tracing::warn!(error = %e, "cannot set TCP_USER_TIMEOUT on a peer stream");
+    }
     s.write_all(preamble).await?;
     Ok(s)
 }
@@ -359,13 +385,14 @@ async fn serve_link(
     let mut heartbeat =
         tokio::time::interval_at(tokio::time::Instant::now() + LINK_HEARTBEAT, LINK_HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut refusal = Vec::new();
+    let mut answer = Vec::new();
     loop {
         let drained = match link.flush(stream) {
             Ok(drained) => drained,
             Err(e) => {
+                // A peer that refused us may have reset the stream after saying why.
                 tracing::debug!(peer, error = %e, "peer stream broken");
-                return LinkEnd::Broken;
+                return read_answer(&peer, stream, &mut answer, loop_tx).unwrap_or(LinkEnd::Broken);
             }
         };
         if link.closed() {
@@ -380,43 +407,51 @@ async fn serve_link(
                 if r.is_err() {
                     return LinkEnd::Broken;
                 }
-                let mut buf = [0u8; 512];
-                match stream.try_read(&mut buf) {
-                    Ok(0) => {
-                        tracing::debug!(peer, "peer closed the stream");
-                        return LinkEnd::Broken;
-                    }
-                    Ok(n) => refusal.extend_from_slice(&buf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => {
-                        tracing::debug!(peer, error = %e, "peer stream broken");
-                        return LinkEnd::Broken;
-                    }
-                }
-                match wire::next_frame(&refusal) {
-                    wire::Frame::Partial => {}
-                    wire::Frame::Whole(reason, _) => {
-                        let reason = String::from_utf8_lossy(reason);
-                        if reason == MEMBER_REMOVED {
-                            let _ = loop_tx.send(Command::Removed);
-                            return LinkEnd::Stop;
-                        }
-                        tracing::warn!(peer, %reason, "peer refused the raft stream");
-                        return LinkEnd::Broken;
-                    }
-                    wire::Frame::TooLarge(_) => return LinkEnd::Broken,
+                if let Some(end) = read_answer(&peer, stream, &mut answer, loop_tx) {
+                    return end;
                 }
             }
             _ = heartbeat.tick() => {
                 if !link.busy.swap(false, Ordering::Relaxed) {
-                    let mut beat = Vec::with_capacity(4);
-                    wire::put_frame(&mut beat, &[]);
-                    link.push(&beat);
-                    // A heartbeat is not traffic: the next idle tick sends one again.
-                    link.busy.store(false, Ordering::Relaxed);
+                    link.heartbeat();
                 }
             }
         }
+    }
+}
+
+/// Reads what the peer wrote back, which is only ever a refusal: how the stream ends, or
+/// `None` while it goes on (nothing to read, or a refusal not all there yet).
+fn read_answer(
+    peer: &str,
+    stream: &TcpStream,
+    answer: &mut Vec<u8>,
+    loop_tx: &LoopSender<Command>,
+) -> Option<LinkEnd> {
+    let mut buf = [0u8; 512];
+    let ended = loop {
+        match stream.try_read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+            Err(e) => {
+                tracing::debug!(peer, error = %e, "peer stream broken");
+                break true;
+            }
+        }
+    };
+    match wire::next_frame(answer) {
+        wire::Frame::Whole(reason, _) => {
+            let reason = String::from_utf8_lossy(reason);
+            if reason == MEMBER_REMOVED {
+                let _ = loop_tx.send(Command::Removed);
+                return Some(LinkEnd::Stop);
+            }
+            Some(LinkEnd::Refused(reason.into_owned()))
+        }
+        wire::Frame::TooLarge(_) => Some(LinkEnd::Broken),
+        wire::Frame::Partial if ended => Some(LinkEnd::Broken),
+        wire::Frame::Partial => None,
     }
 }
 
@@ -454,4 +489,96 @@ async fn send_snapshot(
         Err(e) => tracing::warn!(peer = %format!("{to:x}"), error = %e, "snapshot send failed"),
     }
     let _ = loop_tx.send(Command::SnapshotStatus(to, ok));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// Frames pushed from another thread faster than a small socket buffer takes them arrive
+    /// whole and in order: partly written frames continue from the queue, never interleaved.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pushed_frames_arrive_whole_and_in_order_through_a_full_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        client.set_nodelay(true).unwrap();
+        socket2::SockRef::from(&client)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        let client = Arc::new(client);
+        let link = Arc::new(Link::default());
+        link.out.lock().stream = Some(client.clone());
+        let (loop_tx, _loop_rx) = std::sync::mpsc::channel();
+        let task = {
+            let (client, link) = (client.clone(), link.clone());
+            tokio::spawn(async move { serve_link(2, &client, &link, &loop_tx).await })
+        };
+
+        const N: u64 = 2000;
+        let pusher = {
+            let link = link.clone();
+            std::thread::spawn(move || {
+                let mut queued = 0;
+                for index in 1..=N {
+                    let m = Message {
+                        index,
+                        context: vec![index as u8; 1000].into(),
+                        ..Default::default()
+                    };
+                    let mut frame = Vec::new();
+                    wire::put_message(&mut frame, &m);
+                    assert!(link.push(&frame), "queue full at {index}");
+                    let out = link.out.lock();
+                    queued = queued.max(out.queue.len() - out.written);
+                }
+                queued
+            })
+        };
+
+        let mut buf = Vec::new();
+        let mut next = 1;
+        while next <= N {
+            if next % 200 == 0 {
+                // A slow reader: the sender's socket fills and frames queue.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let mut chunk = [0u8; 8192];
+            let n = tokio::time::timeout(Duration::from_secs(10), server.read(&mut chunk))
+                .await
+                .expect("frames keep coming")
+                .unwrap();
+            assert!(n > 0, "stream closed at frame {next}");
+            buf.extend_from_slice(&chunk[..n]);
+            let mut used = 0;
+            while let wire::Frame::Whole(payload, len) = wire::next_frame(&buf[used..]) {
+                used += len;
+                if payload.is_empty() {
+                    continue; // a link heartbeat
+                }
+                let m = Message::parse_from_bytes(payload).unwrap();
+                assert_eq!((m.index, m.context[0]), (next, next as u8));
+                next += 1;
+            }
+            buf.drain(..used);
+        }
+        let queued = pusher.join().unwrap();
+        assert!(
+            queued > 100_000,
+            "the socket never filled: at most {queued} bytes queued"
+        );
+        assert!(link.out.lock().queue.is_empty());
+
+        // Dropping the peer ends its link task.
+        link.closed.store(true, Ordering::Release);
+        link.wake.notify_one();
+        let end = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(end, LinkEnd::Stop));
+    }
 }

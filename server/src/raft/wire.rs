@@ -25,19 +25,21 @@ pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 /// The bytes that open a stream from member `from` of cluster `cluster_id`.
 pub fn preamble(cluster_id: u64, from: u64) -> [u8; PREAMBLE_LEN] {
     let mut p = [0u8; PREAMBLE_LEN];
-    p[..8].copy_from_slice(&MAGIC);
-    p[8..16].copy_from_slice(&cluster_id.to_be_bytes());
-    p[16..].copy_from_slice(&from.to_be_bytes());
+    let (magic, hello) = p.split_at_mut(MAGIC.len());
+    magic.copy_from_slice(&MAGIC);
+    hello[..8].copy_from_slice(&cluster_id.to_be_bytes());
+    hello[8..].copy_from_slice(&from.to_be_bytes());
     p
 }
 
 /// Reads a preamble: `(cluster_id, from)`, or `None` when the magic is wrong.
 pub fn parse_preamble(p: &[u8; PREAMBLE_LEN]) -> Option<(u64, u64)> {
-    if p[..8] != MAGIC {
+    let (magic, hello) = p.split_at(MAGIC.len());
+    if magic != MAGIC {
         return None;
     }
-    let word = |at: usize| u64::from_be_bytes(p[at..at + 8].try_into().expect("8 bytes"));
-    Some((word(8), word(16)))
+    let word = |at: usize| u64::from_be_bytes(hello[at..at + 8].try_into().expect("8 bytes"));
+    Some((word(0), word(8)))
 }
 
 /// Appends one message's frame to `out`.
