@@ -590,6 +590,7 @@ impl<S: StateMachine> Loop<S> {
             // Sent only to a member missing entries before the snapshot: nothing was applied
             // past it here.
             self.applied_ahead = 0;
+            self.compacting = false;
         }
         if !rd.committed_entries().is_empty() && self.apply(rd.take_committed_entries())? {
             // Removed: raft no longer tracks this member's own progress; stop here.
@@ -748,9 +749,13 @@ impl<S: StateMachine> Loop<S> {
         let due =
             applied.saturating_sub(first) > self.cfg.snapshot_count + self.cfg.catch_up_entries;
         if due || (self.compacting && first < keep_from) {
-            self.compacting = true;
-            let upto = keep_from.min(first + COMPACT_STEP);
+            // A step, or more when applied chunks outrun the steps (a member catching up
+            // applies thousands at once): the log never holds more than it did before steps.
+            let upto = keep_from
+                .min(first + COMPACT_STEP - 1)
+                .max(keep_from.saturating_sub(self.cfg.snapshot_count));
             self.storage.compact(upto)?;
+            tracing::debug!(first, upto, keep_from, "raft log compacted");
             self.compacting = upto < keep_from;
         }
         Ok(())
