@@ -56,7 +56,7 @@ async fn peer_port_serves_grpc_and_refuses_foreign_raft_streams() {
     // A stream from this cluster with heartbeats only is kept open; the member still serves.
     let mut s = TcpStream::connect(peer).await.unwrap();
     s.write_all(&wire::preamble(cluster_id, 99)).await.unwrap();
-    s.write_all(&[0, 0, 0, 0]).await.unwrap();
+    s.write_all(&wire::HEARTBEAT).await.unwrap();
     let mut one = [0u8; 1];
     let read = tokio::time::timeout(std::time::Duration::from_millis(300), s.read(&mut one)).await;
     assert!(read.is_err(), "a heartbeat must not be answered: {read:?}");

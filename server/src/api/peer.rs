@@ -29,6 +29,8 @@ const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A refused raft stream stays open this long at most for its sender to read why.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+/// A raft stream's receive buffer to start with.
+const READ_BUFFER: usize = 64 * 1024;
 /// A receive buffer grown past this (by a large frame) is freed once it is read.
 const KEEP_BUFFER_CAPACITY: usize = 1024 * 1024;
 /// A raft stream that carries nothing this long is dead (a live sender heartbeats every 0.5 s):
@@ -137,10 +139,10 @@ pub async fn serve_peer(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let svc = RaftPeerServer::new(PeerService(server.clone()))
+    let peer = Arc::new(PeerService(server));
+    let svc = RaftPeerServer::from_arc(peer.clone())
         .max_decoding_message_size(MAX_PEER_MESSAGE)
         .max_encoding_message_size(MAX_PEER_MESSAGE);
-    let peer = Arc::new(PeerService(server));
     let (grpc_tx, grpc_rx) = tokio::sync::mpsc::channel::<std::io::Result<TcpStream>>(64);
     // Dropped when this function returns: every raft stream task then ends.
     let (_stop, stopped) = tokio::sync::watch::channel(());
@@ -205,12 +207,12 @@ impl PeerService {
         }
         let transport = &self.0.raft.transport;
         transport.heard_from(from);
-        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut buf: Vec<u8> = Vec::with_capacity(READ_BUFFER);
         let mut used = 0;
         loop {
             if used == buf.len() {
                 if buf.capacity() > KEEP_BUFFER_CAPACITY {
-                    buf = Vec::with_capacity(64 * 1024);
+                    buf = Vec::with_capacity(READ_BUFFER);
                 }
                 buf.clear();
                 used = 0;

@@ -93,7 +93,7 @@ impl Link {
 
     /// Sends a link heartbeat (not raft traffic: `busy` stays as it is).
     fn heartbeat(&self) {
-        self.write(&[0; 4]);
+        self.write(&wire::HEARTBEAT);
     }
 
     fn write(&self, frames: &[u8]) -> bool {

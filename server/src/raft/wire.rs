@@ -42,6 +42,9 @@ pub fn parse_preamble(p: &[u8; PREAMBLE_LEN]) -> Option<(u64, u64)> {
     Some((word(0), word(8)))
 }
 
+/// A link heartbeat: an empty frame.
+pub const HEARTBEAT: [u8; 4] = [0; 4];
+
 /// Appends one message's frame to `out`.
 pub fn put_message(out: &mut Vec<u8>, m: &Message) {
     use protobuf::Message as _;
@@ -53,7 +56,7 @@ pub fn put_message(out: &mut Vec<u8>, m: &Message) {
     out[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
-/// Appends a frame carrying raw bytes (a refusal's reason; empty: a link heartbeat).
+/// Appends a frame carrying raw bytes (a refusal's reason).
 pub fn put_frame(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(payload);
@@ -100,7 +103,7 @@ mod tests {
         m.term = 7;
         let mut buf = Vec::new();
         put_message(&mut buf, &m);
-        put_frame(&mut buf, b"");
+        buf.extend_from_slice(&HEARTBEAT);
         for cut in 0..buf.len() {
             let first = next_frame(&buf[..cut]);
             assert!(
