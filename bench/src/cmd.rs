@@ -4,23 +4,38 @@
 use std::time::{Duration, Instant};
 
 use etcd_proto::etcdserverpb::{
-    kv_client::KvClient, request_op, watch_client::WatchClient, watch_request, PutRequest,
-    RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    request_op, watch_client::WatchClient, watch_request, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, TxnRequest, TxnResponse, WatchCreateRequest, WatchRequest,
 };
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+use crate::conn;
 use crate::runner::{run_kv, status_message};
 use crate::stats::Report;
+use crate::unary::UnaryConn;
+
+const PUT: &str = "/etcdserverpb.KV/Put";
+const RANGE: &str = "/etcdserverpb.KV/Range";
+const TXN: &str = "/etcdserverpb.KV/Txn";
 
 /// Common settings handed to every subcommand.
 pub struct Ctx {
-    pub channels: Vec<Channel>,
+    /// The endpoints to connect to (only the leader's with `--target-leader`).
+    pub urls: Vec<String>,
+    pub conns: usize,
     pub clients: usize,
     pub total: u64,
     pub timeout: Duration,
+}
+
+impl Ctx {
+    /// `--conns` connections for request loops.
+    async fn unary_conns(&self) -> Result<Vec<UnaryConn>, String> {
+        conn::unary(&self.urls, self.conns, self.timeout).await
+    }
 }
 
 /// A benchmark key as etcd's tool makes it: `key_size` bytes starting with the zig-zag
@@ -52,16 +67,16 @@ pub async fn put(
     val_size: usize,
     key_space: u64,
     sequential: bool,
-) -> Report {
+) -> Result<Report, String> {
     let value = random_bytes(val_size);
     let key_space = key_space.max(1);
-    run_kv(
+    Ok(run_kv(
         "put",
-        &ctx.channels,
+        &ctx.unary_conns().await?,
         ctx.clients,
         ctx.total,
         ctx.timeout,
-        move |mut kv, i| {
+        move |conn, i| {
             let n = if sequential {
                 i % key_space
             } else {
@@ -72,10 +87,10 @@ pub async fn put(
                 value: value.clone(),
                 ..Default::default()
             };
-            async move { kv.put(req).await.map(drop) }
+            async move { conn.call::<_, PutResponse>(PUT, &req).await.map(drop) }
         },
     )
-    .await
+    .await)
 }
 
 /// `range <key> [end]`: linearizable (`l`) or serializable (`s`) reads.
@@ -85,7 +100,7 @@ pub async fn range(
     end: Option<&str>,
     serializable: bool,
     limit: i64,
-) -> Report {
+) -> Result<Report, String> {
     let req = RangeRequest {
         key: key.as_bytes().to_vec(),
         range_end: end.map(|e| e.as_bytes().to_vec()).unwrap_or_default(),
@@ -93,18 +108,18 @@ pub async fn range(
         limit,
         ..Default::default()
     };
-    run_kv(
+    Ok(run_kv(
         "range",
-        &ctx.channels,
+        &ctx.unary_conns().await?,
         ctx.clients,
         ctx.total,
         ctx.timeout,
-        move |mut kv, _| {
+        move |conn, _| {
             let req = req.clone();
-            async move { kv.range(req).await.map(drop) }
+            async move { conn.call::<_, RangeResponse>(RANGE, &req).await.map(drop) }
         },
     )
-    .await
+    .await)
 }
 
 /// `txn-put`: transactions of `txn_ops` puts, keys walking the key space in order.
@@ -114,16 +129,16 @@ pub async fn txn_put(
     key_size: usize,
     val_size: usize,
     key_space: u64,
-) -> Report {
+) -> Result<Report, String> {
     let value = random_bytes(val_size);
     let key_space = key_space.max(1);
-    run_kv(
+    Ok(run_kv(
         "txn-put",
-        &ctx.channels,
+        &ctx.unary_conns().await?,
         ctx.clients,
         ctx.total,
         ctx.timeout,
-        move |mut kv, i| {
+        move |conn, i| {
             let success = (0..txn_ops as u64)
                 .map(|j| RequestOp {
                     request: Some(request_op::Request::RequestPut(PutRequest {
@@ -137,10 +152,10 @@ pub async fn txn_put(
                 success,
                 ..Default::default()
             };
-            async move { kv.txn(req).await.map(drop) }
+            async move { conn.call::<_, TxnResponse>(TXN, &req).await.map(drop) }
         },
     )
-    .await
+    .await)
 }
 
 /// Settings of `watch-latency`.
@@ -208,9 +223,10 @@ async fn open_watch_stream(
 pub async fn watch_latency(ctx: &Ctx, w: &WatchLatency) -> Result<(Report, Report), String> {
     let key = random_bytes(w.key_size);
     let value = random_bytes(w.val_size);
+    let channels = conn::channels(&ctx.urls, ctx.conns, ctx.timeout).await?;
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     for s in 0..w.streams {
-        let ch = ctx.channels[s % ctx.channels.len()].clone();
+        let ch = channels[s % channels.len()].clone();
         open_watch_stream(
             ch,
             key.clone(),
@@ -223,7 +239,8 @@ pub async fn watch_latency(ctx: &Ctx, w: &WatchLatency) -> Result<(Report, Repor
     drop(ev_tx);
     let watchers = w.streams * w.watchers_per_stream;
 
-    let mut kv = KvClient::new(ctx.channels[0].clone());
+    // Puts go through a connection of their own, as in `put`.
+    let kv = UnaryConn::connect(&ctx.urls[0]).await?;
     let period = Duration::from_secs_f64(1.0 / w.put_rate.max(0.001));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -238,7 +255,7 @@ pub async fn watch_latency(ctx: &Ctx, w: &WatchLatency) -> Result<(Report, Repor
             ..Default::default()
         };
         let t0 = Instant::now();
-        match tokio::time::timeout(ctx.timeout, kv.put(req)).await {
+        match tokio::time::timeout(ctx.timeout, kv.call::<_, PutResponse>(PUT, &req)).await {
             Ok(Ok(_)) => put_lats.push(t0.elapsed()),
             Ok(Err(s)) => {
                 count(&mut put_errs, status_message(&s));

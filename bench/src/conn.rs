@@ -1,11 +1,13 @@
-//! gRPC connections: one tonic `Channel` (one HTTP/2 connection) per `--conns`, assigned to
-//! the endpoints round-robin; `--target-leader` first asks each endpoint's Maintenance.Status
-//! which member leads and keeps only the leader's endpoint.
+//! Connections: `--conns` HTTP/2 connections, assigned to the endpoints round-robin;
+//! `--target-leader` first asks each endpoint's Maintenance.Status which member leads and keeps
+//! only the leader's endpoint. Request loops get [`UnaryConn`]s, watch streams tonic `Channel`s.
 
 use std::time::Duration;
 
 use etcd_proto::etcdserverpb::{maintenance_client::MaintenanceClient, StatusRequest};
 use tonic::transport::{Channel, Endpoint};
+
+use crate::unary::UnaryConn;
 
 /// `127.0.0.1:2379` or `http://127.0.0.1:2379` becomes a URL tonic can dial.
 pub fn endpoint_url(ep: &str) -> String {
@@ -46,14 +48,13 @@ pub async fn find_leader(urls: &[String], timeout: Duration) -> Result<String, S
     Err(format!("no endpoint in {urls:?} reports itself as leader"))
 }
 
-/// Opens `conns` channels over `endpoints` (round-robin), or all to the leader.
-pub async fn connect(
+/// The endpoints' URLs, or only the leader's with `target_leader`.
+pub async fn resolve(
     endpoints: &[String],
-    conns: usize,
     target_leader: bool,
     timeout: Duration,
-) -> Result<Vec<Channel>, String> {
-    let mut urls: Vec<String> = endpoints
+) -> Result<Vec<String>, String> {
+    let urls: Vec<String> = endpoints
         .iter()
         .filter(|e| !e.trim().is_empty())
         .map(|e| endpoint_url(e))
@@ -62,13 +63,39 @@ pub async fn connect(
         return Err("no endpoints given".into());
     }
     if target_leader {
-        urls = vec![find_leader(&urls, timeout).await?];
+        return Ok(vec![find_leader(&urls, timeout).await?]);
     }
+    Ok(urls)
+}
+
+/// Opens `conns` tonic channels over `urls`, round-robin.
+pub async fn channels(
+    urls: &[String],
+    conns: usize,
+    timeout: Duration,
+) -> Result<Vec<Channel>, String> {
     let mut channels = Vec::with_capacity(conns);
     for i in 0..conns.max(1) {
         channels.push(dial(&urls[i % urls.len()], timeout).await?);
     }
     Ok(channels)
+}
+
+/// Opens `conns` connections for unary calls over `urls`, round-robin.
+pub async fn unary(
+    urls: &[String],
+    conns: usize,
+    timeout: Duration,
+) -> Result<Vec<UnaryConn>, String> {
+    let mut out = Vec::with_capacity(conns);
+    for i in 0..conns.max(1) {
+        let url = &urls[i % urls.len()];
+        let conn = tokio::time::timeout(timeout, UnaryConn::connect(url))
+            .await
+            .map_err(|_| format!("cannot connect to {url}: timed out"))??;
+        out.push(conn);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ mod cmd;
 mod conn;
 mod runner;
 mod stats;
+mod unary;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -125,9 +126,10 @@ enum Cmd {
 
 async fn run(cli: Cli) -> Result<Vec<stats::Report>, String> {
     let timeout = Duration::from_secs_f64(cli.request_timeout.max(0.001));
-    let channels = conn::connect(&cli.endpoints, cli.conns, cli.target_leader, timeout).await?;
+    let urls = conn::resolve(&cli.endpoints, cli.target_leader, timeout).await?;
     let ctx = cmd::Ctx {
-        channels,
+        urls,
+        conns: cli.conns,
         clients: cli.clients,
         total: cli.total,
         timeout,
@@ -138,19 +140,19 @@ async fn run(cli: Cli) -> Result<Vec<stats::Report>, String> {
             val_size,
             key_space_size,
             sequential_keys,
-        } => vec![cmd::put(&ctx, key_size, val_size, key_space_size, sequential_keys).await],
+        } => vec![cmd::put(&ctx, key_size, val_size, key_space_size, sequential_keys).await?],
         Cmd::Range {
             key,
             end,
             consistency,
             limit,
-        } => vec![cmd::range(&ctx, &key, end.as_deref(), consistency == "s", limit).await],
+        } => vec![cmd::range(&ctx, &key, end.as_deref(), consistency == "s", limit).await?],
         Cmd::TxnPut {
             txn_ops,
             key_size,
             val_size,
             key_space_size,
-        } => vec![cmd::txn_put(&ctx, txn_ops, key_size, val_size, key_space_size).await],
+        } => vec![cmd::txn_put(&ctx, txn_ops, key_size, val_size, key_space_size).await?],
         Cmd::WatchLatency {
             put_total,
             put_rate,

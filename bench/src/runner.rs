@@ -8,28 +8,28 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use etcd_proto::etcdserverpb::kv_client::KvClient;
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 
 use crate::stats::Report;
+use crate::unary::UnaryConn;
 
 /// How a failed request is counted in the error distribution.
 pub fn status_message(st: &tonic::Status) -> String {
     format!("{:?}: {}", st.code(), st.message())
 }
 
-/// Runs `total` calls of `op(client, request_index)` from `clients` concurrent loops.
+/// Runs `total` calls of `op(connection, request_index)` from `clients` concurrent loops,
+/// spread over `conns` round-robin.
 pub async fn run_kv<F, Fut>(
     name: &str,
-    channels: &[Channel],
+    conns: &[UnaryConn],
     clients: usize,
     total: u64,
     timeout: Duration,
     op: F,
 ) -> Report
 where
-    F: Fn(KvClient<Channel>, u64) -> Fut + Send + Sync + 'static,
+    F: Fn(UnaryConn, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), tonic::Status>> + Send + 'static,
 {
     let op = Arc::new(op);
@@ -37,7 +37,7 @@ where
     let start = Instant::now();
     let mut tasks = JoinSet::new();
     for c in 0..clients.max(1) {
-        let kv = KvClient::new(channels[c % channels.len()].clone());
+        let conn = conns[c % conns.len()].clone();
         let (op, next) = (op.clone(), next.clone());
         tasks.spawn(async move {
             let mut lats = Vec::new();
@@ -48,7 +48,7 @@ where
                     break;
                 }
                 let t0 = Instant::now();
-                match tokio::time::timeout(timeout, op(kv.clone(), i)).await {
+                match tokio::time::timeout(timeout, op(conn.clone(), i)).await {
                     Ok(Ok(())) => lats.push(t0.elapsed()),
                     Ok(Err(st)) => *errors.entry(status_message(&st)).or_default() += 1,
                     Err(_) => *errors.entry("request timed out".into()).or_default() += 1,

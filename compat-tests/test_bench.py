@@ -1,0 +1,97 @@
+"""The load tool, pgraft-bench, against real etcd and pgraftd: each subcommand completes its
+requests without errors and leaves what it wrote where etcdctl sees it, and a server's error
+reaches the report's error distribution with etcd's message. The performance comparison
+(bench/run-comparison.sh) relies on the tool speaking gRPC to both servers alike."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import reference_only
+from harness import REPO_ROOT
+
+KINDS = ["etcd"] if reference_only() else ["etcd", "pgraftd"]
+
+
+def bench_path() -> Path:
+    p = os.environ.get("PGRAFT_BENCH")
+    return Path(p) if p else REPO_ROOT / "target" / "debug" / "pgraft-bench"
+
+
+@pytest.fixture(params=KINDS)
+def server(request, server_factory):
+    if not os.access(bench_path(), os.X_OK):
+        pytest.fail(f"{bench_path()} missing: build it with `cargo build --bins`", pytrace=False)
+    return server_factory(request.param)
+
+
+def bench(server, *args: str) -> dict:
+    """Runs pgraft-bench against `server` with --json; its report."""
+    argv = [str(bench_path()), "--endpoints", server.endpoint, "--json", *args]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, f"{argv} failed: {p.stderr}"
+    return json.loads(p.stdout)
+
+
+def key_count(server) -> int:
+    rc, out, err = server.etcdctl("get", "", "--from-key", "--keys-only", "-w", "json")
+    assert rc == 0, err
+    return json.loads(out).get("count", 0)
+
+
+def test_put_writes_every_key(server):
+    # Sequential keys: key n is the varint of n, zero-padded to 8 bytes; 300 keys, 2 rounds.
+    r = bench(server, "--conns", "4", "--clients", "8", "--total", "600", "put",
+              "--key-size", "8", "--val-size", "64", "--sequential-keys", "--key-space-size", "300")
+    assert r["requests"] == 600 and r["errors"] == 0, r
+    p = r["percentiles_ms"]
+    assert r["requests_per_sec"] > 0 and 0 < p["p50"] <= p["p99"], r
+    rc, out, err = server.etcdctl("get", "", "--from-key", "--keys-only", "-w", "json")
+    assert rc == 0, err
+    got = json.loads(out)
+    assert len(got["kvs"]) == 300
+    assert all(kv["version"] == 2 for kv in got["kvs"]), "every key written twice"
+    # 600 puts on a fresh store: revision 601.
+    assert got["header"]["revision"] == 601
+
+
+def test_range_and_txn_put(server):
+    rc, _, err = server.etcdctl("put", "bench-range-key", "v")
+    assert rc == 0, err
+    for consistency in ("l", "s"):
+        r = bench(server, "--conns", "2", "--clients", "4", "--total", "200",
+                  "range", "bench-range-key", "--consistency", consistency)
+        assert r["requests"] == 200 and r["errors"] == 0, (consistency, r)
+    r = bench(server, "--clients", "2", "--total", "50", "txn-put", "--txn-ops", "4",
+              "--key-size", "8", "--key-space-size", "1000")
+    assert r["requests"] == 50 and r["errors"] == 0, r
+    # 50 transactions of 4 distinct keys each, walking the key space in order: 200 keys, and
+    # the range benchmark's key.
+    assert key_count(server) == 201
+
+
+def test_errors_reach_the_report(server):
+    # Larger than the default --max-request-bytes (1.5 MiB), smaller than gRPC's 2 MiB limit:
+    # every put fails, with etcd's error, and the report counts only successes as requests.
+    argv = [str(bench_path()), "--endpoints", server.endpoint, "--json", "--clients", "2",
+            "--total", "4", "put", "--val-size", str(1_800_000)]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["requests"] == 0 and r["errors"] == 4, r
+    assert r["error_distribution"] == {
+        "InvalidArgument: etcdserver: request is too large": 4
+    }, r
+
+
+def test_watch_latency(server):
+    r = bench(server, "--conns", "2", "watch-latency", "--put-total", "20", "--put-rate", "200",
+              "--streams", "2", "--watchers-per-stream", "3")
+    assert r["put"]["requests"] == 20 and r["put"]["errors"] == 0, r
+    # Every put reaches all 6 watchers.
+    assert r["watch"]["requests"] == 120 and r["watch"]["errors"] == 0, r
