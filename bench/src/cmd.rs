@@ -240,7 +240,7 @@ pub async fn watch_latency(ctx: &Ctx, w: &WatchLatency) -> Result<(Report, Repor
     let watchers = w.streams * w.watchers_per_stream;
 
     // Puts go through a connection of their own, as in `put`.
-    let kv = UnaryConn::connect(&ctx.urls[0]).await?;
+    let kv = UnaryConn::connect(&ctx.urls[0], ctx.timeout).await?;
     let period = Duration::from_secs_f64(1.0 / w.put_rate.max(0.001));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -2,6 +2,7 @@
 //! `--target-leader` first asks each endpoint's Maintenance.Status which member leads and keeps
 //! only the leader's endpoint. Request loops get [`UnaryConn`]s, watch streams tonic `Channel`s.
 
+use std::future::Future;
 use std::time::Duration;
 
 use etcd_proto::etcdserverpb::{maintenance_client::MaintenanceClient, StatusRequest};
@@ -74,11 +75,7 @@ pub async fn channels(
     conns: usize,
     timeout: Duration,
 ) -> Result<Vec<Channel>, String> {
-    let mut channels = Vec::with_capacity(conns);
-    for i in 0..conns.max(1) {
-        channels.push(dial(&urls[i % urls.len()], timeout).await?);
-    }
-    Ok(channels)
+    round_robin(urls, conns, |url| async move { dial(&url, timeout).await }).await
 }
 
 /// Opens `conns` connections for unary calls over `urls`, round-robin.
@@ -87,13 +84,24 @@ pub async fn unary(
     conns: usize,
     timeout: Duration,
 ) -> Result<Vec<UnaryConn>, String> {
-    let mut out = Vec::with_capacity(conns);
+    round_robin(urls, conns, |url| async move {
+        UnaryConn::connect(&url, timeout).await
+    })
+    .await
+}
+
+/// `conns` (at least one) connections, the i-th opened by `open` to `urls[i % urls.len()]`.
+async fn round_robin<T, Fut>(
+    urls: &[String],
+    conns: usize,
+    open: impl Fn(String) -> Fut,
+) -> Result<Vec<T>, String>
+where
+    Fut: Future<Output = Result<T, String>>,
+{
+    let mut out = Vec::with_capacity(conns.max(1));
     for i in 0..conns.max(1) {
-        let url = &urls[i % urls.len()];
-        let conn = tokio::time::timeout(timeout, UnaryConn::connect(url))
-            .await
-            .map_err(|_| format!("cannot connect to {url}: timed out"))??;
-        out.push(conn);
+        out.push(open(urls[i % urls.len()].clone()).await?);
     }
     Ok(out)
 }

@@ -15,6 +15,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Request, Uri};
 use prost::Message;
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tonic::{Code, Status};
 
@@ -27,9 +28,15 @@ pub struct UnaryConn {
 }
 
 impl UnaryConn {
-    /// Dials `url` (`http://host:port`) and completes the HTTP/2 handshake; the connection is
-    /// driven by a task of its own until every clone is dropped.
-    pub async fn connect(url: &str) -> Result<Self, String> {
+    /// Dials `url` (`http://host:port`) and completes the HTTP/2 handshake within `timeout`;
+    /// the connection is driven by a task of its own until every clone is dropped.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, String> {
+        tokio::time::timeout(timeout, Self::dial(url))
+            .await
+            .map_err(|_| format!("cannot connect to {url}: timed out"))?
+    }
+
+    async fn dial(url: &str) -> Result<Self, String> {
         let uri: Uri = url
             .parse()
             .map_err(|e| format!("bad endpoint {url}: {e}"))?;
