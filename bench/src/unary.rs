@@ -6,37 +6,43 @@
 //! the connection. Here a request loop opens its HTTP/2 stream itself, and the connection task
 //! is the only other task a call wakes. Measured at 64 clients against a 3-member pgraftd: the
 //! tool's CPU per put fell from 22 µs to about half (see `bench/README.md`). Watch streams and
-//! Maintenance.Status still use tonic (`conn.rs`).
+//! Maintenance.Status still use tonic (`conn.rs`). A broken connection is dialled again, as a
+//! tonic `Channel` does.
 //!
 //! The wire format is gRPC's: a POST with `content-type: application/grpc` and `te: trailers`,
 //! one length-prefixed message each way, the status in the trailers (or in the headers of a
 //! trailers-only answer), its message percent-encoded.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use h2::client::SendRequest;
 use http::{HeaderMap, Request, Uri};
+use parking_lot::Mutex;
 use prost::Message;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tonic::{Code, Status};
 
-/// One HTTP/2 connection; cheap to clone (clones share the connection).
+/// One HTTP/2 connection; cheap to clone (clones share the connection). When the connection
+/// breaks (the server restarted, say), the call that finds it broken fails and the connection is
+/// dialled again for the calls after it, as a tonic `Channel` reconnects.
 #[derive(Clone)]
-pub struct UnaryConn {
-    send: h2::client::SendRequest<Bytes>,
+pub struct UnaryConn(Arc<Shared>);
+
+struct Shared {
     /// `http://host:port`, the scheme and authority every request URI starts with.
     base: String,
+    timeout: Duration,
+    /// The connection, and how many times it was dialled again.
+    send: Mutex<(u64, SendRequest<Bytes>)>,
+    /// Held while dialling again, so that one caller does it for all.
+    redial: tokio::sync::Mutex<()>,
 }
 
 impl UnaryConn {
-    /// Dials `url` (`http://host:port`) and completes the HTTP/2 handshake within `timeout`;
-    /// the connection is driven by a task of its own until every clone is dropped.
+    /// Dials `url` (`http://host:port`) and completes the HTTP/2 handshake within `timeout`
+    /// (also the bound of each later dial).
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, String> {
-        tokio::time::timeout(timeout, Self::dial(url))
-            .await
-            .map_err(|_| format!("cannot connect to {url}: timed out"))?
-    }
-
-    async fn dial(url: &str) -> Result<Self, String> {
         let uri: Uri = url
             .parse()
             .map_err(|e| format!("bad endpoint {url}: {e}"))?;
@@ -47,20 +53,15 @@ impl UnaryConn {
             .authority()
             .ok_or_else(|| format!("{url}: no host:port"))?
             .to_string();
-        let tcp = TcpStream::connect(&authority)
+        let send = dial(&authority, timeout)
             .await
             .map_err(|e| format!("cannot connect to {url}: {e}"))?;
-        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (send, conn) = h2::client::handshake(tcp)
-            .await
-            .map_err(|e| format!("HTTP/2 handshake with {url}: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(UnaryConn {
-            send,
+        Ok(UnaryConn(Arc::new(Shared {
             base: format!("http://{authority}"),
-        })
+            timeout,
+            send: Mutex::new((0, send)),
+            redial: tokio::sync::Mutex::new(()),
+        })))
     }
 
     /// Calls `path` (`/etcdserverpb.KV/Put`) with `req`; the answer, or the call's gRPC status.
@@ -69,36 +70,104 @@ impl UnaryConn {
         path: &str,
         req: &Req,
     ) -> Result<Resp, Status> {
-        let head = Request::post(format!("{}{path}", self.base))
+        let (dialled, send) = self.0.send.lock().clone();
+        match self.exchange(send, path, req).await {
+            Err(Broken(e)) => {
+                // A stream reset concerns this call only; anything else, the connection.
+                if !e.is_reset() {
+                    self.redial(dialled).await;
+                }
+                Err(Status::unavailable(e.to_string()))
+            }
+            Ok(answer) => answer,
+        }
+    }
+
+    /// One request and its answer on `send`; `Err` when the connection itself failed.
+    async fn exchange<Req: Message, Resp: Message + Default>(
+        &self,
+        send: SendRequest<Bytes>,
+        path: &str,
+        req: &Req,
+    ) -> Result<Result<Resp, Status>, Broken> {
+        let head = match Request::post(format!("{}{path}", self.0.base))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .body(())
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let mut send = self.send.clone().ready().await.map_err(transport)?;
-        let (answer, mut body) = send.send_request(head, false).map_err(transport)?;
-        body.send_data(frame(req), true).map_err(transport)?;
+        {
+            Ok(head) => head,
+            Err(e) => return Ok(Err(Status::internal(e.to_string()))),
+        };
+        let mut send = send.ready().await?;
+        let (answer, mut body) = send.send_request(head, false)?;
+        body.send_data(frame(req), true)?;
 
-        let (parts, mut recv) = answer.await.map_err(transport)?.into_parts();
+        let (parts, mut recv) = answer.await?.into_parts();
         if parts.status != http::StatusCode::OK {
-            return Err(Status::unknown(format!("HTTP status {}", parts.status)));
+            return Ok(Err(Status::unknown(format!(
+                "HTTP status {}",
+                parts.status
+            ))));
         }
         // A trailers-only answer carries the status in its headers.
         if parts.headers.contains_key("grpc-status") {
-            return Err(status_of(&parts.headers));
+            return Ok(Err(status_of(&parts.headers)));
         }
         let mut buf = BytesMut::new();
         while let Some(chunk) = recv.data().await {
-            let chunk = chunk.map_err(transport)?;
+            let chunk = chunk?;
             let _ = recv.flow_control().release_capacity(chunk.len());
             buf.extend_from_slice(&chunk);
         }
-        let trailers = recv.trailers().await.map_err(transport)?;
-        match trailers {
+        Ok(match recv.trailers().await? {
             Some(t) if t.get("grpc-status").is_some_and(|v| v != "0") => Err(status_of(&t)),
             Some(t) if t.contains_key("grpc-status") => unframe(&buf),
             _ => Err(Status::internal("answer without grpc-status")),
+        })
+    }
+
+    /// Dials again, unless another caller already replaced connection number `broken`. A failed
+    /// dial leaves the broken connection in place: the next call fails fast and tries again.
+    async fn redial(&self, broken: u64) {
+        let _one = self.0.redial.lock().await;
+        if self.0.send.lock().0 != broken {
+            return;
+        }
+        let authority = self.0.base.trim_start_matches("http://");
+        if let Ok(send) = dial(authority, self.0.timeout).await {
+            *self.0.send.lock() = (broken + 1, send);
         }
     }
+}
+
+/// A failure of the HTTP/2 stream or connection (as opposed to a gRPC status in an answer).
+struct Broken(h2::Error);
+
+impl From<h2::Error> for Broken {
+    fn from(e: h2::Error) -> Self {
+        Broken(e)
+    }
+}
+
+/// A TCP connection to `authority` with the HTTP/2 handshake done, within `timeout`; the
+/// connection is driven by a task of its own until its last `SendRequest` is dropped.
+async fn dial(authority: &str, timeout: Duration) -> Result<SendRequest<Bytes>, String> {
+    let handshake = async {
+        let tcp = TcpStream::connect(authority)
+            .await
+            .map_err(|e| e.to_string())?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (send, conn) = h2::client::handshake(tcp)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(send)
+    };
+    tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| "timed out".to_string())?
 }
 
 /// A gRPC message frame: uncompressed flag, big-endian length, the message.
@@ -165,15 +234,75 @@ fn percent_decode(s: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A broken stream or connection, as tonic reports one.
-fn transport(e: h2::Error) -> Status {
-    Status::unavailable(e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use etcd_proto::etcdserverpb::PutRequest;
+    use etcd_proto::etcdserverpb::{PutRequest, PutResponse};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A gRPC server that answers one Put per connection and then closes the connection
+    /// (HTTP/2 GOAWAY); counts the connections it accepted.
+    async fn one_call_server() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(tcp).await.unwrap();
+                    let Some(Ok((req, mut respond))) = conn.accept().await else {
+                        return;
+                    };
+                    let mut body = req.into_body();
+                    while let Some(Ok(_)) = body.data().await {}
+                    let head = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .unwrap();
+                    let mut send = respond.send_response(head, false).unwrap();
+                    let answer = PutResponse::default();
+                    send.send_data(frame(&answer), false).unwrap();
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    send.send_trailers(trailers).unwrap();
+                    conn.graceful_shutdown();
+                    while let Some(Ok(_)) = conn.accept().await {}
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    #[tokio::test]
+    async fn dials_again_after_the_connection_closes() {
+        let (url, accepted) = one_call_server().await;
+        let conn = UnaryConn::connect(&url, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let put = PutRequest::default();
+        conn.call::<_, PutResponse>("/etcdserverpb.KV/Put", &put)
+            .await
+            .unwrap();
+        // The server closed that connection: a call may fail on it, after which the connection
+        // is dialled again and a later call succeeds.
+        let mut failed = 0;
+        loop {
+            match conn
+                .call::<_, PutResponse>("/etcdserverpb.KV/Put", &put)
+                .await
+            {
+                Ok(_) => break,
+                Err(st) => {
+                    assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+                    failed += 1;
+                    assert!(failed < 5, "still failing: {st:?}");
+                }
+            }
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
 
     #[test]
     fn frames_round_trip() {
