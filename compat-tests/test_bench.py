@@ -78,11 +78,7 @@ def test_range_and_txn_put(server):
 def test_errors_reach_the_report(server):
     # Larger than the default --max-request-bytes (1.5 MiB), smaller than gRPC's 2 MiB limit:
     # every put fails, with etcd's error, and the report counts only successes as requests.
-    argv = [str(bench_path()), "--endpoints", server.endpoint, "--json", "--clients", "2",
-            "--total", "4", "put", "--val-size", str(1_800_000)]
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-    assert p.returncode == 0, p.stderr
-    r = json.loads(p.stdout)
+    r = bench(server, "--clients", "2", "--total", "4", "put", "--val-size", str(1_800_000))
     assert r["requests"] == 0 and r["errors"] == 4, r
     assert r["error_distribution"] == {
         "InvalidArgument: etcdserver: request is too large": 4

@@ -21,7 +21,7 @@ use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tonic::{Code, Status};
+use tonic::Status;
 
 /// One HTTP/2 connection; cheap to clone (clones share the connection). When the connection
 /// breaks (the server restarted, say), the call that finds it broken fails and the connection is
@@ -30,8 +30,8 @@ use tonic::{Code, Status};
 pub struct UnaryConn(Arc<Shared>);
 
 struct Shared {
-    /// `http://host:port`, the scheme and authority every request URI starts with.
-    base: String,
+    /// `host:port`, dialled and named in every request URI (`http://host:port/...`).
+    authority: String,
     timeout: Duration,
     /// The connection, and how many times it was dialled again.
     send: Mutex<(u64, SendRequest<Bytes>)>,
@@ -57,7 +57,7 @@ impl UnaryConn {
             .await
             .map_err(|e| format!("cannot connect to {url}: {e}"))?;
         Ok(UnaryConn(Arc::new(Shared {
-            base: format!("http://{authority}"),
+            authority,
             timeout,
             send: Mutex::new((0, send)),
             redial: tokio::sync::Mutex::new(()),
@@ -90,7 +90,7 @@ impl UnaryConn {
         path: &str,
         req: &Req,
     ) -> Result<Result<Resp, Status>, Broken> {
-        let head = match Request::post(format!("{}{path}", self.0.base))
+        let head = match Request::post(format!("http://{}{path}", self.0.authority))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .body(())
@@ -133,8 +133,7 @@ impl UnaryConn {
         if self.0.send.lock().0 != broken {
             return;
         }
-        let authority = self.0.base.trim_start_matches("http://");
-        if let Ok(send) = dial(authority, self.0.timeout).await {
+        if let Ok(send) = dial(&self.0.authority, self.0.timeout).await {
             *self.0.send.lock() = (broken + 1, send);
         }
     }
@@ -197,41 +196,10 @@ fn unframe<M: Message + Default>(buf: &[u8]) -> Result<M, Status> {
     M::decode(rest).map_err(|e| Status::internal(format!("decoding the answer: {e}")))
 }
 
-/// The status in `grpc-status` and `grpc-message` (percent-decoded).
+/// The status in `grpc-status` and `grpc-message` (tonic's own parsing, percent-decoding
+/// included).
 fn status_of(h: &HeaderMap) -> Status {
-    let code = h
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .map_or(Code::Unknown, Code::from_i32);
-    let msg = h
-        .get("grpc-message")
-        .map(|v| percent_decode(v.as_bytes()))
-        .unwrap_or_default();
-    Status::new(code, msg)
-}
-
-fn percent_decode(s: &[u8]) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            s[i],
-            s.get(i + 1).copied().and_then(hex),
-            s.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    Status::from_header_map(h).unwrap_or_else(|| Status::unknown("no grpc-status"))
 }
 
 #[cfg(test)]
@@ -239,6 +207,7 @@ mod tests {
     use super::*;
     use etcd_proto::etcdserverpb::{PutRequest, PutResponse};
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use tonic::Code;
 
     /// A gRPC server that answers one Put per connection and then closes the connection
     /// (HTTP/2 GOAWAY); counts the connections it accepted.
@@ -338,6 +307,7 @@ mod tests {
             st.message(),
             "etcdserver: mvcc: required revision has been compacted"
         );
-        assert_eq!(percent_decode(b"100%"), "100%");
+        h.insert("grpc-message", "100%".parse().unwrap());
+        assert_eq!(status_of(&h).message(), "100%");
     }
 }

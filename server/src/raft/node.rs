@@ -400,7 +400,7 @@ impl<S: StateMachine> Loop<S> {
         let mut next_tick = Instant::now() + self.cfg.heartbeat;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            match self.next_command(wait) {
+            match poll_recv(&self.rx, wait) {
                 Ok(cmd) => {
                     let more: Vec<Command> = self.rx.try_iter().take(MAX_COMMANDS).collect();
                     for cmd in std::iter::once(cmd).chain(more) {
@@ -431,11 +431,6 @@ impl<S: StateMachine> Loop<S> {
             }
             self.apply_ahead()?;
         }
-    }
-
-    /// The next command, polling for [`SPIN_BEFORE_SLEEP`] before sleeping for up to `wait`.
-    fn next_command(&self, wait: Duration) -> std::result::Result<Command, RecvTimeoutError> {
-        poll_recv(&self.rx, wait)
     }
 
     fn handle(&mut self, cmd: Command) {
