@@ -178,7 +178,14 @@ async fn run(cli: Cli) -> Result<Vec<stats::Report>, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (json, precise) = (cli.json, cli.precise);
-    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    // One thread runs every request loop and connection task: a loop that sends a request
+    // wakes its connection's task, which runs only after the other loops that were woken by
+    // the same read sent theirs, so their requests leave in one write (see `unary.rs`). With a
+    // worker pool the woken connection task runs at once, one write per request.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match rt.block_on(run(cli)) {
         Ok(reports) => {
             if json {

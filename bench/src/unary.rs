@@ -18,8 +18,11 @@ use h2::client::SendRequest;
 use http::{HeaderMap, Request, Uri};
 use parking_lot::Mutex;
 use prost::Message;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tonic::Status;
 
@@ -156,7 +159,7 @@ async fn dial(authority: &str, timeout: Duration) -> Result<SendRequest<Bytes>, 
             .await
             .map_err(|e| e.to_string())?;
         tcp.set_nodelay(true).map_err(|e| e.to_string())?;
-        let (send, conn) = h2::client::handshake(tcp)
+        let (send, conn) = h2::client::handshake(Unvectored(tcp))
             .await
             .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
         tokio::spawn(async move {
@@ -167,6 +170,42 @@ async fn dial(authority: &str, timeout: Duration) -> Result<SendRequest<Bytes>, 
     tokio::time::timeout(timeout, handshake)
         .await
         .map_err(|_| "timed out".to_string())?
+}
+
+/// The connection's socket, without vectored writes. h2 writes a DATA frame of 256 bytes or
+/// more to a socket with vectored writes as a separate slice, and holds at most one such slice:
+/// a request loop's put (a 256-byte value) then ends the write buffer, and every request leaves
+/// in a write of its own. Without vectored writes h2 copies frames of up to 1 KiB into its
+/// buffer, so the requests that the loops sharing a connection send while its task is busy
+/// leave together, as Go's gRPC client (etcd's `benchmark`) batches its writes.
+struct Unvectored(TcpStream);
+
+impl AsyncRead for Unvectored {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Unvectored {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        #[cfg(test)]
+        tests::WRITES.with(|w| w.set(w.get() + 1));
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 /// A gRPC message frame: uncompressed flag, big-endian length, the message.
@@ -206,8 +245,28 @@ fn status_of(h: &HeaderMap) -> Status {
 mod tests {
     use super::*;
     use etcd_proto::etcdserverpb::{PutRequest, PutResponse};
+    use std::cell::Cell;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tonic::Code;
+
+    thread_local! {
+        /// Writes to connection sockets made on this thread (a test's current-thread runtime).
+        pub(super) static WRITES: Cell<usize> = const { Cell::new(0) };
+    }
+
+    /// Answers one Put on an HTTP/2 stream, as a gRPC server does.
+    fn answer_put(mut respond: h2::server::SendResponse<Bytes>) {
+        let head = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let mut send = respond.send_response(head, false).unwrap();
+        send.send_data(frame(&PutResponse::default()), false)
+            .unwrap();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        send.send_trailers(trailers).unwrap();
+    }
 
     /// A gRPC server that answers one Put per connection and then closes the connection
     /// (HTTP/2 GOAWAY); counts the connections it accepted.
@@ -221,27 +280,53 @@ mod tests {
                 count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let mut conn = h2::server::handshake(tcp).await.unwrap();
-                    let Some(Ok((req, mut respond))) = conn.accept().await else {
+                    let Some(Ok((req, respond))) = conn.accept().await else {
                         return;
                     };
                     let mut body = req.into_body();
                     while let Some(Ok(_)) = body.data().await {}
-                    let head = http::Response::builder()
-                        .header("content-type", "application/grpc")
-                        .body(())
-                        .unwrap();
-                    let mut send = respond.send_response(head, false).unwrap();
-                    let answer = PutResponse::default();
-                    send.send_data(frame(&answer), false).unwrap();
-                    let mut trailers = HeaderMap::new();
-                    trailers.insert("grpc-status", "0".parse().unwrap());
-                    send.send_trailers(trailers).unwrap();
+                    answer_put(respond);
                     conn.graceful_shutdown();
                     while let Some(Ok(_)) = conn.accept().await {}
                 });
             }
         });
         (url, accepted)
+    }
+
+    /// Calls sent together on one connection leave in one write, also when each carries a
+    /// DATA frame of 256 bytes or more (h2 ends its write buffer at each such frame on a socket
+    /// with vectored writes: four writes here).
+    #[tokio::test]
+    async fn calls_sent_together_leave_in_one_write() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut conn = h2::server::handshake(tcp).await.unwrap();
+            // The request bodies arrive with their headers; answered without reading them.
+            while let Some(Ok((_, respond))) = conn.accept().await {
+                answer_put(respond);
+            }
+        });
+        let conn = UnaryConn::connect(&url, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let put = PutRequest {
+            key: b"k".to_vec(),
+            value: vec![7; 256],
+            ..Default::default()
+        };
+        let call = || conn.call::<_, PutResponse>("/etcdserverpb.KV/Put", &put);
+        // The first call also carries the handshake's settings acknowledgement.
+        call().await.unwrap();
+        let before = WRITES.with(Cell::get);
+        let (a, b, c, d) = tokio::join!(call(), call(), call(), call());
+        for answer in [a, b, c, d] {
+            answer.unwrap();
+        }
+        let writes = WRITES.with(Cell::get) - before;
+        assert_eq!(writes, 1, "4 calls sent together took {writes} writes");
     }
 
     #[tokio::test]
