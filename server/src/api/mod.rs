@@ -3,6 +3,7 @@
 //! (HTTP/1.1) share one listener, as on etcd's client port.
 
 mod authority;
+mod coalesce;
 pub mod grpc;
 pub mod http;
 pub mod peer;
@@ -22,7 +23,9 @@ pub async fn serve_client(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = no_delay(listener).map(|conn| conn.map(authority::AuthorityFix::new));
+    let incoming = no_delay(listener).map(|conn| {
+        conn.map(|tcp| coalesce::CoalescedWrites::new(authority::AuthorityFix::new(tcp)))
+    });
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let signal = async move {
         shutdown.await;
