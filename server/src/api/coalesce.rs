@@ -118,34 +118,19 @@ impl<T: AsyncWrite + Unpin> CoalescedWrites<T> {
             }
         }
     }
-
-    /// Takes `len` bytes (`put` appends them) unless too much is held already.
-    fn accept(
-        &mut self,
-        cx: &mut Context<'_>,
-        len: usize,
-        put: impl FnOnce(&mut Vec<u8>),
-    ) -> Poll<io::Result<usize>> {
-        if self.waiting() >= MAX_HELD {
-            ready!(self.write_out(cx))?;
-        }
-        put(&mut self.held);
-        Poll::Ready(Ok(len))
-    }
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<T> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.waiting() == 0 && buf.len() >= MAX_HELD {
-            return Pin::new(&mut self.inner).poll_write(cx, buf);
-        }
-        self.accept(cx, buf.len(), |held| held.extend_from_slice(buf))
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
+    /// Takes the bytes into the held ones, first writing those out if too many wait; a write
+    /// of [`MAX_HELD`] bytes or more with nothing held goes straight through.
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -155,11 +140,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for CoalescedWrites<T> {
         if self.waiting() == 0 && len >= MAX_HELD {
             return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         }
-        self.accept(cx, len, |held| {
-            for b in bufs {
-                held.extend_from_slice(b);
-            }
-        })
+        if self.waiting() >= MAX_HELD {
+            ready!(self.write_out(cx))?;
+        }
+        for b in bufs {
+            self.held.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(len))
     }
 
     fn is_write_vectored(&self) -> bool {
