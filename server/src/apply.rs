@@ -9,7 +9,7 @@ use crate::backend::{meta_key, Backend};
 use crate::error::{Error, Result};
 use crate::lease::Lessor;
 use crate::membership::Membership;
-use crate::mvcc::{KeyRange, Store, Writer};
+use crate::mvcc::{KeyRange, KvRead, Store, Writer};
 use crate::raft::StateMachine;
 use crate::request::{ConfChangeContext, InternalRequest, Op};
 use crate::txn;
@@ -218,7 +218,7 @@ impl Applier {
     ) -> Result<LeaseRevokeResponse> {
         let keys = self.lessor.revoke(r.id).ok_or(Error::LeaseNotFound)?;
         for key in keys {
-            w.delete_range(&KeyRange::single(&key))?;
+            w.delete_range(&KeyRange::single(&key), false)?;
         }
         w.batch.remove(&self.backend.lease, r.id.to_be_bytes());
         Ok(LeaseRevokeResponse {
@@ -248,7 +248,7 @@ pub fn load_leases(
 }
 
 /// Checks a Put against the state before its transaction (etcd's `checkRequestPut`).
-pub fn check_put(w: &Writer<'_>, lessor: &Lessor, r: &PutRequest) -> Result<()> {
+pub fn check_put(w: &impl KvRead, lessor: &Lessor, r: &PutRequest) -> Result<()> {
     let lease = if r.ignore_value || r.ignore_lease {
         let prev = w.get(&r.key)?.ok_or(Error::KeyNotFound)?;
         if r.ignore_lease {
@@ -309,16 +309,16 @@ pub fn delete_range(
     lessor: &Lessor,
     r: &DeleteRangeRequest,
 ) -> Result<DeleteRangeResponse> {
-    let prevs = w.delete_range(&KeyRange::new(&r.key, &r.range_end))?;
-    for p in &prevs {
-        if p.lease != 0 {
-            lessor.detach(p.lease, &p.key);
+    let deleted = w.delete_range(&KeyRange::new(&r.key, &r.range_end), r.prev_kv)?;
+    for d in &deleted {
+        if d.lease != 0 {
+            lessor.detach(d.lease, &d.key);
         }
     }
     Ok(DeleteRangeResponse {
         header: rev_header(w.txn_read_rev()),
-        deleted: prevs.len() as i64,
-        prev_kvs: if r.prev_kv { prevs } else { Vec::new() },
+        deleted: deleted.len() as i64,
+        prev_kvs: deleted.into_iter().filter_map(|d| d.prev).collect(),
     })
 }
 

@@ -133,6 +133,7 @@ impl Node {
 
         let (store, leased_keys) = Store::open(backend.clone())?;
         let store = Arc::new(store);
+        store.start_compactor()?;
         let lessor = Arc::new(Lessor::new(cfg.min_lease_ttl()));
         load_leases(&backend, &lessor, leased_keys)?;
         let hub = Arc::new(WatchHub::new(store.clone()));

@@ -4,14 +4,14 @@
 use crate::apply::{check_put, delete_range, put_checked, rev_header};
 use crate::error::{Error, Result};
 use crate::lease::Lessor;
-use crate::mvcc::{KeyRange, Writer};
+use crate::mvcc::{KeyRange, KvRead, ReadTxn, Writer};
 use etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use etcd_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use etcd_proto::etcdserverpb::request_op::Request;
 use etcd_proto::etcdserverpb::response_op::Response;
 use etcd_proto::etcdserverpb::{
-    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RangeResponse, RequestOp,
-    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use etcd_proto::mvccpb::KeyValue;
 use std::cmp::Ordering;
@@ -165,14 +165,50 @@ pub fn is_serializable(r: &TxnRequest) -> bool {
         })
 }
 
-/// Applies a Txn inside the writer's open transaction.
-pub fn apply(w: &mut Writer<'_>, lessor: &Lessor, r: &TxnRequest) -> Result<TxnResponse> {
+/// What a Txn runs against: the applier's [`Writer`] at apply, or the [`ReadTxn`] a read-only
+/// Txn runs in on the member that serves it.
+pub trait TxnStore: KvRead {
+    fn txn_put(&mut self, lessor: &Lessor, p: &PutRequest) -> Result<PutResponse>;
+    fn txn_delete(
+        &mut self,
+        lessor: &Lessor,
+        d: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse>;
+}
+
+impl TxnStore for Writer<'_> {
+    fn txn_put(&mut self, lessor: &Lessor, p: &PutRequest) -> Result<PutResponse> {
+        put_checked(self, lessor, p)
+    }
+
+    fn txn_delete(
+        &mut self,
+        lessor: &Lessor,
+        d: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse> {
+        delete_range(self, lessor, d)
+    }
+}
+
+/// Only a Txn that [`is_read_only`] runs in a [`ReadTxn`]: a write op there is a bug.
+impl TxnStore for ReadTxn<'_> {
+    fn txn_put(&mut self, _: &Lessor, _: &PutRequest) -> Result<PutResponse> {
+        Err(Error::internal("pgraft: a put in a read-only txn"))
+    }
+
+    fn txn_delete(&mut self, _: &Lessor, _: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        Err(Error::internal("pgraft: a delete in a read-only txn"))
+    }
+}
+
+/// Runs a Txn: inside the writer's open transaction at apply, or in a read-only transaction.
+pub fn apply(w: &mut impl TxnStore, lessor: &Lessor, r: &TxnRequest) -> Result<TxnResponse> {
     // All compares, nested ones too, see the state before the txn (etcd's `compareToPath`).
     let mut path = Vec::new();
     compare_path(w, r, &mut path)?;
     check_ops(w, lessor, r, &path, &mut 0)?;
     let mut resp = execute(w, lessor, r, &path, &mut 0)?;
-    resp.header = rev_header(w.txn_read_rev());
+    resp.header = rev_header(w.read_rev());
     Ok(resp)
 }
 
@@ -184,7 +220,7 @@ fn branch(r: &TxnRequest, succeeded: bool) -> &[RequestOp] {
     }
 }
 
-fn compare_path(w: &Writer<'_>, r: &TxnRequest, path: &mut Vec<bool>) -> Result<()> {
+fn compare_path(w: &impl KvRead, r: &TxnRequest, path: &mut Vec<bool>) -> Result<()> {
     let mut ok = true;
     for c in &r.compare {
         if !compare(w, c)? {
@@ -204,7 +240,7 @@ fn compare_path(w: &Writer<'_>, r: &TxnRequest, path: &mut Vec<bool>) -> Result<
 /// etcd's `checkRequests` over the chosen branches: puts need their lease and (for `ignore_*`)
 /// their key; ranges need a revision that is neither future nor compacted.
 fn check_ops(
-    w: &Writer<'_>,
+    w: &impl KvRead,
     lessor: &Lessor,
     r: &TxnRequest,
     path: &[bool],
@@ -231,7 +267,7 @@ fn check_ops(
 }
 
 fn execute(
-    w: &mut Writer<'_>,
+    w: &mut impl TxnStore,
     lessor: &Lessor,
     r: &TxnRequest,
     path: &[bool],
@@ -251,9 +287,9 @@ fn execute(
                     count: rr.count,
                 })
             }
-            Some(Request::RequestPut(p)) => Response::ResponsePut(put_checked(w, lessor, p)?),
+            Some(Request::RequestPut(p)) => Response::ResponsePut(w.txn_put(lessor, p)?),
             Some(Request::RequestDeleteRange(d)) => {
-                Response::ResponseDeleteRange(delete_range(w, lessor, d)?)
+                Response::ResponseDeleteRange(w.txn_delete(lessor, d)?)
             }
             Some(Request::RequestTxn(t)) => {
                 let mut nested = execute(w, lessor, t, path, pos)?;
@@ -276,7 +312,7 @@ fn execute(
 
 /// One compare: every key of its range must satisfy it; a missing key compares as an all-zero
 /// KeyValue, except that a VALUE compare on nothing fails.
-fn compare(w: &Writer<'_>, c: &Compare) -> Result<bool> {
+fn compare(w: &impl KvRead, c: &Compare) -> Result<bool> {
     let range = KeyRange::new(&c.key, &c.range_end);
     let kvs = if range.is_single() {
         w.get(&c.key)?.into_iter().collect()

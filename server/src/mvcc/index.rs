@@ -6,6 +6,7 @@
 
 use super::{KeyRange, Revision};
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Change {
@@ -90,44 +91,103 @@ impl KeyIndex {
         self.keys.get(key).and_then(|h| live_at(&h.changes, at))
     }
 
-    /// Live keys in `range` as of revision `at`, in key order, with the revision holding each.
-    pub fn range<'a>(
-        &'a self,
-        range: &'a KeyRange,
+    /// Visits the live keys of `range` as of revision `at`, in key order, from the first key
+    /// after `resume` (from the range's start when `None`), and stops after looking at `max`
+    /// keys, live or not, so that a caller holding a lock holds it for a bounded time. `f` gets
+    /// each live key, the revision holding its value at `at`, and the value's metadata when that
+    /// revision is the key's newest (then a keys-only read needs no stored value). Returns the
+    /// last key looked at when it stopped early (to resume after), `None` once the range is done.
+    pub fn walk(
+        &self,
+        range: &KeyRange,
         at: i64,
-    ) -> impl Iterator<Item = (&'a [u8], Revision)> + 'a {
-        let it: Box<dyn Iterator<Item = (&Vec<u8>, &History)>> = if range.is_empty() {
-            Box::new(std::iter::empty())
-        } else {
-            Box::new(self.keys.range::<[u8], _>(range.bounds()))
-        };
-        it.filter_map(move |(k, h)| live_at(&h.changes, at).map(|r| (k.as_slice(), r)))
+        resume: Option<&[u8]>,
+        max: usize,
+        mut f: impl FnMut(&[u8], Revision, Option<Latest>),
+    ) -> Option<Vec<u8>> {
+        if range.is_empty() || max == 0 {
+            return None;
+        }
+        let (start, end) = range.bounds();
+        let start = resume.map_or(start, Bound::Excluded);
+        if bounds_empty(start, end) {
+            return None;
+        }
+        let mut seen = 0;
+        for (k, h) in self.keys.range::<[u8], _>((start, end)) {
+            if let Some(rev) = live_at(&h.changes, at) {
+                f(k, rev, h.latest.filter(|l| l.rev == rev));
+            }
+            seen += 1;
+            if seen == max {
+                return Some(k.clone());
+            }
+        }
+        None
     }
 
-    /// Drops history older than `at` (keeping, per key, the newest revision at or below it), and
-    /// returns the revisions whose stored values may be deleted.
-    pub fn compact(&mut self, at: i64) -> Vec<Revision> {
+    /// Compaction in bounded steps: drops, for at most `max_keys` keys after `resume` (or until
+    /// `max_dropped` revisions are dropped), the history older than `at` (keeping per key the
+    /// newest revision at or below it, unless that is a delete), and forgets keys left with
+    /// nothing. Returns the revisions whose stored values may be deleted, and the key to resume
+    /// after (`None` once every key was seen).
+    pub fn compact_chunk(
+        &mut self,
+        at: i64,
+        resume: Option<&[u8]>,
+        max_keys: usize,
+        max_dropped: usize,
+    ) -> (Vec<Revision>, Option<Vec<u8>>) {
+        let start = resume.map_or(Bound::Unbounded, Bound::Excluded);
         let mut dropped = Vec::new();
-        self.keys.retain(|_, h| {
-            let changes = &mut h.changes;
-            let n = changes.partition_point(|c| c.rev.main <= at);
-            if n == 0 {
-                return true;
+        let mut emptied = Vec::new();
+        let mut last: Option<&Vec<u8>> = None;
+        let mut stopped = false;
+        let keys = self.keys.range_mut::<[u8], _>((start, Bound::Unbounded));
+        for (seen, (k, h)) in keys.enumerate() {
+            if seen == max_keys || dropped.len() >= max_dropped {
+                stopped = true;
+                break;
             }
-            let keep_from = {
-                let last = changes[n - 1];
-                // A delete exactly at `at` stays so that a watch from `at` still sees it.
-                if last.tombstone && last.rev.main < at {
-                    n
-                } else {
-                    n - 1
-                }
-            };
-            dropped.extend(changes.drain(..keep_from).map(|c| c.rev));
-            !changes.is_empty()
-        });
-        dropped
+            if compact_history(&mut h.changes, at, &mut dropped) {
+                emptied.push(k.clone());
+            }
+            last = Some(k);
+        }
+        let next = if stopped { last.cloned() } else { None };
+        for k in emptied {
+            self.keys.remove(&k);
+        }
+        (dropped, next)
     }
+}
+
+/// True when the bounds leave no key (`Excluded(k)` .. `Excluded(k)` and the like), which
+/// `BTreeMap::range` would panic on.
+fn bounds_empty(start: Bound<&[u8]>, end: Bound<&[u8]>) -> bool {
+    match (start, end) {
+        (Bound::Included(s), Bound::Excluded(e)) => s >= e,
+        (Bound::Included(s), Bound::Included(e)) => s > e,
+        (Bound::Excluded(s), Bound::Excluded(e) | Bound::Included(e)) => s >= e,
+        _ => false,
+    }
+}
+
+/// Drops one key's changes older than `at` into `dropped`; true when none is left.
+fn compact_history(changes: &mut Vec<Change>, at: i64, dropped: &mut Vec<Revision>) -> bool {
+    let n = changes.partition_point(|c| c.rev.main <= at);
+    if n == 0 {
+        return false;
+    }
+    let last = changes[n - 1];
+    // A delete exactly at `at` stays so that a watch from `at` still sees it.
+    let keep_from = if last.tombstone && last.rev.main < at {
+        n
+    } else {
+        n - 1
+    };
+    dropped.extend(changes.drain(..keep_from).map(|c| c.rev));
+    changes.is_empty()
 }
 
 fn live_at(changes: &[Change], at: i64) -> Option<Revision> {
@@ -167,13 +227,71 @@ mod tests {
         assert_eq!(ix.get(b"a", 4), None);
         assert_eq!(ix.get(b"a", 9), Some(Revision::new(5, 0)));
         let all = KeyRange::new(b"\0", b"\0");
-        assert_eq!(ix.range(&all, 5).count(), 2);
-        assert_eq!(ix.range(&all, 4).count(), 0);
-        let dropped = ix.compact(4);
+        let live = |ix: &KeyIndex, at| {
+            let mut n = 0;
+            ix.walk(&all, at, None, usize::MAX, |_, _, _| n += 1);
+            n
+        };
+        assert_eq!(live(&ix, 5), 2);
+        assert_eq!(live(&ix, 4), 0);
+        let (dropped, next) = ix.compact_chunk(4, None, usize::MAX, usize::MAX);
         assert_eq!(dropped, vec![Revision::new(2, 0), Revision::new(3, 0)]);
+        assert_eq!(next, None);
         assert_eq!(ix.get(b"a", 4), None);
         assert_eq!(ix.get(b"a", 5), Some(Revision::new(5, 0)));
-        let dropped = ix.compact(5);
+        let (dropped, _) = ix.compact_chunk(5, None, usize::MAX, usize::MAX);
         assert_eq!(dropped, vec![Revision::new(4, 0)]);
+    }
+
+    /// A walk and a compaction in steps resume where they stopped and see every key once.
+    #[test]
+    fn walks_and_compactions_in_steps() {
+        let mut ix = KeyIndex::new();
+        for i in 0..10u8 {
+            put(&mut ix, &[b'k', i], Revision::new(2 + i64::from(i), 0));
+            put(&mut ix, &[b'k', i], Revision::new(20 + i64::from(i), 0));
+        }
+        ix.tombstone(b"k\x03", Revision::new(40, 0));
+        let all = KeyRange::new(b"k", b"\0");
+        let (mut seen, mut resume, mut steps) = (Vec::new(), None::<Vec<u8>>, 0);
+        loop {
+            steps += 1;
+            let next = ix.walk(&all, 30, resume.as_deref(), 3, |k, rev, latest| {
+                // k3 was deleted after 30: what is live at 30 is not its newest change.
+                let newest = k != b"k\x03";
+                assert_eq!(latest.map(|l| l.rev), newest.then_some(rev));
+                seen.push(k.to_vec());
+            });
+            match next {
+                Some(k) => resume = Some(k),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 10);
+        assert_eq!(steps, 4);
+        // As of 10, only the first puts of k0..k8 are live; none is the newest.
+        let mut old = 0;
+        ix.walk(&all, 10, None, usize::MAX, |_, _, latest| {
+            assert!(latest.is_none());
+            old += 1;
+        });
+        assert_eq!(old, 9);
+        let (mut dropped, mut resume) = (Vec::new(), None::<Vec<u8>>);
+        loop {
+            let (d, next) = ix.compact_chunk(40, resume.as_deref(), 4, 2);
+            assert!(d.len() <= 3, "stops soon after max_dropped");
+            dropped.extend(d);
+            match next {
+                Some(k) => resume = Some(k),
+                None => break,
+            }
+        }
+        // The older put of each key; both puts of k3, whose delete at 40 itself stays.
+        assert_eq!(dropped.len(), 10 + 1);
+        assert_eq!(ix.get(b"k\x03", 40), None);
+        assert_eq!(ix.len(), 10, "a delete at the compaction revision is kept");
+        let (d, _) = ix.compact_chunk(41, None, usize::MAX, usize::MAX);
+        assert_eq!(d, vec![Revision::new(40, 0)]);
+        assert_eq!(ix.len(), 9);
     }
 }

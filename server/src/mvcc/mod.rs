@@ -5,13 +5,18 @@
 //! Values live in fjall, keyed by revision (so history and watch replay are range scans); an
 //! in-memory [`index::KeyIndex`] maps each user key to its revisions, rebuilt at startup.
 
+mod compactor;
 pub mod index;
 pub mod range;
+mod read;
 pub mod store;
+mod writer;
 
 pub use index::KeyIndex;
 pub use range::KeyRange;
-pub use store::{RevEvents, Store, Writer};
+pub use read::{IndexRead, KvRead, ReadTxn};
+pub use store::{RangeResult, RevEvents, Store};
+pub use writer::{Deleted, Replaced, Writer};
 
 /// A revision: `main` is the store revision of a write transaction, `sub` orders the changes
 /// inside it.
@@ -43,3 +48,6 @@ impl Revision {
         Some(Revision { main, sub })
     }
 }
+
+#[cfg(test)]
+mod tests;

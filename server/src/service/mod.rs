@@ -11,7 +11,7 @@ use crate::config::{Config, ETCD_VERSION};
 use crate::error::{Error, Result};
 use crate::lease::{Lessor, MAX_LEASE_TTL};
 use crate::membership::Membership;
-use crate::mvcc::Store;
+use crate::mvcc::{KvRead, Store};
 use crate::raft::RaftHandle;
 use crate::request::{InternalRequest, Op};
 use crate::txn;
@@ -147,7 +147,7 @@ impl EtcdServer {
             self.check_not_learner()?;
             self.linearizable_barrier().await?;
         }
-        let rr = self.store.range(&r)?;
+        let rr = self.store.read().range(&r)?;
         Ok(RangeResponse {
             header: Some(self.header(rr.rev)),
             kvs: rr.kvs,
@@ -180,12 +180,9 @@ impl EtcdServer {
             if !txn::is_serializable(&r) {
                 self.linearizable_barrier().await?;
             }
-            // A read-only txn runs locally, against one consistent view of the store.
-            let mut w = self.store.write();
-            w.begin_txn();
-            let res = txn::apply(&mut w, &self.lessor, &r);
-            w.end_txn();
-            res?
+            // A read-only txn runs locally, against one consistent view of the store, without
+            // holding up the applier.
+            txn::apply(&mut self.store.read(), &self.lessor, &r)?
         } else {
             expect_applied!(self.propose(Op::Txn(r)).await?, Txn)?
         };
@@ -195,7 +192,13 @@ impl EtcdServer {
 
     pub async fn compact(&self, r: CompactionRequest) -> Result<CompactionResponse> {
         self.check_not_learner()?;
+        let physical = r.physical;
+        let rev = r.revision;
         let mut resp = expect_applied!(self.propose(Op::Compaction(r)).await?, Compaction)?;
+        if physical {
+            // etcd answers a physical compaction once this member dropped the history.
+            self.store.wait_compacted(rev).await;
+        }
         self.fill(&mut resp.header);
         Ok(resp)
     }

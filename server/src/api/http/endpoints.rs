@@ -5,6 +5,7 @@ use super::text;
 use crate::config::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
 use crate::error::Error;
 use crate::metrics;
+use crate::mvcc::KvRead;
 use crate::service::EtcdServer;
 use axum::extract::{Query, RawQuery};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -96,6 +97,7 @@ fn metrics_text(s: &EtcdServer) -> Response {
     let st = &s.raft.status;
     let keys = s
         .store
+        .read()
         .range(&RangeRequest {
             key: vec![0],
             range_end: vec![0],
