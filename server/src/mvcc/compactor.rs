@@ -28,6 +28,14 @@ const STEP_REVISIONS: usize = 1000;
 const READER_WAIT: Duration = Duration::from_millis(5);
 /// How long the thread waits after a storage error before it tries again.
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// A pause after each step that deleted something (etcd pauses 10 ms per batch): the deletes
+/// are writes to the one fjall worker's memtables, as the applier's are.
+const STEP_PAUSE: Duration = Duration::from_millis(2);
+/// fjall makes every writer sleep (the raft thread too) once a keyspace has 4 sealed memtables
+/// waiting for its one worker; the compactor holds back well before that.
+const MAX_SEALED_MEMTABLES: usize = 1;
+/// The longest the compactor holds back for fjall's flushes before each step.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// Readers walking the index at a revision, for longer than one step.
 #[derive(Default)]
@@ -223,6 +231,12 @@ fn pass(weak: &Weak<Store>, target: i64) -> Pass {
             continue;
         };
         if !dropped.is_empty() {
+            let kv = &store.backend.kv;
+            let waited = std::time::Instant::now();
+            while kv.sealed_memtable_count() > MAX_SEALED_MEMTABLES && waited.elapsed() < FLUSH_WAIT
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let mut batch = store.backend.db.batch();
             for rev in &dropped {
                 batch.remove(&store.backend.kv, rev.to_bytes());
@@ -237,6 +251,10 @@ fn pass(weak: &Weak<Store>, target: i64) -> Pass {
         match next {
             Some(k) => resume = Some(k),
             None => return Pass::Done,
+        }
+        if !dropped.is_empty() {
+            drop(store);
+            std::thread::sleep(STEP_PAUSE);
         }
     }
 }
