@@ -70,8 +70,8 @@ impl RaftPeer for PeerService {
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SendAck>, Status> {
         let dir = crate::snapshot::staging_dir(&self.0.cfg.data_dir());
-        let m = crate::snapshot::receive::receive(&dir, self.0.cluster_id(), req.into_inner())
-            .await?;
+        let m =
+            crate::snapshot::receive::receive(&dir, self.0.cluster_id(), req.into_inner()).await?;
         if self.0.membership.is_removed(m.from) {
             crate::snapshot::receive::discard(&m);
             return Err(Status::failed_precondition(MEMBER_REMOVED));

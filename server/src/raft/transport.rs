@@ -527,7 +527,9 @@ async fn send_snapshot(
             ..Default::default()
         };
         if tx.blocking_send(done).is_err() {
-            return Err(crate::error::Error::Internal("snapshot stream closed".into()));
+            return Err(crate::error::Error::Internal(
+                "snapshot stream closed".into(),
+            ));
         }
         Ok(streamed.length)
     });

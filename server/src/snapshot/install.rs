@@ -54,7 +54,8 @@ fn open_staged(desc: &Descriptor) -> Result<std::fs::File> {
     if desc.file.is_empty() {
         return Err(corrupt("no staged file named"));
     }
-    let file = std::fs::File::open(&desc.file).map_err(|e| corrupt(format!("{}: {e}", desc.file)))?;
+    let file =
+        std::fs::File::open(&desc.file).map_err(|e| corrupt(format!("{}: {e}", desc.file)))?;
     let len = file.metadata().map_err(Error::internal)?.len();
     if len != desc.length {
         return Err(corrupt(format!(
@@ -135,11 +136,24 @@ fn fill(
     batch.commit()?;
     let mut last = last;
     let meta = &backend.meta;
-    last.insert(meta, meta_key::CURRENT_REV, desc.current_rev.to_be_bytes().to_vec());
-    last.insert(meta, meta_key::COMPACT_REV, desc.compact_rev.to_be_bytes().to_vec());
-    last.insert(meta, meta_key::APPLIED_INDEX, desc.index.to_be_bytes().to_vec());
+    last.insert(
+        meta,
+        meta_key::CURRENT_REV,
+        desc.current_rev.to_be_bytes().to_vec(),
+    );
+    last.insert(
+        meta,
+        meta_key::COMPACT_REV,
+        desc.compact_rev.to_be_bytes().to_vec(),
+    );
+    last.insert(
+        meta,
+        meta_key::APPLIED_INDEX,
+        desc.index.to_be_bytes().to_vec(),
+    );
     last.remove(&backend.raft_meta, MARKER);
-    last.durability(Some(fjall::PersistMode::SyncData)).commit()?;
+    last.durability(Some(fjall::PersistMode::SyncData))
+        .commit()?;
     Ok(())
 }
 

@@ -129,7 +129,9 @@ fn parse_header(h: &[u8; RECORD_HEADER]) -> std::result::Result<(u8, u32, u32), 
         return Err(format!("unknown snapshot record tag {tag}"));
     }
     if klen > MAX_RECORD_PART || vlen > MAX_RECORD_PART {
-        return Err(format!("snapshot record of {klen}+{vlen} bytes is over the limit"));
+        return Err(format!(
+            "snapshot record of {klen}+{vlen} bytes is over the limit"
+        ));
     }
     Ok((tag, klen, vlen))
 }

@@ -66,10 +66,14 @@ where
         }
         if chunk.done {
             if chunk.length != length || chunk.sha1 != sha1.clone().finalize().as_slice() {
-                return Err(Status::data_loss("snapshot stream length or checksum mismatch"));
+                return Err(Status::data_loss(
+                    "snapshot stream length or checksum mismatch",
+                ));
             }
             if !check.at_boundary() {
-                return Err(Status::invalid_argument("snapshot stream ends inside a record"));
+                return Err(Status::invalid_argument(
+                    "snapshot stream ends inside a record",
+                ));
             }
             break;
         }
