@@ -141,10 +141,7 @@ async fn new_member_catches_up_through_a_snapshot_larger_than_the_chunk_cap() {
         let got = everything(&mut kvb).await;
         if let Some(got) = got.filter(|g| g.kvs.len() == want.kvs.len()) {
             assert_eq!(got.kvs, want.kvs, "keys, values and revisions differ");
-            assert_eq!(
-                got.header.unwrap().revision,
-                want.header.clone().unwrap().revision
-            );
+            assert_eq!(got.header.unwrap().revision, want.header.unwrap().revision);
             break;
         }
         assert!(Instant::now() < deadline, "the new member did not catch up");
