@@ -509,16 +509,26 @@ async fn send_snapshot(
         ..Default::default()
     });
     let chunk = crate::snapshot::chunk_bytes();
+    // Dropped once the gRPC call is over, whether or not it dropped its request stream: a
+    // reader waiting to queue a chunk stops then.
+    let (over, mut stop) = tokio::sync::watch::channel(());
+    let runtime = Handle::current();
     let reader = tokio::task::spawn_blocking(move || {
-        let data = |data| {
-            tx.blocking_send(SnapshotChunk {
+        let mut queue = |c: SnapshotChunk| {
+            runtime.block_on(async {
+                tokio::select! {
+                    r = tx.send(c) => r.is_ok(),
+                    _ = stop.changed() => false,
+                }
+            })
+        };
+        let streamed = captured.stream(chunk, |data| {
+            queue(SnapshotChunk {
                 data,
                 cluster_id,
                 ..Default::default()
             })
-            .is_ok()
-        };
-        let streamed = captured.stream(chunk, data)?;
+        })?;
         let done = SnapshotChunk {
             cluster_id,
             done: true,
@@ -526,7 +536,7 @@ async fn send_snapshot(
             sha1: streamed.sha1,
             ..Default::default()
         };
-        if tx.blocking_send(done).is_err() {
+        if !queue(done) {
             return Err(crate::error::Error::Internal(
                 "snapshot stream closed".into(),
             ));
@@ -536,7 +546,7 @@ async fn send_snapshot(
     let sent = RaftPeerClient::new(channel)
         .snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await;
-    // The stream is over (the receiver was dropped with it): the reader stops at its next chunk.
+    drop(over);
     let read = reader.await;
     let ok = match (sent, read) {
         (Ok(_), Ok(Ok(bytes))) => {

@@ -12,11 +12,26 @@ use raft::eraftpb::{Message, MessageType};
 use sha1::{Digest, Sha1};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tonic::Status;
 
 /// Largest header (the raft message without state) accepted.
 const MAX_HEADER: usize = 1024 * 1024;
+/// A stream that brings no chunk for this long is given up (its sender is gone or stuck), so
+/// that it does not hold the member's one receiving slot forever.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The next chunk; `None` at the end of the stream.
+async fn next<S>(stream: &mut S) -> Result<Option<SnapshotChunk>, Status>
+where
+    S: Stream<Item = Result<SnapshotChunk, Status>> + Unpin,
+{
+    match tokio::time::timeout(CHUNK_TIMEOUT, stream.next()).await {
+        Ok(c) => c.transpose(),
+        Err(_) => Err(Status::deadline_exceeded("snapshot stream stalled")),
+    }
+}
 
 /// Receives one snapshot stream into `dir` and returns the MsgSnapshot to step, its data the
 /// staged file's descriptor. Any failure leaves no file behind.
@@ -24,10 +39,9 @@ pub async fn receive<S>(dir: &Path, cluster_id: u64, mut stream: S) -> Result<Me
 where
     S: Stream<Item = Result<SnapshotChunk, Status>> + Unpin,
 {
-    let first = stream
-        .next()
-        .await
-        .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))??;
+    let first = next(&mut stream)
+        .await?
+        .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
     check_chunk(&first, cluster_id)?;
     if first.message.is_empty() || first.message.len() > MAX_HEADER {
         return Err(Status::invalid_argument(
@@ -77,10 +91,9 @@ where
             }
             break;
         }
-        chunk = match stream.next().await {
-            Some(c) => c?,
-            None => return Err(Status::data_loss("truncated snapshot stream")),
-        };
+        chunk = next(&mut stream)
+            .await?
+            .ok_or_else(|| Status::data_loss("truncated snapshot stream"))?;
         check_chunk(&chunk, cluster_id)?;
         if !chunk.message.is_empty() {
             return Err(Status::invalid_argument("snapshot header repeated"));
