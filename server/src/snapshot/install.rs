@@ -161,18 +161,8 @@ fn fill(
 /// install it); files of newer snapshots may still be on their way into raft and stay.
 fn remove_staged(installed: &Path, index: u64) {
     let _ = std::fs::remove_file(installed);
-    let Some(dir) = installed.parent() else {
-        return;
-    };
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        let staged_index = name
-            .to_str()
-            .and_then(|n| n.split('-').next())
-            .and_then(|i| i.parse::<u64>().ok());
-        if staged_index.is_some_and(|i| i <= index) {
-            let _ = std::fs::remove_file(entry.path());
-        }
+    if let Some(dir) = installed.parent() {
+        super::remove_staged_upto(dir, index);
     }
 }
 

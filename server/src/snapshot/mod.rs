@@ -136,6 +136,21 @@ fn parse_header(h: &[u8; RECORD_HEADER]) -> std::result::Result<(u8, u32, u32), 
     Ok((tag, klen, vlen))
 }
 
+/// Deletes the staged files (whole or partial) of snapshots up to `index`: installed, or older
+/// than one raft will install instead.
+fn remove_staged_upto(dir: &Path, index: u64) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let staged_index = name
+            .to_str()
+            .and_then(|n| n.split('-').next())
+            .and_then(|i| i.parse::<u64>().ok());
+        if staged_index.is_some_and(|i| i <= index) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// The directory staged snapshots are written to.
 pub fn staging_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(STAGING_DIR)

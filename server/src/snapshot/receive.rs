@@ -65,6 +65,8 @@ where
 
     let _claim = Claim::take(dir)?;
     tokio::fs::create_dir_all(dir).await.map_err(io_err)?;
+    // Older staged files raft did not take (it had caught up otherwise) are of no more use.
+    super::remove_staged_upto(dir, index - 1);
     let path = dir.join(format!("{index:020}-{term:020}.snap"));
     let mut part = Partial::create(path.with_extension("part")).await?;
     let mut check = RecordCheck::default();
