@@ -134,7 +134,7 @@ impl StateMachine for Applier {
 
     fn restore(&mut self, snapshot: &Snapshot, batch: fjall::OwnedWriteBatch) -> Result<()> {
         let index = snapshot.get_metadata().index;
-        crate::snapshot::install(&self.backend, &snapshot.data, index, batch)?;
+        crate::snapshot::install::install(&self.backend, snapshot, batch)?;
         let leased_keys = self.store.reload()?;
         load_leases(&self.backend, &self.lessor, leased_keys)?;
         self.membership.reload()?;

@@ -100,6 +100,8 @@ impl Node {
             bind_all(cfg.client_listen_addrs().map_err(cfg_err)?, "client").await?;
 
         let backend = Backend::open(&cfg.data_dir())?;
+        // Before anything reads the state: a snapshot install a stop interrupted is redone.
+        crate::snapshot::install::recover(&backend, &cfg.data_dir())?;
         let (membership, origin) = match Membership::load(backend.clone())? {
             Some(m) => (m, Origin::Restarted),
             None if cfg.initial_cluster_state == "existing" => {

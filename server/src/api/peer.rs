@@ -15,7 +15,7 @@ use etcd_proto::etcdserverpb::{
 use etcd_proto::pgraftpb::raft_peer_server::{RaftPeer, RaftPeerServer};
 use etcd_proto::pgraftpb::{MembersRequest, MembersResponse, SendAck, SnapshotChunk};
 use protobuf::Message as PbMessage;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tonic::{Request, Response, Status, Streaming};
 
 /// Largest gRPC peer message accepted (one snapshot chunk, a forwarded request).
-const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
+const MAX_PEER_MESSAGE: usize = crate::snapshot::MAX_CHUNK + 1024 * 1024;
 /// A new peer connection must say which protocol it speaks within this long.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A refused raft stream stays open this long at most for its sender to read why.
@@ -53,6 +53,12 @@ impl PeerService {
         if self.0.membership.is_removed(m.from) {
             return Err(Status::failed_precondition(MEMBER_REMOVED));
         }
+        // A snapshot's data names a staged file: it may only come from the snapshot stream.
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            return Err(Status::invalid_argument(
+                "snapshots must come over the snapshot stream",
+            ));
+        }
         self.0.raft.step(m).map_err(Status::from)
     }
 }
@@ -63,22 +69,17 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SendAck>, Status> {
-        let mut stream = req.into_inner();
-        let mut header: Option<Vec<u8>> = None;
-        let mut data = Vec::new();
-        while let Some(chunk) = stream.message().await? {
-            self.check_cluster(chunk.cluster_id)?;
-            if header.is_none() {
-                header = Some(chunk.message);
-            }
-            data.extend_from_slice(&chunk.data);
+        let dir = crate::snapshot::staging_dir(&self.0.cfg.data_dir());
+        let m =
+            crate::snapshot::receive::receive(&dir, self.0.cluster_id(), req.into_inner()).await?;
+        if self.0.membership.is_removed(m.from) {
+            crate::snapshot::receive::discard(&m);
+            return Err(Status::failed_precondition(MEMBER_REMOVED));
         }
-        let header = header.ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        let mut m = Message::parse_from_bytes(&header)
-            .map_err(|e| Status::invalid_argument(format!("bad snapshot message: {e}")))?;
-        tracing::info!(from = %format!("{:x}", m.from), bytes = data.len(), "received snapshot");
-        m.mut_snapshot().data = data.into();
-        self.0.raft.step(m).map_err(Status::from)?;
+        if let Err(e) = self.0.raft.step(m.clone()) {
+            crate::snapshot::receive::discard(&m);
+            return Err(e.into());
+        }
         Ok(Response::new(SendAck {}))
     }
 

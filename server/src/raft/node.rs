@@ -269,7 +269,13 @@ pub fn start<S: StateMachine>(
         applied: applied_tx,
     });
     let (tx, rx) = mpsc::channel();
-    let transport = Arc::new(Transport::new(cfg.id, cfg.cluster_id, runtime, tx.clone()));
+    let transport = Arc::new(Transport::new(
+        cfg.id,
+        cfg.cluster_id,
+        runtime,
+        tx.clone(),
+        storage.snapshot_source(),
+    ));
     transport.set_peers(sm.peers());
     let syncer = Syncer::start(storage.backend().clone(), transport.clone(), tx.clone())
         .map_err(Error::internal)?;
@@ -576,7 +582,8 @@ impl<S: StateMachine> Loop<S> {
         // The leader's appends leave in parallel with its own fsync.
         self.transport.send(rd.take_messages());
         if !rd.snapshot().is_empty() {
-            // Installed synchronously (its batch is fsync'ed), in order with the writes before.
+            // Installed synchronously from the staged file, in bounded batches; the last one
+            // (with the log's reset) is fsync'ed. In order with the writes before.
             let snap = rd.snapshot().clone();
             let batch = self.storage.stage_snapshot(&snap)?;
             self.sm.restore(&snap, batch)?;

@@ -8,6 +8,7 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::snapshot::source::SnapshotSource;
 use parking_lot::RwLock;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -111,8 +112,9 @@ pub struct RaftStorage {
     backend: Backend,
     header: Arc<RwLock<Header>>,
     cache: Arc<parking_lot::Mutex<EntryCache>>,
-    /// The last snapshot made for a peer, reused while it is recent enough.
-    last_snapshot: Arc<parking_lot::Mutex<Option<Snapshot>>>,
+    /// The newest snapshot capture (a storage snapshot, not the state), reused while recent
+    /// enough; the transport streams the state from it.
+    snapshots: Arc<SnapshotSource>,
 }
 
 fn idx_key(i: u64) -> [u8; 8] {
@@ -153,8 +155,13 @@ impl RaftStorage {
             backend,
             header: Arc::new(RwLock::new(h)),
             cache: Arc::default(),
-            last_snapshot: Arc::default(),
+            snapshots: Arc::default(),
         })
+    }
+
+    /// Where the transport finds the storage snapshots that raft's snapshot messages name.
+    pub fn snapshot_source(&self) -> Arc<SnapshotSource> {
+        self.snapshots.clone()
     }
 
     pub fn conf_state(&self) -> ConfState {
@@ -317,6 +324,7 @@ impl RaftStorage {
         batch.commit()?;
         self.cache.lock().compact(index);
         self.header.write().start = (index, term);
+        self.snapshots.compacted(index);
         Ok(())
     }
 
@@ -414,30 +422,29 @@ impl Storage for RaftStorage {
         Ok(self.header.read().last_index)
     }
 
+    /// O(1): a storage snapshot and the metadata of the applied index it reflects; the state
+    /// is read by the sender, off this thread (see [`crate::snapshot::source`]).
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Called on the raft loop thread, between applies: the state is exactly the applied one.
+        // Called on the raft loop thread, between applies: the state is exactly the applied one,
+        // and the header's conf state is the one of the applied index (conf changes are applied
+        // in order, never ahead).
         let start = self.header.read().start.0;
-        if let Some(s) = self.last_snapshot.lock().as_ref() {
-            let idx = s.get_metadata().index;
-            if idx >= request_index && idx >= start {
-                return Ok(s.clone());
-            }
+        if let Some(c) = self.snapshots.reusable(request_index.max(start)) {
+            return Ok(c.raft_snapshot());
         }
-        let (index, data) = crate::snapshot::capture(&self.backend).map_err(pb_err)?;
-        let term = self.term(index)?;
-        let mut meta = SnapshotMetadata {
-            index,
-            term,
-            ..Default::default()
-        };
-        meta.set_conf_state(self.header.read().conf_state.clone());
-        let mut snap = Snapshot {
-            data: data.into(),
-            ..Default::default()
-        };
-        snap.set_metadata(meta);
-        *self.last_snapshot.lock() = Some(snap.clone());
-        Ok(snap)
+        let captured = self
+            .snapshots
+            .capture(&self.backend, |index| {
+                let mut meta = SnapshotMetadata {
+                    index,
+                    term: self.term(index).map_err(Error::internal)?,
+                    ..Default::default()
+                };
+                meta.set_conf_state(self.header.read().conf_state.clone());
+                Ok(meta)
+            })
+            .map_err(pb_err)?;
+        Ok(captured.raft_snapshot())
     }
 }
 

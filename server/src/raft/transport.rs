@@ -10,6 +10,8 @@
 
 use super::node::Command;
 use super::wire;
+use crate::snapshot::source::{Captured, SnapshotSource};
+use crate::snapshot::Descriptor;
 use etcd_proto::pgraftpb::raft_peer_client::RaftPeerClient;
 use etcd_proto::pgraftpb::SnapshotChunk;
 use parking_lot::Mutex;
@@ -38,8 +40,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// A stream whose sent bytes stay unacknowledged this long is broken (TCP_USER_TIMEOUT): a
 /// black-holed link is found and reconnected, as gRPC's keepalive did before.
 const UNACKED_TIMEOUT: Duration = Duration::from_secs(5);
-/// Snapshot data per chunk.
-const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+/// Snapshot chunks read ahead of the gRPC stream: with the chunk being filled and the one the
+/// stream is sending, a sender holds at most this many + 2 chunks.
+const SNAPSHOT_CHUNKS_AHEAD: usize = 2;
 /// Wait before reconnecting to a peer that failed.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(100);
 /// An idle link sends an empty frame this often (etcd's link heartbeat), so that the receiver
@@ -157,18 +160,27 @@ pub struct Transport {
     cluster_id: u64,
     runtime: Handle,
     loop_tx: LoopSender<Command>,
+    /// The storage snapshots raft's snapshot messages name.
+    snapshots: Arc<SnapshotSource>,
     peers: Mutex<HashMap<u64, Peer>>,
     /// Per peer heard from: (since when without a gap, last time).
     activity: Mutex<HashMap<u64, (Instant, Instant)>>,
 }
 
 impl Transport {
-    pub fn new(id: u64, cluster_id: u64, runtime: Handle, loop_tx: LoopSender<Command>) -> Self {
+    pub fn new(
+        id: u64,
+        cluster_id: u64,
+        runtime: Handle,
+        loop_tx: LoopSender<Command>,
+        snapshots: Arc<SnapshotSource>,
+    ) -> Self {
         Transport {
             id,
             cluster_id,
             runtime,
             loop_tx,
+            snapshots,
             peers: Mutex::new(HashMap::new()),
             activity: Mutex::new(HashMap::new()),
         }
@@ -257,12 +269,7 @@ impl Transport {
                 continue;
             };
             if m.get_msg_type() == MessageType::MsgSnapshot {
-                self.runtime.spawn(send_snapshot(
-                    m,
-                    self.cluster_id,
-                    p.channel.clone(),
-                    self.loop_tx.clone(),
-                ));
+                self.start_snapshot(m, p.channel.clone());
                 continue;
             }
             let at = match frames.iter().position(|(id, _)| *id == to) {
@@ -455,39 +462,110 @@ fn read_answer(
     }
 }
 
-/// Streams one snapshot message to its peer and reports how it went to the raft loop.
+impl Transport {
+    /// Starts streaming a snapshot message to its peer, from the storage snapshot its
+    /// descriptor names (taken now, on the raft thread, so that a newer capture replacing it
+    /// in the slot meanwhile does not matter). Reports failure at once when it is gone.
+    fn start_snapshot(&self, m: Message, channel: Channel) {
+        let captured = Descriptor::decode_from(&m.get_snapshot().data)
+            .ok()
+            .and_then(|d| self.snapshots.get(&d));
+        let Some(captured) = captured else {
+            tracing::warn!(peer = %format!("{:x}", m.to), "snapshot to send is gone; raft will make another");
+            let _ = self.loop_tx.send(Command::SnapshotStatus(m.to, false));
+            return;
+        };
+        self.runtime.spawn(send_snapshot(
+            m,
+            captured,
+            self.cluster_id,
+            channel,
+            self.loop_tx.clone(),
+        ));
+    }
+}
+
+/// Streams one snapshot message to its peer and reports how it went to the raft loop. The
+/// state is read on a blocking thread into chunks of bounded size, at most
+/// [`SNAPSHOT_CHUNKS_AHEAD`] ahead of what the gRPC stream (its flow control) takes.
 async fn send_snapshot(
-    mut m: Message,
+    m: Message,
+    captured: Arc<Captured>,
     cluster_id: u64,
     channel: Channel,
     loop_tx: LoopSender<Command>,
 ) {
     let to = m.to;
-    let data = std::mem::take(&mut m.mut_snapshot().data).to_vec();
-    let header = match m.write_to_bytes() {
-        Ok(b) => b,
-        Err(_) => return,
+    let peer = format!("{to:x}");
+    let Ok(header) = m.write_to_bytes() else {
+        let _ = loop_tx.send(Command::SnapshotStatus(to, false));
+        return;
     };
-    let mut chunks = vec![SnapshotChunk {
+    let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_CHUNKS_AHEAD);
+    // The header leaves first; the reader queues behind it.
+    let _ = tx.try_send(SnapshotChunk {
         message: header,
-        data: Vec::new(),
         cluster_id,
-    }];
-    chunks.extend(data.chunks(SNAPSHOT_CHUNK).map(|c| SnapshotChunk {
-        message: Vec::new(),
-        data: c.to_vec(),
-        cluster_id,
-    }));
-    let size = data.len();
-    let res = RaftPeerClient::new(channel)
-        .max_encoding_message_size(usize::MAX)
-        .snapshot(tokio_stream::iter(chunks))
+        ..Default::default()
+    });
+    let chunk = crate::snapshot::chunk_bytes();
+    // Dropped once the gRPC call is over, whether or not it dropped its request stream: a
+    // reader waiting to queue a chunk stops then.
+    let (over, mut stop) = tokio::sync::watch::channel(());
+    let runtime = Handle::current();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut queue = |c: SnapshotChunk| {
+            runtime.block_on(async {
+                tokio::select! {
+                    r = tx.send(c) => r.is_ok(),
+                    _ = stop.changed() => false,
+                }
+            })
+        };
+        let streamed = captured.stream(chunk, |data| {
+            queue(SnapshotChunk {
+                data,
+                cluster_id,
+                ..Default::default()
+            })
+        })?;
+        let done = SnapshotChunk {
+            cluster_id,
+            done: true,
+            length: streamed.length,
+            sha1: streamed.sha1,
+            ..Default::default()
+        };
+        if !queue(done) {
+            return Err(crate::error::Error::Internal(
+                "snapshot stream closed".into(),
+            ));
+        }
+        Ok(streamed.length)
+    });
+    let sent = RaftPeerClient::new(channel)
+        .snapshot(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await;
-    let ok = res.is_ok();
-    match res {
-        Ok(_) => tracing::info!(peer = %format!("{to:x}"), bytes = size, "sent snapshot"),
-        Err(e) => tracing::warn!(peer = %format!("{to:x}"), error = %e, "snapshot send failed"),
-    }
+    drop(over);
+    let read = reader.await;
+    let ok = match (sent, read) {
+        (Ok(_), Ok(Ok(bytes))) => {
+            tracing::info!(peer, bytes, "sent snapshot");
+            true
+        }
+        (Err(e), _) => {
+            tracing::warn!(peer, error = %e, "snapshot send failed");
+            false
+        }
+        (_, Ok(Err(e))) => {
+            tracing::warn!(peer, error = %e, "snapshot read failed");
+            false
+        }
+        (_, Err(e)) => {
+            tracing::warn!(peer, error = %e, "snapshot reader failed");
+            false
+        }
+    };
     let _ = loop_tx.send(Command::SnapshotStatus(to, ok));
 }
 

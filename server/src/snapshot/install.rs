@@ -1,0 +1,194 @@
+//! Installs a staged snapshot file in place of the replicated state, reading it in bounded
+//! pieces and writing fjall batches of bounded size, so that memory does not grow with the
+//! state. The state cannot change in one atomic batch then, so the install is made crash-safe
+//! by a durable marker in `raft_meta`:
+//!
+//! 1. the marker (the raft snapshot: metadata and the staged file's descriptor) is written and
+//!    synced before anything else changes;
+//! 2. the kv, lease and members keyspaces are cleared and refilled from the file, batch by
+//!    batch (not synced: fjall's journal recovers as a prefix, and the last batch is synced);
+//! 3. the last batch resets the raft log (the caller's batch from
+//!    `RaftStorage::stage_snapshot`), sets the applied index and revisions, removes the
+//!    marker, and is synced.
+//!
+//! A member that stops between 1 and 3 finds the marker at its next start and redoes the
+//! install from the file before anything reads the state ([`recover`]).
+
+use super::{keyspace, parse_header, staging_dir, Descriptor, RECORD_HEADER, TAGS};
+use crate::backend::{meta_key, Backend};
+use crate::error::{Error, Result};
+use crate::raft::RaftStorage;
+use protobuf::Message as PbMessage;
+use raft::eraftpb::Snapshot;
+use sha1::{Digest, Sha1};
+use std::io::{BufReader, Read};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+/// The `raft_meta` key of the marker: an install of this snapshot is under way.
+pub const MARKER: &str = "installing_snapshot";
+/// Bytes of keys and values per batch.
+const BATCH_BYTES: usize = 1024 * 1024;
+/// Read buffer over the staged file.
+const READ_BUFFER: usize = 64 * 1024;
+
+fn corrupt(what: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("pgraft: staged snapshot unusable: {what}"))
+}
+
+/// Replaces the state with the staged snapshot `snap` names, `last` (the raft log's reset)
+/// going in the final, synced batch. The caller reloads every in-memory view afterwards.
+pub fn install(backend: &Backend, snap: &Snapshot, last: fjall::OwnedWriteBatch) -> Result<()> {
+    let desc = Descriptor::decode_from(&snap.data)?;
+    let file = open_staged(&desc)?;
+    write_marker(backend, snap)?;
+    clear(backend)?;
+    fill(backend, &desc, file, last)?;
+    remove_staged(Path::new(&desc.file), desc.index);
+    super::INSTALLED.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Opens the staged file, refusing one whose length is not the descriptor's.
+fn open_staged(desc: &Descriptor) -> Result<std::fs::File> {
+    if desc.file.is_empty() {
+        return Err(corrupt("no staged file named"));
+    }
+    let file =
+        std::fs::File::open(&desc.file).map_err(|e| corrupt(format!("{}: {e}", desc.file)))?;
+    let len = file.metadata().map_err(Error::internal)?.len();
+    if len != desc.length {
+        return Err(corrupt(format!(
+            "{} holds {len} bytes, {} expected",
+            desc.file, desc.length
+        )));
+    }
+    Ok(file)
+}
+
+pub(crate) fn write_marker(backend: &Backend, snap: &Snapshot) -> Result<()> {
+    let bytes = snap.write_to_bytes().map_err(Error::internal)?;
+    backend.raft_meta.insert(MARKER, bytes)?;
+    backend.sync_journal()
+}
+
+/// Removes every pair of the replicated keyspaces, a bounded batch at a time.
+pub(crate) fn clear(backend: &Backend) -> Result<()> {
+    for tag in TAGS {
+        let ks = keyspace(backend, tag).expect("known tag");
+        let mut batch = backend.db.batch();
+        let mut bytes = 0;
+        // The iterator reads a consistent view: removals committed meanwhile do not disturb it.
+        for item in ks.iter() {
+            let key = item.key()?;
+            bytes += key.len();
+            batch.remove(ks, key);
+            if bytes >= BATCH_BYTES {
+                std::mem::replace(&mut batch, backend.db.batch()).commit()?;
+                bytes = 0;
+            }
+        }
+        batch.commit()?;
+    }
+    Ok(())
+}
+
+/// Writes the file's records, a bounded batch at a time; the last batch also carries `last`,
+/// the applied index and revisions, and the marker's removal, and is synced. The file's
+/// SHA-1 is checked before that last batch.
+fn fill(
+    backend: &Backend,
+    desc: &Descriptor,
+    file: std::fs::File,
+    last: fjall::OwnedWriteBatch,
+) -> Result<()> {
+    let mut reader = BufReader::with_capacity(READ_BUFFER, file);
+    let mut sha1 = Sha1::new();
+    let mut batch = backend.db.batch();
+    let mut bytes = 0;
+    let mut read = 0u64;
+    let mut header = [0u8; RECORD_HEADER];
+    while read < desc.length {
+        reader
+            .read_exact(&mut header)
+            .map_err(|e| corrupt(format!("record header: {e}")))?;
+        let (tag, klen, vlen) = parse_header(&header).map_err(corrupt)?;
+        let mut key = vec![0u8; klen as usize];
+        let mut value = vec![0u8; vlen as usize];
+        reader
+            .read_exact(&mut key)
+            .and_then(|_| reader.read_exact(&mut value))
+            .map_err(|e| corrupt(format!("record: {e}")))?;
+        sha1.update(header);
+        sha1.update(&key);
+        sha1.update(&value);
+        read += (RECORD_HEADER + key.len() + value.len()) as u64;
+        bytes += key.len() + value.len();
+        batch.insert(keyspace(backend, tag).expect("checked tag"), key, value);
+        if bytes >= BATCH_BYTES {
+            std::mem::replace(&mut batch, backend.db.batch()).commit()?;
+            bytes = 0;
+        }
+    }
+    if read != desc.length || sha1.finalize().as_slice() != desc.sha1 {
+        return Err(corrupt(format!("{}: checksum mismatch", desc.file)));
+    }
+    batch.commit()?;
+    let mut last = last;
+    let meta = &backend.meta;
+    last.insert(
+        meta,
+        meta_key::CURRENT_REV,
+        desc.current_rev.to_be_bytes().to_vec(),
+    );
+    last.insert(
+        meta,
+        meta_key::COMPACT_REV,
+        desc.compact_rev.to_be_bytes().to_vec(),
+    );
+    last.insert(
+        meta,
+        meta_key::APPLIED_INDEX,
+        desc.index.to_be_bytes().to_vec(),
+    );
+    last.remove(&backend.raft_meta, MARKER);
+    last.durability(Some(fjall::PersistMode::SyncData))
+        .commit()?;
+    Ok(())
+}
+
+/// Deletes the installed file and any staged file of an older snapshot (raft can no longer
+/// install it); files of newer snapshots may still be on their way into raft and stay.
+fn remove_staged(installed: &Path, index: u64) {
+    let _ = std::fs::remove_file(installed);
+    if let Some(dir) = installed.parent() {
+        super::remove_staged_upto(dir, index);
+    }
+}
+
+/// At startup, before anything reads the state: finishes an install a stop interrupted (or
+/// refuses to start when its staged file is gone), then removes stale staged files.
+pub fn recover(backend: &Backend, data_dir: &Path) -> Result<()> {
+    if let Some(bytes) = backend.raft_meta.get(MARKER)? {
+        let snap = Snapshot::parse_from_bytes(&bytes).map_err(Error::internal)?;
+        let desc = Descriptor::decode_from(&snap.data)?;
+        if !Path::new(&desc.file).exists() {
+            return Err(Error::Internal(format!(
+                "pgraft: an interrupted snapshot install (index {}) needs its staged file {}, \
+                 which is gone: the state is half-replaced; remove this member and add it again \
+                 with an empty data directory",
+                desc.index, desc.file
+            )));
+        }
+        tracing::warn!(index = desc.index, file = %desc.file, "redoing an interrupted snapshot install");
+        let storage = RaftStorage::open(backend.clone())?;
+        let batch = storage.stage_snapshot(&snap)?;
+        install(backend, &snap, batch)?;
+        storage.snapshot_installed(&snap);
+    }
+    let dir = staging_dir(data_dir);
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let _ = std::fs::remove_file(entry.path());
+    }
+    Ok(())
+}

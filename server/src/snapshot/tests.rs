@@ -1,0 +1,244 @@
+//! A snapshot captured from one store, streamed in small chunks, staged and installed on
+//! another; the receiver's refusals; an install interrupted after its marker, redone at the
+//! next open.
+
+use super::install::{self, MARKER};
+use super::receive::receive;
+use super::source::SnapshotSource;
+use super::*;
+use crate::backend::meta_key;
+use crate::raft::RaftStorage;
+use etcd_proto::pgraftpb::SnapshotChunk;
+use protobuf::Message as PbMessage;
+use raft::eraftpb::{ConfState, Entry, Message, MessageType, Snapshot, SnapshotMetadata};
+use raft::Storage as _;
+use tonic::{Code, Status};
+
+const CLUSTER: u64 = 7;
+
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn dump(ks: &Keyspace) -> Pairs {
+    ks.iter()
+        .map(|g| {
+            let (k, v) = g.into_inner().unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
+}
+
+fn state(b: &Backend) -> [Pairs; 3] {
+    [dump(&b.kv), dump(&b.lease), dump(&b.members)]
+}
+
+/// A store of a few hundred KB, with values bigger than the chunks they travel in.
+fn leader_backend(dir: &Path) -> Backend {
+    let b = Backend::open(dir).unwrap();
+    for i in 0u32..200 {
+        let len = if i % 50 == 0 { 5000 } else { 1000 };
+        b.kv.insert(i.to_be_bytes(), vec![i as u8; len]).unwrap();
+    }
+    b.lease
+        .insert(5i64.to_be_bytes(), 60i64.to_be_bytes())
+        .unwrap();
+    b.members.insert(1u64.to_be_bytes(), b"member one").unwrap();
+    b.meta
+        .insert(meta_key::CURRENT_REV, 300i64.to_be_bytes())
+        .unwrap();
+    b.meta
+        .insert(meta_key::COMPACT_REV, 12i64.to_be_bytes())
+        .unwrap();
+    b.meta
+        .insert(meta_key::APPLIED_INDEX, 40u64.to_be_bytes())
+        .unwrap();
+    b
+}
+
+/// The leader's snapshot stream: header, data chunks of `chunk` bytes, done.
+fn capture_chunks(b: &Backend, chunk: usize) -> Vec<SnapshotChunk> {
+    let source = SnapshotSource::default();
+    let captured = source
+        .capture(b, |index| {
+            let mut meta = SnapshotMetadata {
+                index,
+                term: 3,
+                ..Default::default()
+            };
+            meta.set_conf_state(ConfState {
+                voters: vec![1, 2],
+                ..Default::default()
+            });
+            Ok(meta)
+        })
+        .unwrap();
+    // Writes after the capture are not in it.
+    b.kv.insert(999u32.to_be_bytes(), b"later").unwrap();
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgSnapshot);
+    m.from = 1;
+    m.to = 2;
+    m.set_snapshot(captured.raft_snapshot());
+    let mut chunks = vec![SnapshotChunk {
+        message: m.write_to_bytes().unwrap(),
+        cluster_id: CLUSTER,
+        ..Default::default()
+    }];
+    let streamed = captured
+        .stream(chunk, |data| {
+            assert!(data.len() <= chunk);
+            chunks.push(SnapshotChunk {
+                data,
+                cluster_id: CLUSTER,
+                ..Default::default()
+            });
+            true
+        })
+        .unwrap();
+    chunks.push(SnapshotChunk {
+        cluster_id: CLUSTER,
+        done: true,
+        length: streamed.length,
+        sha1: streamed.sha1,
+        ..Default::default()
+    });
+    chunks
+}
+
+async fn receive_all(dir: &Path, chunks: Vec<SnapshotChunk>) -> Result<Message, Status> {
+    receive(
+        dir,
+        CLUSTER,
+        futures::stream::iter(chunks.into_iter().map(Ok)),
+    )
+    .await
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
+}
+
+#[tokio::test]
+async fn receiver_refuses_oversized_chunks_and_truncated_streams() {
+    let src = tempfile::tempdir().unwrap();
+    let leader = leader_backend(src.path());
+    let chunks = capture_chunks(&leader, 4096);
+    assert!(chunks.len() > 50, "{} chunks", chunks.len());
+    let dst = tempfile::tempdir().unwrap();
+    let dir = staging_dir(dst.path());
+
+    let mut oversized = chunks[..3].to_vec();
+    oversized.push(SnapshotChunk {
+        data: vec![1; MAX_CHUNK + 1],
+        cluster_id: CLUSTER,
+        ..Default::default()
+    });
+    let e = receive_all(&dir, oversized).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(files(&dir).is_empty(), "left behind: {:?}", files(&dir));
+
+    // Cut before the done chunk, or before the last data chunk (done claims more).
+    let truncated = chunks[..chunks.len() - 1].to_vec();
+    let e = receive_all(&dir, truncated).await.unwrap_err();
+    assert_eq!(e.code(), Code::DataLoss, "{e:?}");
+    let mut short = chunks.clone();
+    short.remove(short.len() - 2);
+    let e = receive_all(&dir, short).await.unwrap_err();
+    assert_eq!(e.code(), Code::DataLoss, "{e:?}");
+    assert!(files(&dir).is_empty(), "left behind: {:?}", files(&dir));
+
+    // No header; another cluster; garbage records.
+    let e = receive_all(&dir, chunks[1..].to_vec()).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let mut foreign = chunks.clone();
+    foreign[0].cluster_id = CLUSTER + 1;
+    assert!(receive_all(&dir, foreign).await.is_err());
+    let mut garbage = chunks[..1].to_vec();
+    garbage.push(SnapshotChunk {
+        data: vec![0xff; 64],
+        cluster_id: CLUSTER,
+        ..Default::default()
+    });
+    let e = receive_all(&dir, garbage).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(files(&dir).is_empty(), "left behind: {:?}", files(&dir));
+
+    // The whole stream is staged, with a descriptor that names and checks the file.
+    let m = receive_all(&dir, chunks).await.unwrap();
+    let desc = Descriptor::decode_from(&m.get_snapshot().data).unwrap();
+    assert_eq!(files(&dir), [PathBuf::from(&desc.file)]);
+    assert_eq!(std::fs::metadata(&desc.file).unwrap().len(), desc.length);
+    assert_eq!(
+        (desc.index, desc.current_rev, desc.compact_rev),
+        (40, 300, 12)
+    );
+}
+
+/// A follower with older state and a raft log of its own.
+fn follower(dir: &Path) -> (Backend, RaftStorage) {
+    let b = Backend::open(dir).unwrap();
+    for i in 0u32..50 {
+        b.kv.insert((1000 + i).to_be_bytes(), b"old").unwrap();
+    }
+    b.lease
+        .insert(9i64.to_be_bytes(), 10i64.to_be_bytes())
+        .unwrap();
+    let storage = RaftStorage::open(b.clone()).unwrap();
+    storage.bootstrap(vec![1, 2]).unwrap();
+    let entries: Vec<Entry> = (2..=5)
+        .map(|index| Entry {
+            index,
+            term: 1,
+            ..Default::default()
+        })
+        .collect();
+    storage.persist(&entries, None).unwrap();
+    b.sync_journal().unwrap();
+    (b, storage)
+}
+
+#[tokio::test]
+async fn install_interrupted_after_its_marker_is_redone_at_the_next_open() {
+    let src = tempfile::tempdir().unwrap();
+    let leader = leader_backend(src.path());
+    let chunks = capture_chunks(&leader, 1000);
+    let mut expected = state(&leader);
+    expected[0].retain(|(k, _)| k.as_slice() != 999u32.to_be_bytes());
+
+    let dst = tempfile::tempdir().unwrap();
+    let m = receive_all(&staging_dir(dst.path()), chunks).await.unwrap();
+    let snap: Snapshot = m.get_snapshot().clone();
+    let desc = Descriptor::decode_from(&snap.data).unwrap();
+    {
+        let (b, _storage) = follower(dst.path());
+        // The install starts: its marker, then the first batches (the state is half gone).
+        install::write_marker(&b, &snap).unwrap();
+        install::clear(&b).unwrap();
+        b.kv.insert(1u32.to_be_bytes(), b"half").unwrap();
+        b.sync_journal().unwrap();
+        // The member stops here.
+    }
+    let b = Backend::open(dst.path()).unwrap();
+    install::recover(&b, dst.path()).unwrap();
+    assert_eq!(state(&b), expected);
+    assert_eq!(b.get_meta_i64(meta_key::CURRENT_REV).unwrap(), Some(300));
+    assert_eq!(b.get_meta_i64(meta_key::COMPACT_REV).unwrap(), Some(12));
+    assert_eq!(b.get_meta_u64(meta_key::APPLIED_INDEX).unwrap(), Some(40));
+    assert!(b.raft_meta.get(MARKER).unwrap().is_none(), "marker kept");
+    assert!(!Path::new(&desc.file).exists(), "staged file kept");
+    let storage = RaftStorage::open(b.clone()).unwrap();
+    assert_eq!(storage.first_index().unwrap(), 41);
+    assert_eq!(storage.term(40).unwrap(), 3);
+    assert_eq!(storage.conf_state().voters, [1, 2]);
+    assert!(b.raft_log.iter().next().is_none(), "old log entries kept");
+    assert!(stats().installed >= 1);
+
+    // A marker whose file is gone: the member refuses to start.
+    install::write_marker(&b, &snap).unwrap();
+    let e = install::recover(&b, dst.path()).unwrap_err();
+    assert!(e.to_string().contains("which is gone"), "{e}");
+}

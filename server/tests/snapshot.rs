@@ -1,0 +1,166 @@
+//! A member catching up through a raft snapshot of a store many times the chunk size: the
+//! snapshot streams in small chunks (none over the cap), is staged and installed, and the new
+//! member ends with the same keys, values and revisions as the leader.
+
+use clap::Parser;
+use etcd_proto::etcdserverpb::{
+    kv_client::KvClient, DeleteRangeRequest, MemberAddRequest, PutRequest, RangeRequest,
+    RangeResponse,
+};
+use pgraft_server::{Config, Node};
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// A port free now, for a peer URL that must be known before the member starts.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn config(dir: &Path, name: &str, peer: &str, cluster: &str, state: &str) -> Config {
+    Config::parse_from([
+        "pgraftd".to_string(),
+        format!("--name={name}"),
+        format!("--data-dir={}", dir.display()),
+        "--listen-client-urls=http://127.0.0.1:0".into(),
+        "--advertise-client-urls=http://127.0.0.1:0".into(),
+        format!("--listen-peer-urls={peer}"),
+        format!("--initial-advertise-peer-urls={peer}"),
+        format!("--initial-cluster={cluster}"),
+        format!("--initial-cluster-state={state}"),
+        "--snapshot-count=100".into(),
+    ])
+}
+
+async fn client(node: &Node) -> KvClient<Channel> {
+    let ch = Channel::from_shared(format!("http://{}", node.client_addrs[0]))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    KvClient::new(ch).max_decoding_message_size(usize::MAX)
+}
+
+/// Everything, read locally (a learner serves serializable reads).
+async fn everything(kv: &mut KvClient<Channel>) -> Option<RangeResponse> {
+    let r = kv
+        .range(RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            serializable: true,
+            ..Default::default()
+        })
+        .await;
+    r.ok().map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_member_catches_up_through_a_snapshot_larger_than_the_chunk_cap() {
+    const CHUNK: usize = 64 * 1024;
+    pgraft_server::snapshot::set_chunk_bytes(CHUNK);
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let (ua, ub) = (
+        format!("http://127.0.0.1:{pa}"),
+        format!("http://127.0.0.1:{pb}"),
+    );
+    let a = Node::start(config(
+        &dir.path().join("a"),
+        "a",
+        &ua,
+        &format!("a={ua}"),
+        "new",
+    ))
+    .await
+    .unwrap();
+    let mut kva = client(&a).await;
+
+    // About 4 MB of values (60+ chunks), some overwritten or deleted so that revisions and
+    // versions differ from a plain load.
+    let mut bytes = 0;
+    for i in 0..400u32 {
+        let value: Vec<u8> = (0..10_000u32).map(|j| (i * 31 + j) as u8).collect();
+        bytes += value.len();
+        let key = format!("key/{i:04}").into_bytes();
+        kva.put(PutRequest {
+            key,
+            value,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    for i in 0..20u32 {
+        kva.put(PutRequest {
+            key: format!("key/{:04}", i * 7).into_bytes(),
+            value: format!("again {i}").into_bytes(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    kva.delete_range(DeleteRangeRequest {
+        key: b"key/0100".to_vec(),
+        range_end: b"key/0105".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(bytes > 50 * CHUNK);
+    let before = pgraft_server::snapshot::stats();
+
+    // The log the new member would need is compacted away: it gets a snapshot.
+    a.server
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![ub.clone()],
+            is_learner: true,
+        })
+        .await
+        .unwrap();
+    let b_dir = dir.path().join("b");
+    let b = Node::start(config(
+        &b_dir,
+        "b",
+        &ub,
+        &format!("a={ua},b={ub}"),
+        "existing",
+    ))
+    .await
+    .unwrap();
+    let mut kvb = client(&b).await;
+
+    let want = everything(&mut kva).await.unwrap();
+    assert_eq!(want.kvs.len(), 395);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = everything(&mut kvb).await;
+        if let Some(got) = got.filter(|g| g.kvs.len() == want.kvs.len()) {
+            assert_eq!(got.kvs, want.kvs, "keys, values and revisions differ");
+            assert_eq!(got.header.unwrap().revision, want.header.unwrap().revision);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new member did not catch up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let after = pgraft_server::snapshot::stats();
+    assert!(after.installed > before.installed, "no snapshot installed");
+    let chunks = after.chunks_received - before.chunks_received;
+    assert!(chunks as usize > bytes / CHUNK, "only {chunks} chunks");
+    assert!(
+        after.largest_chunk_received as usize <= CHUNK,
+        "a chunk of {} bytes",
+        after.largest_chunk_received
+    );
+    let staged: Vec<_> = std::fs::read_dir(pgraft_server::snapshot::staging_dir(&b_dir))
+        .unwrap()
+        .collect();
+    assert!(staged.is_empty(), "staged files left: {staged:?}");
+    b.stop().await;
+    a.stop().await;
+}
