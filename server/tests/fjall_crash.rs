@@ -23,11 +23,15 @@
 //! - [`crash_keeps_unsynced_log_before_flushed_state`] opens the same layout with fjall's
 //!   `manual_journal_persist`, so a commit leaves its journal bytes in fjall's 8 KiB buffer: the
 //!   bytes an abort loses stand for the bytes a power cut would lose. It catches a flush path
-//!   that writes the SST without first persisting the journal (the removal of the
-//!   `persist(SyncAll)` before `run_flush` in fjall's `worker_pool.rs`), the change that would
-//!   break `apply_ahead`. It cannot tell a flush path that only hands the journal to the OS
-//!   (`PersistMode::Buffer`) from one that fsyncs it: that needs a real power cut (a VM or
-//!   dm-flakey), which no unit test here has.
+//!   that writes the SST while journal bytes before it are still in fjall's buffer, the change
+//!   that would break `apply_ahead`. Checked against a fjall 3.1.13 patched (through
+//!   `[patch.crates-io]`, not committed) so that its flush task neither persists the journal
+//!   (`persist(SyncAll)` before `run_flush` in `worker_pool.rs`) nor asks the journal's
+//!   position (`pos()`, a seek, which also empties the buffer into the file): this test then
+//!   fails with "state flushed to an SST survived without the log entry written before it:
+//!   [1, 2, 3]"; with only the `persist` removed it still passes, because of that seek. It
+//!   cannot tell a flush path that only hands the journal to the OS from one that fsyncs it:
+//!   that needs a real power cut (a VM or dm-flakey), which no test here has.
 //! - [`crash_check_detects_state_flushed_ahead_of_log`] shows the check can fail: the child
 //!   writes the state through fjall's ingestion API, which builds an SST directly and bypasses
 //!   the journal, i.e. a flush that does not sync the journal first; the parent must find the
