@@ -116,7 +116,9 @@ class Result:
         return (self.put.get("percentiles_ms") or {}).get("p99") if self.put else None
 
     def total_leader_changes(self) -> int:
-        return sum(v for v in self.leader_changes.values() if v is not None)
+        """Leader changes during the test: every member counts each change it sees, so the
+        most any member saw."""
+        return max((v for v in self.leader_changes.values() if v is not None), default=0)
 
     def max_peak_rss_kb(self) -> int:
         return max(self.peak_rss_kb.values(), default=0)
