@@ -255,21 +255,7 @@ def _run(cl: Cluster, p: Params, res: Result, note, procs: list) -> None:
     leader = cl.wait_leader(timeout=60)
     eps = [m.endpoint for m in cl.members]
     note(f"3 members up, leader {leader.name}; loading {p.keys} keys")
-    t0 = time.monotonic()
-    if p.load_ops > 1:  # keys 0..N-1 in order, load_ops to a txn (txn-put walks the key space)
-        how = ["--total", str(-(-p.keys // p.load_ops)), "txn-put",
-               "--txn-ops", str(p.load_ops)]
-    else:
-        how = ["--total", str(p.keys), "put", "--sequential-keys"]
-    cp = subprocess.run(bench_argv(eps, "--target-leader", "--conns", "16", "--clients", "64",
-                                   *how, "--key-size", str(KEY_SIZE), "--val-size",
-                                   str(VAL_SIZE), "--key-space-size", str(p.keys)),
-                        capture_output=True, text=True, timeout=p.step_timeout,
-                        stdin=subprocess.DEVNULL)
-    if cp.returncode != 0:
-        raise RuntimeError(f"load failed: {cp.stderr[-2000:]}")
-    res.load = json.loads(cp.stdout)
-    note(f"loaded in {time.monotonic() - t0:.1f}s ({res.load.get('errors')} errors)")
+    initial_load(eps, p, res, note)
 
     members = list(cl.members)
     changes0 = {m.name: metric(m, LEADER_CHANGES) for m in members}
@@ -288,7 +274,53 @@ def _run(cl: Cluster, p: Params, res: Result, note, procs: list) -> None:
 
     watcher = SlowWatcher(leader)
     note(f"slow watcher open on {leader.name} for {p.watch_secs:.0f}s")
+    new = None
+    try:
+        full_range(leader, p, res, note)
+        compact_all(leader, p, res, note)
+        new = add_member(cl, leader, p, res, note)
+        if new is not None:
+            members.append(new)
+        # The watcher stays unread for its whole time; the load runs to its end.
+        while time.monotonic() < watcher.opened + p.watch_secs:
+            time.sleep(0.5)
+        res.watcher_unread_bytes = watcher.unread_bytes()
+    finally:
+        watcher.close()
+    note(f"slow watcher closed ({res.watcher_unread_bytes} bytes waiting in its socket)")
+    finish_load(load, load_end, p, res, note)
 
+    res.leader_changes = {
+        m.name: (None if (a := metric(m, LEADER_CHANGES)) is None or changes0[m.name] is None
+                 else int(a - changes0[m.name]))
+        for m in members if m.name in changes0}
+    res.peak_rss_kb = {m.name: proc_status_kb(m.pid, "VmHWM") for m in members}
+    if new is not None and new.alive() and not res.catchup_error:
+        compare_keys(leader, new, p, res, note)
+
+
+def initial_load(eps: list[str], p: Params, res: Result, note) -> None:
+    """Keys 0..N-1 in order: a put each, or txns of `load_ops` puts (txn-put walks the key
+    space in order)."""
+    t0 = time.monotonic()
+    if p.load_ops > 1:
+        how = ["--total", str(-(-p.keys // p.load_ops)), "txn-put",
+               "--txn-ops", str(p.load_ops)]
+    else:
+        how = ["--total", str(p.keys), "put", "--sequential-keys"]
+    cp = subprocess.run(bench_argv(eps, "--target-leader", "--conns", "16", "--clients", "64",
+                                   *how, "--key-size", str(KEY_SIZE), "--val-size",
+                                   str(VAL_SIZE), "--key-space-size", str(p.keys)),
+                        capture_output=True, text=True, timeout=p.step_timeout,
+                        stdin=subprocess.DEVNULL)
+    if cp.returncode != 0:
+        raise RuntimeError(f"load failed: {cp.stderr[-2000:]}")
+    res.load = json.loads(cp.stdout)
+    note(f"loaded in {time.monotonic() - t0:.1f}s ({res.load.get('errors')} errors)")
+
+
+def full_range(leader, p: Params, res: Result, note) -> None:
+    """`etcdctl get "" --prefix --keys-only`, timed; the keys go to /dev/null."""
     t0 = time.monotonic()
     rc, _, err = etcdctl(leader.endpoint, "get", "", "--prefix", "--keys-only",
                          timeout=p.step_timeout, stdout=subprocess.DEVNULL)
@@ -297,54 +329,75 @@ def _run(cl: Cluster, p: Params, res: Result, note, procs: list) -> None:
         res.range_error = f"exit {rc}: {err.strip()[-300:]}"
     note(f"full range (keys only) {res.range_secs:.2f}s rc={rc}")
 
-    st = status(leader, command_timeout="10s")
-    res.compact_rev = int(st["header"]["revision"]) if st else None
-    if res.compact_rev is None:
-        res.compact_error = "no endpoint status from the leader"
-    else:
-        t0 = time.monotonic()
-        rc, _, err = etcdctl(leader.endpoint, "compact", str(res.compact_rev), "--physical",
-                             timeout=p.step_timeout)
-        res.compact_secs = time.monotonic() - t0
-        if rc != 0:
-            res.compact_error = f"exit {rc}: {err.strip()[-300:]}"
-        note(f"compact {res.compact_rev} --physical {res.compact_secs:.2f}s rc={rc}")
 
+def compact_all(leader, p: Params, res: Result, note) -> None:
+    """`etcdctl compact <current revision> --physical`, timed."""
+    st = status(leader, command_timeout="10s")
+    if not st:
+        res.compact_error = "no endpoint status from the leader"
+        return
+    res.compact_rev = int(st["header"]["revision"])
+    t0 = time.monotonic()
+    rc, _, err = etcdctl(leader.endpoint, "compact", str(res.compact_rev), "--physical",
+                         timeout=p.step_timeout)
+    res.compact_secs = time.monotonic() - t0
+    if rc != 0:
+        res.compact_error = f"exit {rc}: {err.strip()[-300:]}"
+    note(f"compact {res.compact_rev} --physical {res.compact_secs:.2f}s rc={rc}")
+
+
+def add_member(cl: Cluster, leader, p: Params, res: Result, note):
+    """`member add` of a 4th member, started with `--initial-cluster-state existing`; waits
+    until its revision reaches the leader's at the add. Returns it (None if not added)."""
+    # Only a log compacted past the new member's start makes it need a snapshot: the leader
+    # compacts once snapshot-count entries plus the catch-up entries it keeps are past its
+    # last compaction (etcd keeps 5000; pgraftd min(5000, snapshot-count)). At the full size
+    # that is long past; a small run waits for it, bounded by half the load.
+    snap = p.snap_count()
+    need = snap + (5000 if cl.kind == "etcd" else min(5000, snap)) + 500
+    deadline = time.monotonic() + max(5.0, p.load_secs / 2)
+    while time.monotonic() < deadline:
+        st = status(leader, command_timeout="5s")
+        if st and int(st.get("raftIndex", 0)) >= need:
+            break
+        time.sleep(0.5)
+    note(f"leader at raft index {st and st.get('raftIndex')} (a compacted log needs {need})")
     new = cl.new_member()
-    rc, out, err = _reconfig(leader, "member", "add", new.name,
-                             f"--peer-urls={new.advertise_peer_url}", timeout=60)
+    rc, _, err = _reconfig(leader, "member", "add", new.name,
+                           f"--peer-urls={new.advertise_peer_url}", timeout=60)
     if rc != 0:
         res.catchup_error = f"member add: exit {rc}: {err.strip()[-300:]}"
+        return None
+    cl.in_cluster.append(new.name)
+    new.initial_cluster = cl.initial_cluster_spec()
+    new.ready_check = "status"
+    st = status(leader, command_timeout="10s")
+    target_rev = int(st["header"]["revision"]) if st else res.compact_rev or 0
+    t0 = time.monotonic()
+    cl.start_member(new, wait=False)
+    if wait_revision(new, target_rev, t0 + p.step_timeout):
+        res.catchup_secs = time.monotonic() - t0
     else:
-        cl.in_cluster.append(new.name)
-        new.initial_cluster = cl.initial_cluster_spec()
-        new.ready_check = "status"
-        st = status(leader, command_timeout="10s")
-        target_rev = int(st["header"]["revision"]) if st else res.compact_rev or 0
-        t0 = time.monotonic()
-        cl.start_member(new, wait=False)
-        members.append(new)
-        deadline = t0 + p.step_timeout
-        while True:
-            sn = status(new, command_timeout="5s")
-            if sn and int(sn["header"]["revision"]) >= target_rev:
-                res.catchup_secs = time.monotonic() - t0
-                break
-            if time.monotonic() > deadline or not new.alive():
-                res.catchup_error = (f"{new.name} did not reach revision {target_rev} in "
-                                     f"{p.step_timeout:.0f}s (alive: {new.alive()})")
-                break
-            time.sleep(0.5)
-        res.new_member_snapshot = bool(SNAPSHOT_INSTALLED.search(new.log_since_start()))
-        note(f"new member {new.name} caught up to revision {target_rev}: "
-             f"{res.catchup_secs and round(res.catchup_secs, 2)}s {res.catchup_error or ''}")
+        res.catchup_error = (f"{new.name} did not reach revision {target_rev} in "
+                             f"{p.step_timeout:.0f}s (alive: {new.alive()})")
+    res.new_member_snapshot = bool(SNAPSHOT_INSTALLED.search(new.log_since_start()))
+    note(f"new member {new.name} caught up to revision {target_rev}: "
+         f"{res.catchup_secs and round(res.catchup_secs, 2)}s {res.catchup_error or ''}")
+    return new
 
-    # The watcher stays unread for its whole time; the load runs to its end.
-    while time.monotonic() < watcher.opened + p.watch_secs:
+
+def wait_revision(m, rev: int, deadline: float) -> bool:
+    """Waits until member m's own revision (endpoint status) reaches `rev`."""
+    while m.alive() and time.monotonic() < deadline:
+        st = status(m, command_timeout="5s")
+        if st and int(st["header"]["revision"]) >= rev:
+            return True
         time.sleep(0.5)
-    res.watcher_unread_bytes = watcher.unread_bytes()
-    watcher.close()
-    note(f"slow watcher closed ({res.watcher_unread_bytes} bytes waiting in its socket)")
+    return False
+
+
+def finish_load(load: subprocess.Popen, load_end: float, p: Params, res: Result, note) -> None:
+    """Waits for the steady load to end and takes its report."""
     try:
         out, err = load.communicate(timeout=max(0.0, load_end - time.monotonic())
                                     + p.step_timeout)
@@ -358,27 +411,18 @@ def _run(cl: Cluster, p: Params, res: Result, note, procs: list) -> None:
     note(f"put load: {res.put.get('requests')} puts, {res.put.get('errors')} errors, "
          f"p99 {res.p99_ms()} ms, slowest {res.slowest_put_ms()} ms")
 
-    res.leader_changes = {
-        m.name: (None if (a := metric(m, LEADER_CHANGES)) is None or changes0[m.name] is None
-                 else int(a - changes0[m.name]))
-        for m in members if m.name in changes0}
-    res.peak_rss_kb = {m.name: proc_status_kb(m.pid, "VmHWM") for m in members}
 
-    # Same keys on the new member as on the leader, once the load is over and it caught up.
-    if new.alive() and not res.catchup_error:
-        st = status(leader, command_timeout="10s")
-        rev = int(st["header"]["revision"]) if st else 0
-        deadline = time.monotonic() + p.step_timeout
-        while time.monotonic() < deadline:
-            sn = status(new, command_timeout="5s")
-            if sn and int(sn["header"]["revision"]) >= rev:
-                break
-            time.sleep(0.5)
-        res.leader_keys, lh, e1 = keys_digest(leader, p.step_timeout)
-        res.new_member_keys, nh, e2 = keys_digest(new, p.step_timeout)
-        res.same_keys = bool(lh) and lh == nh and not e1 and not e2
-        note(f"keys: leader {res.leader_keys}, {new.name} {res.new_member_keys}, "
-             f"same: {res.same_keys} {e1} {e2}")
+def compare_keys(leader, new, p: Params, res: Result, note) -> None:
+    """Once the load is over and the new member reached the leader's revision: the same keys
+    on both (serializable keys-only listings, hashed)."""
+    st = status(leader, command_timeout="10s")
+    wait_revision(new, int(st["header"]["revision"]) if st else 0,
+                  time.monotonic() + p.step_timeout)
+    res.leader_keys, lh, e1 = keys_digest(leader, p.step_timeout)
+    res.new_member_keys, nh, e2 = keys_digest(new, p.step_timeout)
+    res.same_keys = bool(lh) and lh == nh and not e1 and not e2
+    note(f"keys: leader {res.leader_keys}, {new.name} {res.new_member_keys}, "
+         f"same: {res.same_keys} {e1} {e2}")
 
 
 # --------------------------------------------------------------------------- report

@@ -29,6 +29,9 @@ def ci_params() -> scale.Params:
                         watch_secs=float(env("SCALE_CI_WATCH_SECS", "20")),
                         targets=targets,
                         load_ops=100,
+                        # The smallest useful: the log is compacted after about 2000 entries,
+                        # so the 4th member must take a snapshot.
+                        snapshot_count=1000,
                         step_timeout=120.0)
 
 
