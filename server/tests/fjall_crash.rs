@@ -41,7 +41,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use pgraft_server::backend::Backend;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 /// Set in the child's environment: `<mode>:<dir>`.
 const CHILD_ENV: &str = "PGRAFT_FJALL_CRASH_CHILD";
@@ -176,6 +176,8 @@ fn crash_and_reopen(mode: Mode) -> (Vec<u64>, Vec<u64>) {
             CHILD_ENV,
             format!("{}:{}", mode.name(), dir.path().display()),
         )
+        // The child's test harness chatter would interleave with ours; a panic goes to stderr.
+        .stdout(Stdio::null())
         .status()
         .unwrap();
     assert_eq!(
