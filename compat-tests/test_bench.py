@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,18 @@ def test_watch_latency(server):
     assert r["put"]["requests"] == 20 and r["put"]["errors"] == 0, r
     # Every put reaches all 6 watchers.
     assert r["watch"]["requests"] == 120 and r["watch"]["errors"] == 0, r
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_duration_ends_a_steady_load(kind, server_factory):
+    """`--duration` stops starting requests after that many seconds whatever `--total` says:
+    the scale test's steady load (compat-tests/scale.py) relies on it."""
+    if not os.access(bench_path(), os.X_OK):
+        pytest.fail(f"{bench_path()} missing: build it with `cargo build --bins`", pytrace=False)
+    server = server_factory(kind)
+    t0 = time.monotonic()
+    r = bench(server, "--clients", "4", "--total", str(10**12), "--duration", "2", "put",
+              "--key-space-size", "100")
+    elapsed = time.monotonic() - t0
+    assert r["errors"] == 0 and r["requests"] > 0, r
+    assert 2 <= r["total_secs"] < 10 and elapsed < 30, (r["total_secs"], elapsed)

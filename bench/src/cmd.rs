@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::conn;
-use crate::runner::{run_kv, status_message};
+use crate::runner::{run_kv, status_message, Stop};
 use crate::stats::Report;
 use crate::unary::UnaryConn;
 
@@ -28,10 +28,19 @@ pub struct Ctx {
     pub conns: usize,
     pub clients: usize,
     pub total: u64,
+    /// `--duration`: stop starting requests after this long (unary subcommands).
+    pub duration: Option<Duration>,
     pub timeout: Duration,
 }
 
 impl Ctx {
+    fn stop(&self) -> Stop {
+        Stop {
+            total: self.total,
+            duration: self.duration,
+        }
+    }
+
     /// `--conns` connections for request loops.
     async fn unary_conns(&self) -> Result<Vec<UnaryConn>, String> {
         conn::unary(&self.urls, self.conns, self.timeout).await
@@ -74,7 +83,7 @@ pub async fn put(
         "put",
         &ctx.unary_conns().await?,
         ctx.clients,
-        ctx.total,
+        ctx.stop(),
         ctx.timeout,
         move |conn, i| {
             let n = if sequential {
@@ -112,7 +121,7 @@ pub async fn range(
         "range",
         &ctx.unary_conns().await?,
         ctx.clients,
-        ctx.total,
+        ctx.stop(),
         ctx.timeout,
         move |conn, _| {
             let req = req.clone();
@@ -136,7 +145,7 @@ pub async fn txn_put(
         "txn-put",
         &ctx.unary_conns().await?,
         ctx.clients,
-        ctx.total,
+        ctx.stop(),
         ctx.timeout,
         move |conn, i| {
             let success = (0..txn_ops as u64)

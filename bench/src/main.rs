@@ -60,6 +60,10 @@ struct Cli {
     /// Print latencies with microsecond digits.
     #[arg(long, global = true)]
     precise: bool,
+    /// Stop starting requests after this many seconds (0: run until --total); put, range and
+    /// txn-put. With it, --total only caps the count (a steady load of fixed length).
+    #[arg(long, global = true, default_value_t = 0.0)]
+    duration: f64,
     /// Per-request timeout (seconds); also the dial timeout.
     #[arg(long, global = true, default_value_t = 10.0)]
     request_timeout: f64,
@@ -132,6 +136,7 @@ async fn run(cli: Cli) -> Result<Vec<stats::Report>, String> {
         conns: cli.conns,
         clients: cli.clients,
         total: cli.total,
+        duration: (cli.duration > 0.0).then(|| Duration::from_secs_f64(cli.duration)),
         timeout,
     };
     Ok(match cli.cmd {

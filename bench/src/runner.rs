@@ -1,5 +1,5 @@
 //! The closed-loop load driver: `--clients` tasks, spread over the channels, each issuing
-//! one request at a time until `--total` requests have been started. Each request is timed
+//! one request at a time until `--total` requests have been started or `--duration` passed. Each request is timed
 //! with `Instant` from just before it is sent to its response, and bounded by a timeout.
 
 use std::collections::BTreeMap;
@@ -18,13 +18,22 @@ pub fn status_message(st: &tonic::Status) -> String {
     format!("{:?}: {}", st.code(), st.message())
 }
 
-/// Runs `total` calls of `op(connection, request_index)` from `clients` concurrent loops,
-/// spread over `conns` round-robin.
+/// When a run stops starting requests: after `total` of them, or once `duration` (if set) has
+/// passed since it began. A duration makes a steady load of fixed length whatever the rate (the
+/// scale test runs one while it issues other requests).
+#[derive(Clone, Copy, Debug)]
+pub struct Stop {
+    pub total: u64,
+    pub duration: Option<Duration>,
+}
+
+/// Runs calls of `op(connection, request_index)` from `clients` concurrent loops, spread over
+/// `conns` round-robin, until `stop`.
 pub async fn run_kv<F, Fut>(
     name: &str,
     conns: &[UnaryConn],
     clients: usize,
-    total: u64,
+    stop: Stop,
     timeout: Duration,
     op: F,
 ) -> Report
@@ -35,6 +44,8 @@ where
     let op = Arc::new(op);
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let deadline = stop.duration.map(|d| start + d);
+    let total = stop.total;
     let mut tasks = JoinSet::new();
     for c in 0..clients.max(1) {
         let conn = conns[c % conns.len()].clone();
@@ -44,7 +55,7 @@ where
             let mut errors: BTreeMap<String, usize> = BTreeMap::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
+                if i >= total || deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
                 let t0 = Instant::now();
@@ -57,7 +68,8 @@ where
             (lats, errors)
         });
     }
-    let mut lats = Vec::with_capacity(total as usize);
+    // `total` may be "unbounded" (u64::MAX) under a duration.
+    let mut lats = Vec::with_capacity(total.min(1 << 20) as usize);
     let mut errors: BTreeMap<String, usize> = BTreeMap::new();
     while let Some(res) = tasks.join_next().await {
         let (l, e) = res.expect("client loop panicked");
