@@ -62,6 +62,10 @@ pub struct RaftStatus {
     pub id: u64,
     pub leader: AtomicU64,
     pub term: AtomicU64,
+    /// The term in which this member is leader, 0 while it is not: one word, so that a
+    /// reader never pairs "leader" with a term it did not lead in (`leader` and `term` are
+    /// stored one after the other).
+    leader_term: AtomicU64,
     pub commit_index: AtomicU64,
     pub is_learner: AtomicBool,
     /// Set when this member has been removed from the cluster; the loop has stopped.
@@ -107,6 +111,10 @@ impl RaftStatus {
     }
     pub fn is_leader(&self) -> bool {
         self.leader() == self.id
+    }
+    /// The term this member leads in, as its raft loop last saw it; 0 when it is not leader.
+    pub fn leader_term(&self) -> u64 {
+        self.leader_term.load(Ordering::Acquire)
     }
     pub fn is_learner(&self) -> bool {
         self.is_learner.load(Ordering::Acquire)
@@ -261,6 +269,7 @@ pub fn start<S: StateMachine>(
         id: cfg.id,
         leader: AtomicU64::new(0),
         term: AtomicU64::new(raw.raft.term),
+        leader_term: AtomicU64::new(0),
         commit_index: AtomicU64::new(raw.raft.raft_log.committed),
         is_learner: AtomicBool::new(cs.learners.contains(&cfg.id)),
         removed: AtomicBool::new(false),
@@ -285,7 +294,7 @@ pub fn start<S: StateMachine>(
         applied_ahead: 0,
         leader_link_lost: None,
         cfg,
-        read_seq: 0,
+        read_seq: read_seq_seed(),
         pending_reads: Vec::new(),
         read_waiters: HashMap::new(),
         removed: false,
@@ -338,6 +347,7 @@ struct Loop<S> {
     /// The stream to this leader broke at this instant (see [`Loop::link_lost`]).
     leader_link_lost: Option<(u64, Instant)>,
     cfg: RaftConfig,
+    /// The last ReadIndex sequence number used; starts at [`read_seq_seed`].
     read_seq: u64,
     pending_reads: Vec<ReadWaiter>,
     /// Set when this member learned it was removed from the cluster.
@@ -350,6 +360,20 @@ struct Loop<S> {
     /// Role and term seen at the last status update (to count elections).
     last_role: StateRole,
     last_term: u64,
+}
+
+/// Where a member's ReadIndex sequence starts: the wall clock in nanoseconds. A leader ignores a
+/// ReadIndex context it already has pending, and one it answered long ago may still sit in a
+/// slow message; a member that restarted from 0 could repeat such a context and get (or lose)
+/// another request's answer. The sequence takes at most one step per loop turn, far fewer
+/// than one per nanosecond, so a later start begins past every number an earlier run used
+/// (unless the clock stepped back by more than that run's lifetime); the low bits are mixed
+/// with randomness for that case.
+fn read_seq_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (rand::random::<u64>() & 0xffff)
 }
 
 /// How long a ReadIndex request may go unanswered before it is sent again (etcd's
@@ -427,6 +451,7 @@ impl<S: StateMachine> Loop<S> {
                 tracing::warn!("this member was removed from the cluster; raft stopped");
                 self.status.removed.store(true, Ordering::Release);
                 self.status.leader.store(0, Ordering::Release);
+                self.status.leader_term.store(0, Ordering::Release);
                 return Ok(());
             }
             self.apply_ahead()?;
@@ -536,7 +561,7 @@ impl<S: StateMachine> Loop<S> {
                     let _ = tx.send(Err(Error::NoLeader));
                 }
             } else {
-                self.read_seq += 1;
+                self.read_seq = self.read_seq.wrapping_add(1);
                 let mut ctx = self.cfg.id.to_be_bytes().to_vec();
                 ctx.extend_from_slice(&self.read_seq.to_be_bytes());
                 self.raw.read_index(ctx.clone());
@@ -806,6 +831,9 @@ impl<S: StateMachine> Loop<S> {
         let prev = self.status.leader.swap(r.leader_id, Ordering::AcqRel);
         crate::metrics::leader_seen(prev, r.leader_id);
         let is_leader = r.state == StateRole::Leader;
+        self.status
+            .leader_term
+            .store(if is_leader { r.term } else { 0 }, Ordering::Release);
         if is_leader != self.was_leader {
             self.was_leader = is_leader;
             tracing::info!(term = r.term, is_leader, "leadership changed");
