@@ -88,6 +88,7 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
         self.0
             .lease_renew_local(req.into_inner().id)
+            .await
             .map(Response::new)
             .map_err(Status::from)
     }
@@ -96,12 +97,11 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        if !self.0.raft.status.is_leader() {
-            return Err(Error::NotLeader.into());
-        }
-        Ok(Response::new(
-            self.0.lease_time_to_live_local(req.into_inner()),
-        ))
+        self.0
+            .lease_time_to_live_local(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn member_promote(

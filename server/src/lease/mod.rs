@@ -64,7 +64,7 @@ impl Lessor {
     /// Applies a grant (the caller checked that `id` is free).
     pub fn grant(&self, id: i64, ttl: i64) {
         let mut s = self.state.lock();
-        let expiry = s.primary.then(|| deadline(ttl));
+        let expiry = s.primary.then(|| deadline(Instant::now(), Duration::ZERO, ttl));
         s.leases.insert(
             id,
             Lease {
@@ -79,13 +79,14 @@ impl Lessor {
     pub fn reset(&self, leases: Vec<(i64, i64)>) {
         let mut s = self.state.lock();
         let primary = s.primary;
+        let now = Instant::now();
         s.revoking.clear();
         s.leases = leases
             .into_iter()
             .map(|(id, ttl)| {
                 let lease = Lease {
                     ttl,
-                    expiry: primary.then(|| deadline(ttl)),
+                    expiry: primary.then(|| deadline(now, Duration::ZERO, ttl)),
                     keys: BTreeSet::new(),
                 };
                 (id, lease)
@@ -122,7 +123,7 @@ impl Lessor {
             if l.expiry.is_some_and(|e| e <= Instant::now()) {
                 return None;
             }
-            l.expiry = Some(deadline(l.ttl));
+            l.expiry = Some(deadline(Instant::now(), Duration::ZERO, l.ttl));
         }
         Some(l.ttl)
     }
@@ -131,7 +132,10 @@ impl Lessor {
         let s = self.state.lock();
         let l = s.leases.get(&id)?;
         let remaining = match l.expiry {
-            Some(e) => e.saturating_duration_since(Instant::now()).as_secs() as i64,
+            Some(e) => {
+                let left = e.saturating_duration_since(Instant::now()).as_secs();
+                i64::try_from(left).unwrap_or(i64::MAX)
+            }
             None => l.ttl,
         };
         Some(LeaseInfo {
@@ -179,7 +183,7 @@ impl Lessor {
         s.revoking.clear();
         let now = Instant::now();
         for l in s.leases.values_mut() {
-            l.expiry = Some(now + extend + Duration::from_secs(l.ttl as u64));
+            l.expiry = Some(deadline(now, extend, l.ttl));
         }
     }
 
@@ -193,8 +197,20 @@ impl Lessor {
     }
 }
 
-fn deadline(ttl: i64) -> Instant {
-    Instant::now() + Duration::from_secs(ttl.max(0) as u64)
+/// `extend` plus `ttl` seconds after `from`. A TTL comes from the log, which the network wrote:
+/// the apply step rejects one above [`MAX_LEASE_TTL`], but a lease stored before that check
+/// (or any other path) must still not panic here, so the sum saturates. A deadline that
+/// `Instant` cannot hold is as good as never: it is pulled in until it fits.
+fn deadline(from: Instant, extend: Duration, ttl: i64) -> Instant {
+    let ttl = Duration::from_secs(u64::try_from(ttl).unwrap_or(0));
+    let mut after = extend.saturating_add(ttl);
+    loop {
+        if let Some(at) = from.checked_add(after) {
+            return at;
+        }
+        // Halving reaches zero, which always fits, within 100 steps.
+        after /= 2;
+    }
 }
 
 #[cfg(test)]
@@ -217,6 +233,23 @@ mod tests {
         assert!(l.expired().is_empty());
         assert_eq!(l.revoke(7), Some(vec![b"a".to_vec(), b"b".to_vec()]));
         assert_eq!(l.renew(7), None);
+    }
+
+    /// A TTL near `i64::MAX` (a forged or corrupt entry) used to overflow `Instant + Duration`
+    /// and panic the raft thread on every member replaying the log.
+    #[test]
+    fn huge_ttls_do_not_overflow_deadlines() {
+        let l = Lessor::new(0);
+        l.promote(Duration::ZERO);
+        l.grant(1, i64::MAX);
+        l.grant(2, MAX_LEASE_TTL);
+        assert_eq!(l.renew(1), Some(i64::MAX));
+        assert!(l.time_to_live(1).unwrap().remaining > MAX_LEASE_TTL);
+        l.demote();
+        l.promote(Duration::MAX);
+        l.reset(vec![(1, i64::MAX), (3, -5)]);
+        assert!(l.expired().contains(&3));
+        assert!(!l.expired().contains(&1));
     }
 
     #[test]
