@@ -99,3 +99,27 @@ async fn raft_stream_refuses_messages_not_from_its_sender_or_not_to_this_member(
     // The member is unharmed.
     assert!(n.put("k", "v").await > 0);
 }
+
+/// A committed conf change that raft refuses (here: removing the only voter, which the
+/// service layer never proposes) is skipped; it used to stop the raft loop, and with it the
+/// member, on every start that replayed it.
+#[tokio::test]
+async fn a_conf_change_raft_refuses_is_skipped() {
+    use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+    let n = TestNode::start().await;
+    let server = &n.node.as_ref().unwrap().server;
+    let before = server.raft.status.applied_index();
+    let mut change = ConfChangeSingle::default();
+    change.set_change_type(ConfChangeType::RemoveNode);
+    change.node_id = server.member_id();
+    let mut cc = ConfChangeV2::default();
+    cc.mut_changes().push(change);
+    server.raft.propose_conf_change(1, cc).unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while server.raft.status.applied_index() <= before {
+        assert!(std::time::Instant::now() < deadline, "conf change not applied");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(n.put("k", "v").await > 0);
+    assert_eq!(server.membership.members().len(), 1);
+}

@@ -737,16 +737,27 @@ impl<S: StateMachine> Loop<S> {
         Ok(())
     }
 
-    /// Returns true when the change removed this member.
+    /// Returns true when the change removed this member. A conf change that does not decode,
+    /// or that raft refuses (one removing every voter, say), is skipped with an error logged:
+    /// a log entry is data from the network, and failing here stopped the member, and every
+    /// member replaying the log, for good. Raft refuses the same change on every member (it
+    /// depends only on the configuration, which they share), so they stay in agreement.
     fn apply_conf_change(&mut self, e: &Entry) -> Result<bool> {
-        let cc = if e.get_entry_type() == EntryType::EntryConfChangeV2 {
-            ConfChangeV2::parse_from_bytes(&e.data).map_err(Error::internal)?
+        let decoded = if e.get_entry_type() == EntryType::EntryConfChangeV2 {
+            ConfChangeV2::parse_from_bytes(&e.data)
         } else {
-            let v1 =
-                raft::eraftpb::ConfChange::parse_from_bytes(&e.data).map_err(Error::internal)?;
-            v1.into_v2()
+            raft::eraftpb::ConfChange::parse_from_bytes(&e.data).map(|v1| v1.into_v2())
         };
-        let cs = self.raw.apply_conf_change(&cc).map_err(Error::internal)?;
+        let applied = decoded
+            .map_err(Error::internal)
+            .and_then(|cc| Ok((self.raw.apply_conf_change(&cc).map_err(Error::internal)?, cc)));
+        let (cs, cc) = match applied {
+            Ok(v) => v,
+            Err(err) => {
+                tracing::error!(index = e.index, error = %err, "conf change refused; skipped");
+                return Ok(false);
+            }
+        };
         self.storage.set_conf_state(&cs)?;
         self.sm.apply_conf_change(e.index, &cc, &cs)?;
         self.after_membership_change(&cs);
