@@ -852,3 +852,20 @@ impl<S: StateMachine> Loop<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A later start's ReadIndex sequence begins past an earlier run's: by the time elapsed
+    /// in nanoseconds (a run takes at most one number per loop turn), less the random bits.
+    #[test]
+    fn read_seq_seeds_grow_with_the_clock() {
+        let first = read_seq_seed();
+        std::thread::sleep(Duration::from_millis(2));
+        let later = read_seq_seed();
+        assert!(later > first + 1_000_000, "{first} -> {later}");
+        // Not a restart from 0: past 2025-01-01 in nanoseconds.
+        assert!(first > 1_735_689_600_000_000_000);
+    }
+}
