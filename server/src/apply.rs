@@ -188,10 +188,9 @@ fn check_op(op: &Op) -> Result<()> {
         Op::DeleteRange(r) => txn::check_delete(r),
         Op::Txn(r) => txn::check_txn_request(r, usize::MAX),
         Op::LeaseGrant(r) => check_lease_grant(r),
-        Op::Compaction(_)
-        | Op::LeaseRevoke(_)
-        | Op::MemberAttributes(_)
-        | Op::MemberUpdate(_) => Ok(()),
+        Op::Compaction(_) | Op::LeaseRevoke(_) | Op::MemberAttributes(_) | Op::MemberUpdate(_) => {
+            Ok(())
+        }
     }
 }
 
@@ -425,15 +424,18 @@ mod tests {
             };
             let mut rx = self.a.wait.register(req.id);
             self.apply_raw(term, req.encode_to_vec());
-            rx.try_recv().expect("the applier answers every decoded entry")
+            rx.try_recv()
+                .expect("the applier answers every decoded entry")
         }
 
         fn apply_raw(&mut self, term: u64, data: Vec<u8>) {
             self.index += 1;
-            let mut e = Entry::default();
-            e.index = self.index;
-            e.term = term;
-            e.data = data.into();
+            let e = Entry {
+                index: self.index,
+                term,
+                data: data.into(),
+                ..Default::default()
+            };
             self.a.apply(vec![e]).expect("apply");
         }
 
@@ -477,7 +479,10 @@ mod tests {
             assert_eq!(res.unwrap_err(), Error::LeaseTtlTooLarge, "ttl {ttl}");
         }
         assert!(!log.a.lessor.exists(7));
-        assert_eq!(log.apply(1, grant(0, 10), 0).unwrap_err(), Error::LeaseNotFound);
+        assert_eq!(
+            log.apply(1, grant(0, 10), 0).unwrap_err(),
+            Error::LeaseNotFound
+        );
         assert!(!log.a.lessor.exists(0));
 
         let cases: Vec<(Op, Error)> = vec![

@@ -88,13 +88,19 @@ async fn raft_stream_refuses_messages_not_from_its_sender_or_not_to_this_member(
     s.write_all(&wire::preamble(cluster_id, 99)).await.unwrap();
     s.write_all(&message(98, me)).await.unwrap();
     let reason = answer(s).await;
-    assert!(reason.contains("from member 62 on the stream of member 63"), "{reason}");
+    assert!(
+        reason.contains("from member 62 on the stream of member 63"),
+        "{reason}"
+    );
 
     let mut s = TcpStream::connect(peer).await.unwrap();
     s.write_all(&wire::preamble(cluster_id, 99)).await.unwrap();
     s.write_all(&message(99, me ^ 1)).await.unwrap();
     let reason = answer(s).await;
-    assert!(reason.contains(&format!("to member {:x}", me ^ 1)), "{reason}");
+    assert!(
+        reason.contains(&format!("to member {:x}", me ^ 1)),
+        "{reason}"
+    );
 
     // The member is unharmed.
     assert!(n.put("k", "v").await > 0);
@@ -117,7 +123,10 @@ async fn a_conf_change_raft_refuses_is_skipped() {
     server.raft.propose_conf_change(1, cc).unwrap();
     let deadline = std::time::Instant::now() + TIMEOUT;
     while server.raft.status.applied_index() <= before {
-        assert!(std::time::Instant::now() < deadline, "conf change not applied");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "conf change not applied"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert!(n.put("k", "v").await > 0);

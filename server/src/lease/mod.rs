@@ -64,7 +64,9 @@ impl Lessor {
     /// Applies a grant (the caller checked that `id` is free).
     pub fn grant(&self, id: i64, ttl: i64) {
         let mut s = self.state.lock();
-        let expiry = s.primary.then(|| deadline(Instant::now(), Duration::ZERO, ttl));
+        let expiry = s
+            .primary
+            .then(|| deadline(Instant::now(), Duration::ZERO, ttl));
         s.leases.insert(
             id,
             Lease {

@@ -748,9 +748,12 @@ impl<S: StateMachine> Loop<S> {
         } else {
             raft::eraftpb::ConfChange::parse_from_bytes(&e.data).map(|v1| v1.into_v2())
         };
-        let applied = decoded
-            .map_err(Error::internal)
-            .and_then(|cc| Ok((self.raw.apply_conf_change(&cc).map_err(Error::internal)?, cc)));
+        let applied = decoded.map_err(Error::internal).and_then(|cc| {
+            Ok((
+                self.raw.apply_conf_change(&cc).map_err(Error::internal)?,
+                cc,
+            ))
+        });
         let (cs, cc) = match applied {
             Ok(v) => v,
             Err(err) => {
