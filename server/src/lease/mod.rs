@@ -6,6 +6,7 @@
 //! lease when it takes office and proposes a revoke for each lease that runs out; followers keep
 //! leases forever, as etcd does.
 
+use crate::error::Error;
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -115,19 +116,26 @@ impl Lessor {
         }
     }
 
-    /// A keepalive, on the primary: pushes the deadline out by the full TTL and returns it.
-    pub fn renew(&self, id: i64) -> Option<i64> {
+    /// A keepalive: pushes the deadline out by the full TTL and returns it. Only the primary
+    /// keeps deadlines; anywhere else a renewal would be a success that renewed nothing
+    /// (etcd's `ErrNotPrimary`).
+    pub fn renew(&self, id: i64) -> Result<i64, Error> {
         let mut s = self.state.lock();
-        let primary = s.primary;
-        let l = s.leases.get_mut(&id)?;
-        if primary {
-            // An already expired lease is being revoked: do not bring it back.
-            if l.expiry.is_some_and(|e| e <= Instant::now()) {
-                return None;
-            }
-            l.expiry = Some(deadline(Instant::now(), Duration::ZERO, l.ttl));
+        if !s.primary {
+            return Err(Error::NotPrimary);
         }
-        Some(l.ttl)
+        let l = s.leases.get_mut(&id).ok_or(Error::LeaseNotFound)?;
+        // An already expired lease is being revoked: do not bring it back.
+        if l.expiry.is_some_and(|e| e <= Instant::now()) {
+            return Err(Error::LeaseNotFound);
+        }
+        l.expiry = Some(deadline(Instant::now(), Duration::ZERO, l.ttl));
+        Ok(l.ttl)
+    }
+
+    /// True while this member's lessor keeps deadlines (it is the leader).
+    pub fn is_primary(&self) -> bool {
+        self.state.lock().primary
     }
 
     pub fn time_to_live(&self, id: i64) -> Option<LeaseInfo> {
@@ -227,14 +235,14 @@ mod tests {
         l.grant(7, 10);
         l.attach(7, b"b");
         l.attach(7, b"a");
-        assert_eq!(l.renew(7), Some(10));
+        assert_eq!(l.renew(7), Ok(10));
         assert_eq!(
             l.time_to_live(7).unwrap().keys,
             vec![b"a".to_vec(), b"b".to_vec()]
         );
         assert!(l.expired().is_empty());
         assert_eq!(l.revoke(7), Some(vec![b"a".to_vec(), b"b".to_vec()]));
-        assert_eq!(l.renew(7), None);
+        assert_eq!(l.renew(7), Err(Error::LeaseNotFound));
     }
 
     /// A TTL near `i64::MAX` (a forged or corrupt entry) used to overflow `Instant + Duration`
@@ -245,7 +253,7 @@ mod tests {
         l.promote(Duration::ZERO);
         l.grant(1, i64::MAX);
         l.grant(2, MAX_LEASE_TTL);
-        assert_eq!(l.renew(1), Some(i64::MAX));
+        assert_eq!(l.renew(1), Ok(i64::MAX));
         assert!(l.time_to_live(1).unwrap().remaining > MAX_LEASE_TTL);
         l.demote();
         l.promote(Duration::MAX);
@@ -265,5 +273,6 @@ mod tests {
         assert!(l.expired().is_empty());
         l.demote();
         assert!(l.expired().is_empty());
+        assert_eq!(l.renew(1), Err(Error::NotPrimary));
     }
 }

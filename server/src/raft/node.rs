@@ -215,14 +215,21 @@ impl RaftHandle {
 
     /// A linearizable read point: the commit index confirmed by a quorum, once applied locally.
     pub async fn read_index(&self) -> Result<u64> {
+        let index = self.quorum_index().await?;
+        self.status.wait_applied(index).await;
+        Ok(index)
+    }
+
+    /// The ReadIndex round alone: the leader's commit index, once a quorum answered a
+    /// heartbeat the leader sent after the request (so it still led then); not yet applied
+    /// here.
+    pub async fn quorum_index(&self) -> Result<u64> {
         if self.status.leader() == 0 {
             return Err(Error::NoLeader);
         }
         let (tx, rx) = oneshot::channel();
         self.send(Command::ReadIndex(tx))?;
-        let index = rx.await.map_err(|_| Error::Stopped)??;
-        self.status.wait_applied(index).await;
-        Ok(index)
+        rx.await.map_err(|_| Error::Stopped)?
     }
 }
 

@@ -248,32 +248,46 @@ impl EtcdServer {
         if !self.raft.status.is_leader() {
             return Err(Error::NotLeader);
         }
-        self.confirm_leadership()
+        let index = self
+            .confirm_leadership()
             .await
             .map_err(|_| Error::NotPrimary)?;
+        self.wait_applied_lease_state(index).await?;
         let header = Some(self.header(self.store.current_rev()));
-        let ttl = self.lessor.renew(id).ok_or(Error::LeaseNotFound)?;
+        let ttl = self.lessor.renew(id)?;
         Ok(LeaseKeepAliveResponse { header, id, ttl })
     }
 
     /// Confirms that this member leads now: a ReadIndex round (a quorum answered a heartbeat
-    /// sent in the term this member leads in), then the same term still led, which also
-    /// means the applied index caught up with the commit index confirmed. Bounded by the
-    /// election timeout (1 s at least, for the ReadIndex retry of a leader that has not yet
-    /// committed in its term): a leader that cannot hear a quorum for that long steps down
-    /// anyway (check-quorum), so waiting longer would only delay the client's failover.
-    async fn confirm_leadership(&self) -> Result<()> {
+    /// sent in the term this member leads in), and the same term still led after it. Bounded
+    /// by the election timeout (1 s at least, for the ReadIndex retry of a leader that has not
+    /// yet committed in its term): a leader that cannot hear a quorum for that long steps
+    /// down anyway (check-quorum), so waiting longer would only delay the client's failover.
+    /// Returns the confirmed commit index.
+    async fn confirm_leadership(&self) -> Result<u64> {
         let term = self.raft.status.leader_term();
         if term == 0 {
             return Err(Error::NotLeader);
         }
         let bound = self.cfg.election().max(Duration::from_secs(1));
-        match tokio::time::timeout(bound, self.raft.read_index()).await {
-            Ok(Ok(_)) if self.raft.status.leader_term() == term => Ok(()),
+        match tokio::time::timeout(bound, self.raft.quorum_index()).await {
+            Ok(Ok(index)) if self.raft.status.leader_term() == term => Ok(index),
             Ok(Ok(_)) => Err(Error::LeaderChanged),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::Timeout),
         }
+    }
+
+    /// On a confirmed leader, waits until it applied what was committed when it confirmed,
+    /// so that a lease granted just before is known (etcd's `waitAppliedIndex`). Apart from
+    /// the confirmation: a slow applier is not a lost leadership.
+    async fn wait_applied_lease_state(&self, index: u64) -> Result<()> {
+        tokio::time::timeout(
+            self.cfg.request_timeout(),
+            self.raft.status.wait_applied(index),
+        )
+        .await
+        .map_err(|_| Error::Timeout)
     }
 
     /// TimeToLive: the remaining time is known to the leader only, so followers ask it.
@@ -305,11 +319,18 @@ impl EtcdServer {
         if !self.raft.status.is_leader() {
             return Err(Error::NotLeader);
         }
-        self.confirm_leadership()
+        let index = self
+            .confirm_leadership()
             .await
             .map_err(|_| Error::LeaderChanged)?;
+        self.wait_applied_lease_state(index).await?;
         let header = Some(self.header(self.store.current_rev()));
-        Ok(match self.lessor.time_to_live(r.id) {
+        let info = self.lessor.time_to_live(r.id);
+        // Demoted meanwhile: the remaining time just read may be no deadline at all.
+        if !self.lessor.is_primary() {
+            return Err(Error::LeaderChanged);
+        }
+        Ok(match info {
             Some(info) => LeaseTimeToLiveResponse {
                 header,
                 id: r.id,
