@@ -309,7 +309,7 @@ impl EtcdServer {
     }
 
     /// TimeToLive on the leader, once it confirmed it leads (see
-    /// [`EtcdServer::lease_renew_local`]); a leader that cannot answers etcd's
+    /// [`EtcdServer::lease_renew_local`]); a leader that cannot confirm it answers etcd's
     /// `leader changed` (as etcd does for a lessor demoted during the lookup), which clients
     /// retry.
     pub async fn lease_time_to_live_local(
