@@ -7,7 +7,7 @@
 
 use crate::backend::{meta_key, Backend};
 use crate::error::{Error, Result};
-use crate::lease::Lessor;
+use crate::lease::{Lessor, MAX_LEASE_TTL};
 use crate::membership::Membership;
 use crate::mvcc::{KeyRange, KvRead, Store, Writer};
 use crate::raft::StateMachine;
@@ -80,9 +80,21 @@ impl StateMachine for Applier {
                 }
             };
             let Some(op) = req.op else { continue };
-            w.begin_txn();
-            let res = self.apply_op(&mut w, op);
-            w.end_txn();
+            let res = if req.proposer_term != 0 && req.proposer_term != e.term {
+                // A deposed leader's own proposal (see `InternalRequest::proposer_term`).
+                tracing::info!(
+                    index = e.index,
+                    entry_term = e.term,
+                    proposer_term = req.proposer_term,
+                    "stale leader's proposal ignored"
+                );
+                Err(Error::LeaderChanged)
+            } else {
+                w.begin_txn();
+                let res = check_op(&op).and_then(|()| self.apply_op(&mut w, op));
+                w.end_txn();
+                res
+            };
             results.push((req.id, res));
         }
         w.batch.insert(
@@ -162,6 +174,36 @@ impl StateMachine for Applier {
             self.lessor.demote();
         }
     }
+}
+
+/// Checks an entry's request again, as the service layer did before proposing it: a log entry
+/// is data from the network (any member, or anything that reached a peer port, may have
+/// written it), and a shape the service layer refuses must be refused here too, with the
+/// same error on every member, rather than reach code that assumes it cannot happen. Only
+/// checks that depend on nothing but the request itself, so every member agrees; the
+/// member-local `--max-txn-ops` is not one of them.
+fn check_op(op: &Op) -> Result<()> {
+    match op {
+        Op::Put(r) => txn::check_put_request(r),
+        Op::DeleteRange(r) => txn::check_delete(r),
+        Op::Txn(r) => txn::check_txn_request(r, usize::MAX),
+        Op::LeaseGrant(r) => check_lease_grant(r),
+        Op::Compaction(_) | Op::LeaseRevoke(_) | Op::MemberAttributes(_) | Op::MemberUpdate(_) => {
+            Ok(())
+        }
+    }
+}
+
+/// etcd's lessor `Grant` checks: lease ID 0 means "no lease" and cannot be granted, and a TTL
+/// above [`MAX_LEASE_TTL`] is refused.
+fn check_lease_grant(r: &LeaseGrantRequest) -> Result<()> {
+    if r.id == 0 {
+        return Err(Error::LeaseNotFound);
+    }
+    if r.ttl > MAX_LEASE_TTL {
+        return Err(Error::LeaseTtlTooLarge);
+    }
+    Ok(())
 }
 
 impl Applier {
@@ -333,4 +375,210 @@ fn compact(w: &mut Writer<'_>, r: &CompactionRequest) -> Result<CompactionRespon
     Ok(CompactionResponse {
         header: rev_header(w.current_rev()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::InitialMember;
+    use etcd_proto::etcdserverpb::request_op::Request;
+    use etcd_proto::etcdserverpb::{RangeRequest, RequestOp, TxnRequest};
+
+    /// An applier on a fresh store, leading (so lease deadlines are armed, as on a leader).
+    fn applier(dir: &std::path::Path) -> Applier {
+        let backend = Backend::open(dir).unwrap();
+        let initial = [InitialMember {
+            name: "a".into(),
+            peer_urls: vec!["http://127.0.0.1:2380".into()],
+        }];
+        let membership = Membership::bootstrap(backend.clone(), "a", &initial, "t").unwrap();
+        let (store, _) = Store::open(backend.clone()).unwrap();
+        let store = Arc::new(store);
+        let mut a = Applier {
+            backend,
+            hub: Arc::new(WatchHub::new(store.clone())),
+            store,
+            lessor: Arc::new(Lessor::new(1)),
+            membership: Arc::new(membership),
+            wait: Arc::new(Wait::default()),
+            lease_extend: Duration::from_secs(1),
+        };
+        a.leadership_changed(true);
+        a
+    }
+
+    struct Log {
+        a: Applier,
+        index: u64,
+        next_id: u64,
+    }
+
+    impl Log {
+        /// Applies one entry written in `term` and returns its result.
+        fn apply(&mut self, term: u64, op: Op, proposer_term: u64) -> ApplyResult {
+            self.next_id += 1;
+            let req = InternalRequest {
+                id: self.next_id,
+                op: Some(op),
+                proposer_term,
+            };
+            let mut rx = self.a.wait.register(req.id);
+            self.apply_raw(term, req.encode_to_vec());
+            rx.try_recv()
+                .expect("the applier answers every decoded entry")
+        }
+
+        fn apply_raw(&mut self, term: u64, data: Vec<u8>) {
+            self.index += 1;
+            let e = Entry {
+                index: self.index,
+                term,
+                data: data.into(),
+                ..Default::default()
+            };
+            self.a.apply(vec![e]).expect("apply");
+        }
+
+        fn get(&self, key: &[u8]) -> usize {
+            let r = RangeRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            };
+            self.a.store.range(&r).unwrap().kvs.len()
+        }
+    }
+
+    fn put(key: &[u8]) -> PutRequest {
+        PutRequest {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn grant(id: i64, ttl: i64) -> Op {
+        Op::LeaseGrant(LeaseGrantRequest { id, ttl })
+    }
+
+    /// Entries the service layer would never propose, as a forged or corrupt log holds them:
+    /// each gets etcd's error as its result, changes nothing, and the member goes on applying.
+    /// Before the checks at apply, the TTL of `i64::MAX` panicked the raft thread (deadline
+    /// arithmetic), on every member replaying the log, and the txn ending in an empty op had
+    /// already written its first put when it failed.
+    #[test]
+    fn forged_entries_are_refused_at_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log {
+            a: applier(dir.path()),
+            index: 1,
+            next_id: 0,
+        };
+        let rev = log.a.store.current_rev();
+        for ttl in [i64::MAX, MAX_LEASE_TTL + 1, i64::MAX / 1000] {
+            let res = log.apply(1, grant(7, ttl), 0);
+            assert_eq!(res.unwrap_err(), Error::LeaseTtlTooLarge, "ttl {ttl}");
+        }
+        assert!(!log.a.lessor.exists(7));
+        assert_eq!(
+            log.apply(1, grant(0, 10), 0).unwrap_err(),
+            Error::LeaseNotFound
+        );
+        assert!(!log.a.lessor.exists(0));
+
+        let cases: Vec<(Op, Error)> = vec![
+            (Op::Put(put(b"")), Error::EmptyKey),
+            (
+                Op::Put(PutRequest {
+                    ignore_value: true,
+                    ..put(b"k")
+                }),
+                Error::ValueProvided,
+            ),
+            (
+                Op::DeleteRange(DeleteRangeRequest::default()),
+                Error::EmptyKey,
+            ),
+            (
+                Op::Txn(TxnRequest {
+                    success: vec![
+                        RequestOp {
+                            request: Some(Request::RequestPut(put(b"k"))),
+                        },
+                        RequestOp { request: None },
+                    ],
+                    ..Default::default()
+                }),
+                Error::KeyNotFound,
+            ),
+            (
+                Op::Txn(TxnRequest {
+                    success: vec![
+                        RequestOp {
+                            request: Some(Request::RequestPut(put(b"k"))),
+                        },
+                        RequestOp {
+                            request: Some(Request::RequestPut(put(b"k"))),
+                        },
+                    ],
+                    ..Default::default()
+                }),
+                Error::DuplicateKey,
+            ),
+        ];
+        for (op, want) in cases {
+            let what = format!("{op:?}");
+            assert_eq!(log.apply(1, op, 0).unwrap_err(), want, "{what}");
+        }
+        assert_eq!(log.get(b"k"), 0, "a refused entry wrote nothing");
+        assert_eq!(log.a.store.current_rev(), rev);
+
+        // Bytes that are no request at all are skipped.
+        log.apply_raw(1, vec![0xff; 7]);
+
+        // The member is unharmed: the largest TTL etcd accepts and a put still apply.
+        let granted = log.apply(1, grant(8, MAX_LEASE_TTL), 0).unwrap();
+        assert!(matches!(granted, Applied::LeaseGrant(r) if r.ttl == MAX_LEASE_TTL));
+        assert!(log.apply(1, Op::Put(put(b"k")), 0).is_ok());
+        assert_eq!(log.get(b"k"), 1);
+        assert_eq!(log.a.store.current_rev(), rev + 1);
+    }
+
+    /// A revoke the leader of term 1 proposed on its own (lease expiry) that entered the log in
+    /// term 2 (forwarded to, or re-proposed under, the next leader) is ignored: the lease and
+    /// its key stay. The same revoke appended in its own term, and a client's revoke (no
+    /// proposer term), apply.
+    #[test]
+    fn a_stale_leaders_revoke_is_ignored_at_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log {
+            a: applier(dir.path()),
+            index: 1,
+            next_id: 0,
+        };
+        log.apply(1, grant(9, 100), 0).unwrap();
+        log.apply(
+            1,
+            Op::Put(PutRequest {
+                lease: 9,
+                ..put(b"leased")
+            }),
+            0,
+        )
+        .unwrap();
+        let revoke = || Op::LeaseRevoke(LeaseRevokeRequest { id: 9 });
+
+        let res = log.apply(2, revoke(), 1);
+        assert_eq!(res.unwrap_err(), Error::LeaderChanged);
+        assert!(log.a.lessor.exists(9));
+        assert_eq!(log.get(b"leased"), 1);
+
+        assert!(log.apply(2, revoke(), 2).is_ok());
+        assert!(!log.a.lessor.exists(9));
+        assert_eq!(log.get(b"leased"), 0);
+
+        log.apply(2, grant(10, 100), 0).unwrap();
+        let client_revoke = Op::LeaseRevoke(LeaseRevokeRequest { id: 10 });
+        assert!(log.apply(3, client_revoke, 0).is_ok());
+        assert!(!log.a.lessor.exists(10));
+    }
 }

@@ -108,7 +108,7 @@ pub struct Config {
     )]
     pub strict_reconfig_check: bool,
 
-    /// Duration of periodic watch progress notifications.
+    /// Duration of periodic watch progress notifications; 0 turns them off (as in etcd).
     #[arg(
         long = "experimental-watch-progress-notify-interval",
         env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
@@ -287,6 +287,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if rest.is_empty() {
         return Err("empty duration".into());
     }
+    // Go's `time.ParseDuration` takes a bare "0" (etcd's way to turn an interval off).
+    if rest == "0" {
+        return Ok(Duration::ZERO);
+    }
     while !rest.is_empty() {
         let n_end = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -307,7 +311,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "h" => 3600.0,
             u => return Err(format!("unknown unit {u:?} in duration {s:?}")),
         };
-        total += Duration::from_secs_f64(n * unit);
+        // Checked: a flag value must not panic the process (`from_secs_f64` does on overflow).
+        total = Duration::try_from_secs_f64(n * unit)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .ok_or_else(|| format!("duration {s:?} is out of range"))?;
         rest = &rest[u_end..];
     }
     Ok(total)
@@ -358,6 +366,9 @@ mod tests {
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("10").is_err());
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        assert!(parse_duration("99999999999999999999999h").is_err());
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub enum Error {
     NotLeader,
     #[error("etcdserver: leader changed")]
     LeaderChanged,
+    /// etcd's `lease.ErrNotPrimary`: a keepalive reached a leader that could not confirm it
+    /// still leads. etcd has no gRPC mapping for it, so it leaves as `Unknown` with this text.
+    #[error("not a primary lessor")]
+    NotPrimary,
     #[error("etcdserver: server stopped")]
     Stopped,
     #[error("etcdserver: request timed out")]
@@ -109,7 +113,7 @@ impl Error {
             | ClusterIdMismatch
             | NotEnoughStartedMembers => Code::FailedPrecondition,
             NotSupportedForLearner => Code::Unavailable,
-            LeaderTransferTimeout => Code::Unknown,
+            LeaderTransferTimeout | NotPrimary => Code::Unknown,
             Remote(code, _) => *code,
             // etcd maps this one to a client-side error type, so grpc-go sends Unknown.
             TooManyRequests => Code::Unknown,

@@ -13,6 +13,14 @@ pub struct InternalRequest {
     pub id: u64,
     #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
     pub op: Option<Op>,
+    /// Set on a write the leader proposes on its own (the revoke of a lease its clock saw
+    /// expire): the term it led in when it decided. The entry takes effect only if it entered
+    /// the log in that same term, i.e. appended by that leader while it still led; a deposed
+    /// leader's revoke, forwarded to its successor or queued past its term, is rejected at
+    /// apply, so it cannot remove a lease the new leader keeps alive. 0 (absent; every client
+    /// request, and entries written before the field existed): applied as before.
+    #[prost(uint64, tag = "10")]
+    pub proposer_term: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]

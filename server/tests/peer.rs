@@ -1,5 +1,6 @@
 //! The peer port: raft message streams and gRPC peer services on one listener, and the raft
-//! stream's refusals (another cluster, an oversized frame).
+//! stream's refusals (another cluster, an oversized frame, a message whose sender or receiver
+//! is not the stream's).
 
 mod common;
 
@@ -61,4 +62,73 @@ async fn peer_port_serves_grpc_and_refuses_foreign_raft_streams() {
     let read = tokio::time::timeout(std::time::Duration::from_millis(300), s.read(&mut one)).await;
     assert!(read.is_err(), "a heartbeat must not be answered: {read:?}");
     assert!(n.put("k", "v").await > 0);
+}
+
+/// A raft stream speaks for the member its hello named, to this member only: a message with
+/// another `from` (which raft would count as that member's vote or acknowledgement) or another
+/// `to` ends the stream with the reason.
+#[tokio::test]
+async fn raft_stream_refuses_messages_not_from_its_sender_or_not_to_this_member() {
+    let n = TestNode::start().await;
+    let node = n.node.as_ref().unwrap();
+    let peer = node.peer_addrs[0];
+    let cluster_id = node.server.cluster_id();
+    let me = node.server.member_id();
+    let message = |from: u64, to: u64| {
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeatResponse);
+        m.from = from;
+        m.to = to;
+        let mut out = Vec::new();
+        wire::put_message(&mut out, &m);
+        out
+    };
+
+    let mut s = TcpStream::connect(peer).await.unwrap();
+    s.write_all(&wire::preamble(cluster_id, 99)).await.unwrap();
+    s.write_all(&message(98, me)).await.unwrap();
+    let reason = answer(s).await;
+    assert!(
+        reason.contains("from member 62 on the stream of member 63"),
+        "{reason}"
+    );
+
+    let mut s = TcpStream::connect(peer).await.unwrap();
+    s.write_all(&wire::preamble(cluster_id, 99)).await.unwrap();
+    s.write_all(&message(99, me ^ 1)).await.unwrap();
+    let reason = answer(s).await;
+    assert!(
+        reason.contains(&format!("to member {:x}", me ^ 1)),
+        "{reason}"
+    );
+
+    // The member is unharmed.
+    assert!(n.put("k", "v").await > 0);
+}
+
+/// A committed conf change that raft refuses (here: removing the only voter, which the
+/// service layer never proposes) is skipped; it used to stop the raft loop, and with it the
+/// member, on every start that replayed it.
+#[tokio::test]
+async fn a_conf_change_raft_refuses_is_skipped() {
+    use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+    let n = TestNode::start().await;
+    let server = &n.node.as_ref().unwrap().server;
+    let before = server.raft.status.applied_index();
+    let mut change = ConfChangeSingle::default();
+    change.set_change_type(ConfChangeType::RemoveNode);
+    change.node_id = server.member_id();
+    let mut cc = ConfChangeV2::default();
+    cc.mut_changes().push(change);
+    server.raft.propose_conf_change(1, cc).unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while server.raft.status.applied_index() <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "conf change not applied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(n.put("k", "v").await > 0);
+    assert_eq!(server.membership.members().len(), 1);
 }

@@ -599,6 +599,25 @@ async fn progress_notify_on_an_interval() {
     }
 }
 
+/// etcd reads an interval of 0 as "no periodic notifications"; a zero-period timer used to
+/// panic the stream's task, so the watch never answered.
+#[tokio::test]
+async fn progress_notify_interval_0_turns_them_off() {
+    let n = TestNode::start_with(&["--experimental-watch-progress-notify-interval=0"]).await;
+    let mut w = n.watch_stream().await;
+    let id = w
+        .create(WatchCreateRequest {
+            progress_notify: true,
+            ..create("a")
+        })
+        .await
+        .watch_id;
+    let rev = n.put("a", "1").await;
+    let events = events(&mut w, id, 1).await;
+    assert_eq!(summary(&events), vec![(EventType::Put, "a".into(), rev)]);
+    w.expect_silence(Duration::from_millis(300)).await;
+}
+
 #[tokio::test]
 async fn cancel_stops_a_watcher() {
     let n = TestNode::start().await;

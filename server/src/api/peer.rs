@@ -47,9 +47,27 @@ impl PeerService {
         Ok(())
     }
 
-    fn step(&self, bytes: &[u8]) -> Result<(), Status> {
+    /// Steps one message of the raft stream that member `sender` opened. The message must say
+    /// the same sender and name this member as its receiver: raft trusts `from` (votes,
+    /// acknowledgements and heartbeat answers are counted by it), so a stream could otherwise
+    /// speak for another member, and a message meant for another member would be taken as
+    /// this one's.
+    fn step(&self, bytes: &[u8], sender: u64) -> Result<(), Status> {
         let m = Message::parse_from_bytes(bytes)
             .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
+        if m.from != sender {
+            return Err(Status::permission_denied(format!(
+                "pgraft: raft message from member {:x} on the stream of member {sender:x}",
+                m.from
+            )));
+        }
+        if m.to != self.0.member_id() {
+            return Err(Status::failed_precondition(format!(
+                "pgraft: raft message to member {:x} reached member {:x}",
+                m.to,
+                self.0.member_id()
+            )));
+        }
         if self.0.membership.is_removed(m.from) {
             return Err(Status::failed_precondition(MEMBER_REMOVED));
         }
@@ -89,6 +107,7 @@ impl RaftPeer for PeerService {
     ) -> Result<Response<LeaseKeepAliveResponse>, Status> {
         self.0
             .lease_renew_local(req.into_inner().id)
+            .await
             .map(Response::new)
             .map_err(Status::from)
     }
@@ -97,12 +116,11 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        if !self.0.raft.status.is_leader() {
-            return Err(Error::NotLeader.into());
-        }
-        Ok(Response::new(
-            self.0.lease_time_to_live_local(req.into_inner()),
-        ))
+        self.0
+            .lease_time_to_live_local(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn member_promote(
@@ -189,7 +207,8 @@ pub async fn serve_peer(
 impl PeerService {
     /// Receives one peer's raft message stream, stepping each message into the raft loop as it
     /// arrives, until the peer closes it; refuses it (with the reason, then closing) to another
-    /// cluster or to a member removed from this one.
+    /// cluster, to a member removed from this one, and at the first message that does not come
+    /// from the member the hello named or is not addressed to this member.
     async fn serve_raft_stream(&self, mut conn: TcpStream) {
         let mut preamble = [0u8; wire::PREAMBLE_LEN];
         let read = tokio::time::timeout(HELLO_TIMEOUT, conn.read_exact(&mut preamble)).await;
@@ -238,7 +257,7 @@ impl PeerService {
                         if payload.is_empty() {
                             continue;
                         }
-                        if let Err(e) = self.step(payload) {
+                        if let Err(e) = self.step(payload, from) {
                             return refuse(conn, e.message()).await;
                         }
                     }

@@ -6,6 +6,7 @@
 //! lease when it takes office and proposes a revoke for each lease that runs out; followers keep
 //! leases forever, as etcd does.
 
+use crate::error::Error;
 use parking_lot::Mutex;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -64,7 +65,9 @@ impl Lessor {
     /// Applies a grant (the caller checked that `id` is free).
     pub fn grant(&self, id: i64, ttl: i64) {
         let mut s = self.state.lock();
-        let expiry = s.primary.then(|| deadline(ttl));
+        let expiry = s
+            .primary
+            .then(|| deadline(Instant::now(), Duration::ZERO, ttl));
         s.leases.insert(
             id,
             Lease {
@@ -79,13 +82,14 @@ impl Lessor {
     pub fn reset(&self, leases: Vec<(i64, i64)>) {
         let mut s = self.state.lock();
         let primary = s.primary;
+        let now = Instant::now();
         s.revoking.clear();
         s.leases = leases
             .into_iter()
             .map(|(id, ttl)| {
                 let lease = Lease {
                     ttl,
-                    expiry: primary.then(|| deadline(ttl)),
+                    expiry: primary.then(|| deadline(now, Duration::ZERO, ttl)),
                     keys: BTreeSet::new(),
                 };
                 (id, lease)
@@ -112,26 +116,36 @@ impl Lessor {
         }
     }
 
-    /// A keepalive, on the primary: pushes the deadline out by the full TTL and returns it.
-    pub fn renew(&self, id: i64) -> Option<i64> {
+    /// A keepalive: pushes the deadline out by the full TTL and returns it. Only the primary
+    /// keeps deadlines; anywhere else a renewal would be a success that renewed nothing
+    /// (etcd's `ErrNotPrimary`).
+    pub fn renew(&self, id: i64) -> Result<i64, Error> {
         let mut s = self.state.lock();
-        let primary = s.primary;
-        let l = s.leases.get_mut(&id)?;
-        if primary {
-            // An already expired lease is being revoked: do not bring it back.
-            if l.expiry.is_some_and(|e| e <= Instant::now()) {
-                return None;
-            }
-            l.expiry = Some(deadline(l.ttl));
+        if !s.primary {
+            return Err(Error::NotPrimary);
         }
-        Some(l.ttl)
+        let l = s.leases.get_mut(&id).ok_or(Error::LeaseNotFound)?;
+        // An already expired lease is being revoked: do not bring it back.
+        if l.expiry.is_some_and(|e| e <= Instant::now()) {
+            return Err(Error::LeaseNotFound);
+        }
+        l.expiry = Some(deadline(Instant::now(), Duration::ZERO, l.ttl));
+        Ok(l.ttl)
+    }
+
+    /// True while this member's lessor keeps deadlines (it is the leader).
+    pub fn is_primary(&self) -> bool {
+        self.state.lock().primary
     }
 
     pub fn time_to_live(&self, id: i64) -> Option<LeaseInfo> {
         let s = self.state.lock();
         let l = s.leases.get(&id)?;
         let remaining = match l.expiry {
-            Some(e) => e.saturating_duration_since(Instant::now()).as_secs() as i64,
+            Some(e) => {
+                let left = e.saturating_duration_since(Instant::now()).as_secs();
+                i64::try_from(left).unwrap_or(i64::MAX)
+            }
             None => l.ttl,
         };
         Some(LeaseInfo {
@@ -179,7 +193,7 @@ impl Lessor {
         s.revoking.clear();
         let now = Instant::now();
         for l in s.leases.values_mut() {
-            l.expiry = Some(now + extend + Duration::from_secs(l.ttl as u64));
+            l.expiry = Some(deadline(now, extend, l.ttl));
         }
     }
 
@@ -193,8 +207,20 @@ impl Lessor {
     }
 }
 
-fn deadline(ttl: i64) -> Instant {
-    Instant::now() + Duration::from_secs(ttl.max(0) as u64)
+/// `extend` plus `ttl` seconds after `from`. A TTL comes from the log, which the network wrote:
+/// the apply step rejects one above [`MAX_LEASE_TTL`], but a lease stored before that check
+/// (or any other path) must still not panic here, so the sum saturates. A deadline that
+/// `Instant` cannot hold is as good as never: it is pulled in until it fits.
+fn deadline(from: Instant, extend: Duration, ttl: i64) -> Instant {
+    let ttl = Duration::from_secs(u64::try_from(ttl).unwrap_or(0));
+    let mut after = extend.saturating_add(ttl);
+    loop {
+        if let Some(at) = from.checked_add(after) {
+            return at;
+        }
+        // Halving reaches zero, which always fits, within 100 steps.
+        after /= 2;
+    }
 }
 
 #[cfg(test)]
@@ -209,14 +235,31 @@ mod tests {
         l.grant(7, 10);
         l.attach(7, b"b");
         l.attach(7, b"a");
-        assert_eq!(l.renew(7), Some(10));
+        assert_eq!(l.renew(7), Ok(10));
         assert_eq!(
             l.time_to_live(7).unwrap().keys,
             vec![b"a".to_vec(), b"b".to_vec()]
         );
         assert!(l.expired().is_empty());
         assert_eq!(l.revoke(7), Some(vec![b"a".to_vec(), b"b".to_vec()]));
-        assert_eq!(l.renew(7), None);
+        assert_eq!(l.renew(7), Err(Error::LeaseNotFound));
+    }
+
+    /// A TTL near `i64::MAX` (a forged or corrupt entry) used to overflow `Instant + Duration`
+    /// and panic the raft thread on every member replaying the log.
+    #[test]
+    fn huge_ttls_do_not_overflow_deadlines() {
+        let l = Lessor::new(0);
+        l.promote(Duration::ZERO);
+        l.grant(1, i64::MAX);
+        l.grant(2, MAX_LEASE_TTL);
+        assert_eq!(l.renew(1), Ok(i64::MAX));
+        assert!(l.time_to_live(1).unwrap().remaining > MAX_LEASE_TTL);
+        l.demote();
+        l.promote(Duration::MAX);
+        l.reset(vec![(1, i64::MAX), (3, -5)]);
+        assert!(l.expired().contains(&3));
+        assert!(!l.expired().contains(&1));
     }
 
     #[test]
@@ -230,5 +273,6 @@ mod tests {
         assert!(l.expired().is_empty());
         l.demote();
         assert!(l.expired().is_empty());
+        assert_eq!(l.renew(1), Err(Error::NotPrimary));
     }
 }

@@ -62,6 +62,10 @@ pub struct RaftStatus {
     pub id: u64,
     pub leader: AtomicU64,
     pub term: AtomicU64,
+    /// The term in which this member is leader, 0 while it is not: one word, so that a
+    /// reader never pairs "leader" with a term it did not lead in (`leader` and `term` are
+    /// stored one after the other).
+    leader_term: AtomicU64,
     pub commit_index: AtomicU64,
     pub is_learner: AtomicBool,
     /// Set when this member has been removed from the cluster; the loop has stopped.
@@ -107,6 +111,10 @@ impl RaftStatus {
     }
     pub fn is_leader(&self) -> bool {
         self.leader() == self.id
+    }
+    /// The term this member leads in, as its raft loop last saw it; 0 when it is not leader.
+    pub fn leader_term(&self) -> u64 {
+        self.leader_term.load(Ordering::Acquire)
     }
     pub fn is_learner(&self) -> bool {
         self.is_learner.load(Ordering::Acquire)
@@ -207,14 +215,21 @@ impl RaftHandle {
 
     /// A linearizable read point: the commit index confirmed by a quorum, once applied locally.
     pub async fn read_index(&self) -> Result<u64> {
+        let index = self.quorum_index().await?;
+        self.status.wait_applied(index).await;
+        Ok(index)
+    }
+
+    /// The ReadIndex round alone: the leader's commit index, once a quorum answered a
+    /// heartbeat the leader sent after the request (so it still led then); not yet applied
+    /// here.
+    pub async fn quorum_index(&self) -> Result<u64> {
         if self.status.leader() == 0 {
             return Err(Error::NoLeader);
         }
         let (tx, rx) = oneshot::channel();
         self.send(Command::ReadIndex(tx))?;
-        let index = rx.await.map_err(|_| Error::Stopped)??;
-        self.status.wait_applied(index).await;
-        Ok(index)
+        rx.await.map_err(|_| Error::Stopped)?
     }
 }
 
@@ -261,6 +276,7 @@ pub fn start<S: StateMachine>(
         id: cfg.id,
         leader: AtomicU64::new(0),
         term: AtomicU64::new(raw.raft.term),
+        leader_term: AtomicU64::new(0),
         commit_index: AtomicU64::new(raw.raft.raft_log.committed),
         is_learner: AtomicBool::new(cs.learners.contains(&cfg.id)),
         removed: AtomicBool::new(false),
@@ -291,7 +307,7 @@ pub fn start<S: StateMachine>(
         applied_ahead: 0,
         leader_link_lost: None,
         cfg,
-        read_seq: 0,
+        read_seq: read_seq_seed(),
         pending_reads: Vec::new(),
         read_waiters: HashMap::new(),
         removed: false,
@@ -344,6 +360,7 @@ struct Loop<S> {
     /// The stream to this leader broke at this instant (see [`Loop::link_lost`]).
     leader_link_lost: Option<(u64, Instant)>,
     cfg: RaftConfig,
+    /// The last ReadIndex sequence number used; starts at [`read_seq_seed`].
     read_seq: u64,
     pending_reads: Vec<ReadWaiter>,
     /// Set when this member learned it was removed from the cluster.
@@ -356,6 +373,20 @@ struct Loop<S> {
     /// Role and term seen at the last status update (to count elections).
     last_role: StateRole,
     last_term: u64,
+}
+
+/// Where a member's ReadIndex sequence starts: the wall clock in nanoseconds. A leader ignores a
+/// ReadIndex context it already has pending, and one it answered long ago may still sit in a
+/// slow message; a member that restarted from 0 could repeat such a context and get (or lose)
+/// another request's answer. The sequence takes at most one step per loop turn, far fewer
+/// than one per nanosecond, so a later start begins past every number an earlier run used
+/// (unless the clock stepped back by more than that run's lifetime); the low bits are mixed
+/// with randomness for that case.
+fn read_seq_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ (rand::random::<u64>() & 0xffff)
 }
 
 /// How long a ReadIndex request may go unanswered before it is sent again (etcd's
@@ -433,6 +464,7 @@ impl<S: StateMachine> Loop<S> {
                 tracing::warn!("this member was removed from the cluster; raft stopped");
                 self.status.removed.store(true, Ordering::Release);
                 self.status.leader.store(0, Ordering::Release);
+                self.status.leader_term.store(0, Ordering::Release);
                 return Ok(());
             }
             self.apply_ahead()?;
@@ -542,7 +574,7 @@ impl<S: StateMachine> Loop<S> {
                     let _ = tx.send(Err(Error::NoLeader));
                 }
             } else {
-                self.read_seq += 1;
+                self.read_seq = self.read_seq.wrapping_add(1);
                 let mut ctx = self.cfg.id.to_be_bytes().to_vec();
                 ctx.extend_from_slice(&self.read_seq.to_be_bytes());
                 self.raw.read_index(ctx.clone());
@@ -719,16 +751,30 @@ impl<S: StateMachine> Loop<S> {
         Ok(())
     }
 
-    /// Returns true when the change removed this member.
+    /// Returns true when the change removed this member. A conf change that does not decode,
+    /// or that raft refuses (one removing every voter, say), is skipped with an error logged:
+    /// a log entry is data from the network, and failing here stopped the member, and every
+    /// member replaying the log, for good. Raft refuses the same change on every member (it
+    /// depends only on the configuration, which they share), so they stay in agreement.
     fn apply_conf_change(&mut self, e: &Entry) -> Result<bool> {
-        let cc = if e.get_entry_type() == EntryType::EntryConfChangeV2 {
-            ConfChangeV2::parse_from_bytes(&e.data).map_err(Error::internal)?
+        let decoded = if e.get_entry_type() == EntryType::EntryConfChangeV2 {
+            ConfChangeV2::parse_from_bytes(&e.data)
         } else {
-            let v1 =
-                raft::eraftpb::ConfChange::parse_from_bytes(&e.data).map_err(Error::internal)?;
-            v1.into_v2()
+            raft::eraftpb::ConfChange::parse_from_bytes(&e.data).map(|v1| v1.into_v2())
         };
-        let cs = self.raw.apply_conf_change(&cc).map_err(Error::internal)?;
+        let applied = decoded.map_err(Error::internal).and_then(|cc| {
+            Ok((
+                self.raw.apply_conf_change(&cc).map_err(Error::internal)?,
+                cc,
+            ))
+        });
+        let (cs, cc) = match applied {
+            Ok(v) => v,
+            Err(err) => {
+                tracing::error!(index = e.index, error = %err, "conf change refused; skipped");
+                return Ok(false);
+            }
+        };
         self.storage.set_conf_state(&cs)?;
         self.sm.apply_conf_change(e.index, &cc, &cs)?;
         self.after_membership_change(&cs);
@@ -813,10 +859,30 @@ impl<S: StateMachine> Loop<S> {
         let prev = self.status.leader.swap(r.leader_id, Ordering::AcqRel);
         crate::metrics::leader_seen(prev, r.leader_id);
         let is_leader = r.state == StateRole::Leader;
+        self.status
+            .leader_term
+            .store(if is_leader { r.term } else { 0 }, Ordering::Release);
         if is_leader != self.was_leader {
             self.was_leader = is_leader;
             tracing::info!(term = r.term, is_leader, "leadership changed");
             self.sm.leadership_changed(is_leader);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A later start's ReadIndex sequence begins past an earlier run's: by the time elapsed
+    /// in nanoseconds (a run takes at most one number per loop turn), less the random bits.
+    #[test]
+    fn read_seq_seeds_grow_with_the_clock() {
+        let first = read_seq_seed();
+        std::thread::sleep(Duration::from_millis(2));
+        let later = read_seq_seed();
+        assert!(later > first + 1_000_000, "{first} -> {later}");
+        // Not a restart from 0: past 2025-01-01 in nanoseconds.
+        assert!(first > 1_735_689_600_000_000_000);
     }
 }

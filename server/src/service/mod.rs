@@ -74,7 +74,12 @@ impl EtcdServer {
     /// Proposes one write and waits until this member has applied it.
     async fn propose(&self, op: Op) -> Result<Applied> {
         let id = self.ids.next();
-        let data = InternalRequest { id, op: Some(op) }.encode_to_vec();
+        let data = InternalRequest {
+            id,
+            op: Some(op),
+            proposer_term: 0,
+        }
+        .encode_to_vec();
         if data.len() > self.cfg.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
@@ -234,17 +239,58 @@ impl EtcdServer {
             resp.header = Some(self.header(self.store.current_rev()));
             return Ok(resp);
         }
-        self.lease_renew_local(id)
+        self.lease_renew_local(id).await
     }
 
-    /// A keepalive on the leader.
-    pub fn lease_renew_local(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
+    /// A keepalive on the leader (from a client, or forwarded by a follower). Only once a
+    /// quorum confirmed this member still leads (etcd's `ensureLeadership`): a leader cut off
+    /// from its peers, or whose loop is stuck, believes it leads until it hears otherwise,
+    /// and renewing there would tell the client its lease lives while the real leader
+    /// expires it. On failure, etcd's `lease.ErrNotPrimary`, so the client tries elsewhere.
+    pub async fn lease_renew_local(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
         if !self.raft.status.is_leader() {
             return Err(Error::NotLeader);
         }
+        let index = self
+            .confirm_leadership()
+            .await
+            .map_err(|_| Error::NotPrimary)?;
+        self.wait_applied_lease_state(index).await?;
         let header = Some(self.header(self.store.current_rev()));
-        let ttl = self.lessor.renew(id).ok_or(Error::LeaseNotFound)?;
+        let ttl = self.lessor.renew(id)?;
         Ok(LeaseKeepAliveResponse { header, id, ttl })
+    }
+
+    /// Confirms that this member leads now: a ReadIndex round (a quorum answered a heartbeat
+    /// sent in the term this member leads in), and the same term still led after it. Bounded
+    /// by the election timeout (1 s at least, for the ReadIndex retry of a leader that has not
+    /// yet committed in its term): a leader that cannot hear a quorum for that long steps
+    /// down anyway (check-quorum), so waiting longer would only delay the client's failover.
+    /// Returns the confirmed commit index.
+    async fn confirm_leadership(&self) -> Result<u64> {
+        let term = self.raft.status.leader_term();
+        if term == 0 {
+            return Err(Error::NotLeader);
+        }
+        let bound = self.cfg.election().max(Duration::from_secs(1));
+        match tokio::time::timeout(bound, self.raft.quorum_index()).await {
+            Ok(Ok(index)) if self.raft.status.leader_term() == term => Ok(index),
+            Ok(Ok(_)) => Err(Error::LeaderChanged),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// On a confirmed leader, waits until it applied what was committed when it confirmed,
+    /// so that a lease granted just before is known (etcd's `waitAppliedIndex`). Apart from
+    /// the confirmation: a slow applier is not a lost leadership.
+    async fn wait_applied_lease_state(&self, index: u64) -> Result<()> {
+        tokio::time::timeout(
+            self.cfg.request_timeout(),
+            self.raft.status.wait_applied(index),
+        )
+        .await
+        .map_err(|_| Error::Timeout)
     }
 
     /// TimeToLive: the remaining time is known to the leader only, so followers ask it.
@@ -262,12 +308,32 @@ impl EtcdServer {
             resp.header = Some(self.header(self.store.current_rev()));
             return Ok(resp);
         }
-        Ok(self.lease_time_to_live_local(r))
+        self.lease_time_to_live_local(r).await
     }
 
-    pub fn lease_time_to_live_local(&self, r: LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
+    /// TimeToLive on the leader, once it confirmed it leads (see
+    /// [`EtcdServer::lease_renew_local`]); a leader that cannot confirm it answers etcd's
+    /// `leader changed` (as etcd does for a lessor demoted during the lookup), which clients
+    /// retry.
+    pub async fn lease_time_to_live_local(
+        &self,
+        r: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse> {
+        if !self.raft.status.is_leader() {
+            return Err(Error::NotLeader);
+        }
+        let index = self
+            .confirm_leadership()
+            .await
+            .map_err(|_| Error::LeaderChanged)?;
+        self.wait_applied_lease_state(index).await?;
         let header = Some(self.header(self.store.current_rev()));
-        match self.lessor.time_to_live(r.id) {
+        let info = self.lessor.time_to_live(r.id);
+        // Demoted meanwhile: the remaining time just read may be no deadline at all.
+        if !self.lessor.is_primary() {
+            return Err(Error::LeaderChanged);
+        }
+        Ok(match info {
             Some(info) => LeaseTimeToLiveResponse {
                 header,
                 id: r.id,
@@ -281,7 +347,7 @@ impl EtcdServer {
                 ttl: -1,
                 ..Default::default()
             },
-        }
+        })
     }
 
     pub async fn lease_leases(&self) -> Result<LeaseLeasesResponse> {
@@ -319,15 +385,19 @@ impl EtcdServer {
         }
     }
 
-    /// The leader's lease expiry duty: propose a revoke for every expired lease.
+    /// The leader's lease expiry duty: propose a revoke for every expired lease, stamped with
+    /// the term it leads in, so that the revoke takes effect only if this leader appends it
+    /// in that term (see [`InternalRequest::proposer_term`]).
     pub fn revoke_expired_leases(&self) {
-        if !self.raft.status.is_leader() {
+        let term = self.raft.status.leader_term();
+        if term == 0 {
             return;
         }
         for id in self.lessor.expired() {
             let req = InternalRequest {
                 id: self.ids.next(),
                 op: Some(Op::LeaseRevoke(LeaseRevokeRequest { id })),
+                proposer_term: term,
             };
             if self.raft.propose(req.id, req.encode_to_vec()).is_err() {
                 return;

@@ -22,7 +22,8 @@ use tokio::sync::mpsc;
 pub type HeaderFn = Arc<dyn Fn(i64) -> ResponseHeader + Send + Sync>;
 
 pub struct StreamConfig {
-    /// etcd's `--experimental-watch-progress-notify-interval`.
+    /// etcd's `--experimental-watch-progress-notify-interval`; zero means no periodic
+    /// notifications (etcd's meaning; a zero-period tokio interval would panic).
     pub progress_interval: Duration,
     /// Responses of a `fragment` watcher above this size are split.
     pub max_response_bytes: usize,
@@ -66,8 +67,7 @@ pub async fn serve<S>(
     S: Stream<Item = WatchRequest> + Unpin,
 {
     let mut revs = hub.subscribe();
-    let mut ticker = tokio::time::interval(cfg.progress_interval);
-    ticker.tick().await;
+    let mut ticker = progress_ticker(cfg.progress_interval).await;
     let mut ws = WatchStream {
         hub,
         header,
@@ -87,12 +87,33 @@ pub async fn serve<S>(
                 Ok(()) => ws.catch_up().await,
                 Err(_) => Err(Closed),
             },
-            _ = ticker.tick() => ws.progress_tick().await,
+            _ = next_tick(&mut ticker) => ws.progress_tick().await,
             _ = ws.out.closed() => Err(Closed),
         };
         if step.is_err() {
             return;
         }
+    }
+}
+
+/// The progress notification timer, already past its immediate first tick; `None` when the
+/// interval is zero (off).
+async fn progress_ticker(period: Duration) -> Option<tokio::time::Interval> {
+    if period.is_zero() {
+        return None;
+    }
+    let mut ticker = tokio::time::interval(period);
+    ticker.tick().await;
+    Some(ticker)
+}
+
+/// The next progress tick; never, when notifications are off.
+async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
+    match ticker {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
