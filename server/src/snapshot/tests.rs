@@ -242,3 +242,49 @@ async fn install_interrupted_after_its_marker_is_redone_at_the_next_open() {
     let e = install::recover(&b, dst.path()).unwrap_err();
     assert!(e.to_string().contains("which is gone"), "{e}");
 }
+
+/// Raft's snapshot is a small descriptor of a capture kept in the slot: reused while recent
+/// enough, dropped once the log compaction passed it.
+#[test]
+fn raft_snapshot_is_a_descriptor_of_a_capture_reused_then_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, storage) = follower(dir.path());
+    let source = storage.snapshot_source();
+    let applied = |i: u64| {
+        b.meta
+            .insert(meta_key::APPLIED_INDEX, i.to_be_bytes())
+            .unwrap()
+    };
+    applied(3);
+    let s1 = storage.snapshot(0, 2).unwrap();
+    assert_eq!((s1.get_metadata().index, s1.get_metadata().term), (3, 1));
+    assert_eq!(s1.get_metadata().get_conf_state().voters, [1, 2]);
+    assert!(s1.data.len() < 64, "{} bytes of data", s1.data.len());
+    let d1 = Descriptor::decode_from(&s1.data).unwrap();
+    assert!(source.get(&d1).is_some());
+
+    applied(5);
+    assert_eq!(storage.snapshot(3, 2).unwrap().data, s1.data, "not reused");
+    let s2 = storage.snapshot(4, 2).unwrap();
+    assert_eq!(s2.get_metadata().index, 5);
+    assert!(source.get(&d1).is_none(), "superseded capture kept");
+    let d2 = Descriptor::decode_from(&s2.data).unwrap();
+    storage.compact(5).unwrap();
+    assert!(
+        source.get(&d2).is_some(),
+        "a capture the log still needs was dropped"
+    );
+    // The log moves past the capture: raft can no longer use it, fjall need not keep it.
+    storage
+        .persist(
+            &[Entry {
+                index: 6,
+                term: 1,
+                ..Default::default()
+            }],
+            None,
+        )
+        .unwrap();
+    storage.compact(6).unwrap();
+    assert!(source.get(&d2).is_none(), "a capture behind the log kept");
+}
