@@ -176,6 +176,19 @@ async fn receiver_refuses_oversized_chunks_and_truncated_streams() {
         (desc.index, desc.current_rev, desc.compact_rev),
         (40, 300, 12)
     );
+
+    // A staged file cut short afterwards is refused before the state is touched.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&desc.file)
+        .unwrap();
+    f.set_len(desc.length - 1).unwrap();
+    let b = Backend::open(dst.path()).unwrap();
+    b.kv.insert(b"mine", b"kept").unwrap();
+    let e = install::install(&b, m.get_snapshot(), b.db.batch()).unwrap_err();
+    assert!(e.to_string().contains("expected"), "{e}");
+    assert!(b.raft_meta.get(MARKER).unwrap().is_none());
+    assert_eq!(b.kv.get(b"mine").unwrap().as_deref(), Some(&b"kept"[..]));
 }
 
 /// A follower with older state and a raft log of its own.
