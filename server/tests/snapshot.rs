@@ -1,16 +1,24 @@
 //! A member catching up through a raft snapshot of a store many times the chunk size: the
 //! snapshot streams in small chunks (none over the cap), is staged and installed, and the new
-//! member ends with the same keys, values and revisions as the leader.
+//! member ends with the same keys, values and revisions as the leader. And what a member
+//! refuses: an oversized chunk on the snapshot stream, a snapshot on the raft message stream.
+
+mod common;
 
 use clap::Parser;
+use common::TestNode;
 use etcd_proto::etcdserverpb::{
     kv_client::KvClient, DeleteRangeRequest, MemberAddRequest, PutRequest, RangeRequest,
     RangeResponse,
 };
+use etcd_proto::pgraftpb::{raft_peer_client::RaftPeerClient, SnapshotChunk};
+use pgraft_server::raft::wire;
 use pgraft_server::{Config, Node};
+use raft::eraftpb::{Message, MessageType};
 use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
 
 /// A port free now, for a peer URL that must be known before the member starts.
@@ -163,4 +171,50 @@ async fn new_member_catches_up_through_a_snapshot_larger_than_the_chunk_cap() {
     assert!(staged.is_empty(), "staged files left: {staged:?}");
     b.stop().await;
     a.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_chunks_and_snapshots_off_the_snapshot_stream_are_refused() {
+    let n = TestNode::start().await;
+    let node = n.node.as_ref().unwrap();
+    let peer = node.peer_addrs[0];
+    let cluster_id = node.server.cluster_id();
+
+    let chunk = SnapshotChunk {
+        // Over the 4 MiB cap.
+        data: vec![0; 4 * 1024 * 1024 + 1],
+        cluster_id,
+        ..Default::default()
+    };
+    let e = RaftPeerClient::connect(format!("http://{peer}"))
+        .await
+        .unwrap()
+        .snapshot(tokio_stream::iter(vec![chunk]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+
+    // A snapshot message on the raft stream (its data could name any file) is refused.
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgSnapshot);
+    m.from = 99;
+    m.mut_snapshot().mut_metadata().index = 1000;
+    let mut frames = Vec::new();
+    wire::put_message(&mut frames, &m);
+    let mut s = tokio::net::TcpStream::connect(peer).await.unwrap();
+    s.write_all(&wire::preamble(cluster_id, 99)).await.unwrap();
+    s.write_all(&frames).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(common::TIMEOUT, s.read_to_end(&mut buf))
+        .await
+        .expect("member closes a refused stream")
+        .unwrap();
+    match wire::next_frame(&buf) {
+        wire::Frame::Whole(reason, _) => assert_eq!(
+            String::from_utf8_lossy(reason),
+            "snapshots must come over the snapshot stream"
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(n.put("k", "v").await > 0);
 }

@@ -23,8 +23,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::{Request, Response, Status, Streaming};
 
-/// Largest gRPC peer message accepted (one snapshot chunk, a forwarded request).
-const MAX_PEER_MESSAGE: usize = crate::snapshot::MAX_CHUNK + 1024 * 1024;
+/// Largest gRPC peer message answered (a forwarded request's response).
+const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
+/// Largest gRPC peer message accepted (one snapshot chunk, a forwarded request): a little over
+/// the snapshot chunk cap, so that a chunk over it is decoded only to be refused by size.
+const MAX_PEER_REQUEST: usize = crate::snapshot::MAX_CHUNK + 1024 * 1024;
 /// A new peer connection must say which protocol it speaks within this long.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A refused raft stream stays open this long at most for its sender to read why.
@@ -160,7 +163,7 @@ pub async fn serve_peer(
 ) -> Result<(), tonic::transport::Error> {
     let peer = Arc::new(PeerService(server));
     let svc = RaftPeerServer::from_arc(peer.clone())
-        .max_decoding_message_size(MAX_PEER_MESSAGE)
+        .max_decoding_message_size(MAX_PEER_REQUEST)
         .max_encoding_message_size(MAX_PEER_MESSAGE);
     let (grpc_tx, grpc_rx) = tokio::sync::mpsc::channel::<std::io::Result<TcpStream>>(64);
     // Dropped when this function returns: every raft stream task then ends.

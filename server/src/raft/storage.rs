@@ -443,7 +443,11 @@ impl Storage for RaftStorage {
                 meta.set_conf_state(self.header.read().conf_state.clone());
                 Ok(meta)
             })
-            .map_err(pb_err)?;
+            .map_err(|e| {
+                // raft-rs panics on any other error; this one makes it try again later.
+                tracing::warn!(error = %e, "cannot capture a snapshot now");
+                raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)
+            })?;
         Ok(captured.raft_snapshot())
     }
 }

@@ -176,6 +176,19 @@ async fn receiver_refuses_oversized_chunks_and_truncated_streams() {
         (desc.index, desc.current_rev, desc.compact_rev),
         (40, 300, 12)
     );
+
+    // A staged file cut short afterwards is refused before the state is touched.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&desc.file)
+        .unwrap();
+    f.set_len(desc.length - 1).unwrap();
+    let b = Backend::open(dst.path()).unwrap();
+    b.kv.insert(b"mine", b"kept").unwrap();
+    let e = install::install(&b, m.get_snapshot(), b.db.batch()).unwrap_err();
+    assert!(e.to_string().contains("expected"), "{e}");
+    assert!(b.raft_meta.get(MARKER).unwrap().is_none());
+    assert_eq!(b.kv.get(b"mine").unwrap().as_deref(), Some(&b"kept"[..]));
 }
 
 /// A follower with older state and a raft log of its own.
@@ -241,4 +254,50 @@ async fn install_interrupted_after_its_marker_is_redone_at_the_next_open() {
     install::write_marker(&b, &snap).unwrap();
     let e = install::recover(&b, dst.path()).unwrap_err();
     assert!(e.to_string().contains("which is gone"), "{e}");
+}
+
+/// Raft's snapshot is a small descriptor of a capture kept in the slot: reused while recent
+/// enough, dropped once the log compaction passed it.
+#[test]
+fn raft_snapshot_is_a_descriptor_of_a_capture_reused_then_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, storage) = follower(dir.path());
+    let source = storage.snapshot_source();
+    let applied = |i: u64| {
+        b.meta
+            .insert(meta_key::APPLIED_INDEX, i.to_be_bytes())
+            .unwrap()
+    };
+    applied(3);
+    let s1 = storage.snapshot(0, 2).unwrap();
+    assert_eq!((s1.get_metadata().index, s1.get_metadata().term), (3, 1));
+    assert_eq!(s1.get_metadata().get_conf_state().voters, [1, 2]);
+    assert!(s1.data.len() < 64, "{} bytes of data", s1.data.len());
+    let d1 = Descriptor::decode_from(&s1.data).unwrap();
+    assert!(source.get(&d1).is_some());
+
+    applied(5);
+    assert_eq!(storage.snapshot(3, 2).unwrap().data, s1.data, "not reused");
+    let s2 = storage.snapshot(4, 2).unwrap();
+    assert_eq!(s2.get_metadata().index, 5);
+    assert!(source.get(&d1).is_none(), "superseded capture kept");
+    let d2 = Descriptor::decode_from(&s2.data).unwrap();
+    storage.compact(5).unwrap();
+    assert!(
+        source.get(&d2).is_some(),
+        "a capture the log still needs was dropped"
+    );
+    // The log moves past the capture: raft can no longer use it, fjall need not keep it.
+    storage
+        .persist(
+            &[Entry {
+                index: 6,
+                term: 1,
+                ..Default::default()
+            }],
+            None,
+        )
+        .unwrap();
+    storage.compact(6).unwrap();
+    assert!(source.get(&d2).is_none(), "a capture behind the log kept");
 }
