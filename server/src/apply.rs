@@ -444,7 +444,7 @@ mod tests {
                 key: key.to_vec(),
                 ..Default::default()
             };
-            self.a.store.range(&r).unwrap().kvs.len()
+            self.a.store.read().range(&r).unwrap().kvs.len()
         }
     }
 
