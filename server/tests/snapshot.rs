@@ -198,6 +198,8 @@ async fn oversized_chunks_and_snapshots_off_the_snapshot_stream_are_refused() {
     let mut m = Message::default();
     m.set_msg_type(MessageType::MsgSnapshot);
     m.from = 99;
+    // Addressed to this member, or the check of `to` refuses it before this one.
+    m.to = node.server.member_id();
     m.mut_snapshot().mut_metadata().index = 1000;
     let mut frames = Vec::new();
     wire::put_message(&mut frames, &m);
