@@ -24,7 +24,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::watch;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::{Code, Status};
 
@@ -456,7 +455,7 @@ async fn watch(
         Err(s) => return error_response(&s),
     };
     let rx = grpc::watch::open(&server, requests);
-    let responses = grpc::until_stopped(ReceiverStream::new(rx).map(Ok), stopping);
+    let responses = grpc::until_stopped(rx.map(Ok), stopping);
     forward(responses.boxed(), Some(call)).await
 }
 
