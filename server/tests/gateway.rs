@@ -458,30 +458,38 @@ impl RawStream {
 
     /// POSTs a chunked body: `start`, then `fill` bytes without end (64 MiB at most, or until
     /// the server stops reading), written while the answer is read. Returns the stream after
-    /// the status line and headers, and the head.
+    /// the status line and headers, the head, and the writer (which returns the bytes sent).
     async fn post_endless(
         addr: SocketAddr,
         path: &str,
         start: &str,
         fill: u8,
     ) -> (RawStream, String, tokio::task::JoinHandle<usize>) {
+        let parts = std::iter::once(start.as_bytes().to_vec())
+            .chain(std::iter::repeat_n(vec![fill; 64 << 10], 1024));
+        Self::post_chunked(addr, path, parts).await
+    }
+
+    /// POSTs `parts` as the chunks of a body, written while the answer is read.
+    async fn post_chunked(
+        addr: SocketAddr,
+        path: &str,
+        parts: impl Iterator<Item = Vec<u8>> + Send + 'static,
+    ) -> (RawStream, String, tokio::task::JoinHandle<usize>) {
         let sock = TcpStream::connect(addr).await.unwrap();
         let (read, mut write) = sock.into_split();
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
         );
-        let start = start.as_bytes().to_vec();
         let writer = tokio::spawn(async move {
             let mut sent = 0;
-            let filler = vec![fill; 64 << 10];
-            let parts = std::iter::once(&start).chain(std::iter::repeat_n(&filler, 1024));
             if write.write_all(head.as_bytes()).await.is_err() {
                 return sent;
             }
             // An empty chunk would end the body.
             for part in parts.filter(|p| !p.is_empty()) {
                 let mut chunk = format!("{:x}\r\n", part.len()).into_bytes();
-                chunk.extend_from_slice(part);
+                chunk.extend_from_slice(&part);
                 chunk.extend_from_slice(b"\r\n");
                 if write.write_all(&chunk).await.is_err() {
                     break;
@@ -1059,6 +1067,15 @@ async fn an_endless_watch_body_is_refused_and_the_member_stays_healthy() {
     );
     assert_eq!(w.chunk().await, "", "the stream ends after the error");
     writer.abort();
+    // The bound is per request, not per body: a long-lived stream may send far more in all.
+    let gap = vec![b' '; 500 << 10];
+    let progress = json!({"progress_request": {}}).to_string().into_bytes();
+    let parts = std::iter::repeat_n([gap, progress], 12).flatten();
+    let (mut w, head, _writer) = RawStream::post_chunked(m.addr, "/v3/watch", parts).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    for _ in 0..12 {
+        assert_eq!(w.result().await["watch_id"], json!("-1"));
+    }
     // The member is healthy: a put and a range work.
     let rev = m.put("foo", "after").await;
     let r = m.call("/v3/kv/range", json!({"key": b64("foo")})).await;
