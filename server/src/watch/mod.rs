@@ -173,7 +173,7 @@ impl WatchHub {
         let mut window = FIRST_STORE_WINDOW;
         while batch.upto < to && bytes < max_bytes {
             let next = batch.upto + 1;
-            if self.from_history(next, to, max_bytes, &mut batch, &mut bytes) {
+            if self.take_from_history(next, to, max_bytes, &mut batch, &mut bytes) {
                 continue;
             }
             let hi = to.min(next.saturating_add(window - 1));
@@ -194,7 +194,7 @@ impl WatchHub {
 
     /// Takes what the history holds from `next` on into `batch`; false when it does not hold
     /// `next`.
-    fn from_history(
+    fn take_from_history(
         &self,
         next: i64,
         to: i64,

@@ -47,9 +47,9 @@ macro_rules! unary {
         let h = post(move |headers: HeaderMap, body: Result<Bytes, BytesRejection>| {
             let svc = svc.clone();
             async move {
-                let body = match body_bytes(body) {
+                let body = match body {
                     Ok(b) => b,
-                    Err(refused) => return refused,
+                    Err(rejected) => return refuse_body(rejected),
                 };
                 unary(GrpcMethod::new($gs, $gm), max, &headers, &body, |req| async move {
                     $tr::$m(&*svc, req).await
@@ -99,9 +99,9 @@ pub fn router(server: Arc<EtcdServer>, stopping: watch::Receiver<bool>) -> axum:
                 move |headers: HeaderMap, body: Result<Bytes, BytesRejection>| {
                     let maint = maint.clone();
                     async move {
-                        match body_bytes(body) {
+                        match body {
                             Ok(body) => snapshot(&maint, &headers, &body).await,
-                            Err(refused) => refused,
+                            Err(rejected) => refuse_body(rejected),
                         }
                     }
                 },
@@ -133,16 +133,14 @@ pub fn router(server: Arc<EtcdServer>, stopping: watch::Receiver<bool>) -> axum:
     r.layer(DefaultBodyLimit::max(body::max_json_bytes(max)))
 }
 
-/// A unary body, or the answer refusing it: 413 and the gateway's JSON error body when it is
-/// over the limit, a 400 when it could not be read.
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, Response> {
-    body.map_err(|rejected| {
-        if rejected.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            body::too_large()
-        } else {
-            error_response(&Status::invalid_argument(rejected.body_text()))
-        }
-    })
+/// The answer to a unary body that was not taken: 413 and the gateway's JSON error body when it
+/// is over the limit, a 400 when it could not be read.
+fn refuse_body(rejected: BytesRejection) -> Response {
+    if rejected.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        body::too_large()
+    } else {
+        error_response(&Status::invalid_argument(rejected.body_text()))
+    }
 }
 
 /// The unary RPCs of the six etcd services, each calling the gRPC service's own method.
