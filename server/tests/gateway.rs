@@ -435,7 +435,7 @@ async fn patroni_txn_shapes() {
 
 /// A raw HTTP/1.1 client for one streaming request, reading the chunked framing itself.
 struct RawStream {
-    sock: TcpStream,
+    sock: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
     buf: Vec<u8>,
 }
 
@@ -449,11 +449,77 @@ impl RawStream {
         );
         sock.write_all(req.as_bytes()).await.unwrap();
         let mut s = RawStream {
-            sock,
+            sock: Box::new(sock),
             buf: Vec::new(),
         };
         let head = s.read_until(b"\r\n\r\n").await;
         (s, String::from_utf8(head).unwrap())
+    }
+
+    /// POSTs a chunked body: `start`, then `fill` bytes without end (64 MiB at most, or until
+    /// the server stops reading), written while the answer is read. Returns the stream after
+    /// the status line and headers, the head, and the writer (which returns the bytes sent).
+    async fn post_endless(
+        addr: SocketAddr,
+        path: &str,
+        start: &str,
+        fill: u8,
+    ) -> (RawStream, String, tokio::task::JoinHandle<usize>) {
+        let parts = std::iter::once(start.as_bytes().to_vec())
+            .chain(std::iter::repeat_n(vec![fill; 64 << 10], 1024));
+        Self::post_chunked(addr, path, parts).await
+    }
+
+    /// POSTs `parts` as the chunks of a body, written while the answer is read.
+    async fn post_chunked(
+        addr: SocketAddr,
+        path: &str,
+        parts: impl Iterator<Item = Vec<u8>> + Send + 'static,
+    ) -> (RawStream, String, tokio::task::JoinHandle<usize>) {
+        let sock = TcpStream::connect(addr).await.unwrap();
+        let (read, mut write) = sock.into_split();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        let writer = tokio::spawn(async move {
+            let mut sent = 0;
+            if write.write_all(head.as_bytes()).await.is_err() {
+                return sent;
+            }
+            // An empty chunk would end the body.
+            for part in parts.filter(|p| !p.is_empty()) {
+                let mut chunk = format!("{:x}\r\n", part.len()).into_bytes();
+                chunk.extend_from_slice(&part);
+                chunk.extend_from_slice(b"\r\n");
+                if write.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                sent += part.len();
+            }
+            sent
+        });
+        let mut s = RawStream {
+            sock: Box::new(read),
+            buf: Vec::new(),
+        };
+        let head = s.read_until(b"\r\n\r\n").await;
+        (s, String::from_utf8(head).unwrap(), writer)
+    }
+
+    /// The body of a non-chunked answer, by its Content-Length.
+    async fn sized_body(&mut self, head: &str) -> String {
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no content-length: {head}"));
+        while self.buf.len() < len {
+            self.fill().await;
+        }
+        String::from_utf8(self.buf[..len].to_vec()).unwrap()
     }
 
     async fn fill(&mut self) {
@@ -921,6 +987,100 @@ async fn request_size_limits() {
             && msg.ends_with(&format!(" vs. {})", 1024 + 512 * 1024)),
         "{msg}"
     );
+}
+
+/// The answer to a body over the gateway's limit: 413 and the gateway's JSON error body.
+const TOO_LARGE_BODY: &str =
+    r#"{"error":"http: request body too large","message":"http: request body too large","code":8}"#;
+
+/// A body of more than the JSON of a max-size message is refused with 413 before anything is
+/// decoded or proposed, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unary_body_over_the_limit_is_413_and_changes_nothing() {
+    let m = Member::start_with(&["--max-request-bytes=1024"]).await;
+    // The limit is the JSON of a (1024 + 512 KiB)-byte message: about 765 KB. This body is
+    // 1.4 MB (a 1 MiB value in base64).
+    let start = format!(r#"{{"key":"{}","value":""#, b64("big"));
+    let (mut w, head, writer) = RawStream::post_endless(m.addr, "/v3/kv/put", &start, b'A').await;
+    assert!(head.starts_with("HTTP/1.1 413 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    assert_eq!(w.sized_body(&head).await, TOO_LARGE_BODY);
+    writer.abort();
+    let r = m
+        .call(
+            "/v3/kv/range",
+            json!({"key": b64("big"), "count_only": true}),
+        )
+        .await;
+    assert_eq!(
+        r.get("count"),
+        None,
+        "the refused put changed something: {r}"
+    );
+    // The member is unharmed, and a body under the limit still gets etcd's own answers.
+    m.put("after", "1").await;
+    let a = m
+        .post(
+            "/v3/kv/put",
+            &json!({"key": b64("k"), "value": b64(&"x".repeat(530_000))}).to_string(),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text);
+}
+
+/// A `/v3/watch` body that never ends a value (whitespace without end, or one object that
+/// never closes) is refused once it passes the limit of one message, without the member
+/// buffering it; a later request too large ends an open watch with an error line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_watch_body_is_refused_and_the_member_stays_healthy() {
+    let m = Member::start_with(&["--max-request-bytes=1024"]).await;
+    m.put("foo", "bar").await;
+    for (start, fill) in [("", b' '), (r#"{"create_request":{"key":""#, b'A')] {
+        let (mut w, head, writer) = RawStream::post_endless(m.addr, "/v3/watch", start, fill).await;
+        assert!(head.starts_with("HTTP/1.1 413 "), "{start:?}: {head}");
+        assert_eq!(w.sized_body(&head).await, TOO_LARGE_BODY);
+        let sent = writer.await.unwrap();
+        assert!(
+            sent < 32 << 20,
+            "the member read {sent} bytes of an endless body"
+        );
+    }
+    // A watch that is open, then sent a request that never ends: the stream ends with an
+    // error line.
+    let start = format!(
+        "{}{}",
+        json!({"create_request": {"key": b64("foo")}}),
+        r#"{"create_request":{"key":""#
+    );
+    let (mut w, head, writer) = RawStream::post_endless(m.addr, "/v3/watch", &start, b'A').await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert_eq!(w.result().await["created"], json!(true));
+    let last: Value = serde_json::from_str(&w.chunk().await).unwrap();
+    assert_eq!(
+        last,
+        json!({"error": {"grpc_code": 8, "http_code": 429,
+               "message": "http: request body too large", "http_status": "Too Many Requests"}})
+    );
+    assert_eq!(w.chunk().await, "", "the stream ends after the error");
+    writer.abort();
+    // The bound is per request, not per body: a long-lived stream may send far more in all.
+    let gap = vec![b' '; 500 << 10];
+    let progress = json!({"progress_request": {}}).to_string().into_bytes();
+    let parts = std::iter::repeat_n([gap, progress], 12).flatten();
+    let (mut w, head, _writer) = RawStream::post_chunked(m.addr, "/v3/watch", parts).await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    for _ in 0..12 {
+        assert_eq!(w.result().await["watch_id"], json!("-1"));
+    }
+    // The member is healthy: a put and a range work.
+    let rev = m.put("foo", "after").await;
+    let r = m.call("/v3/kv/range", json!({"key": b64("foo")})).await;
+    assert_eq!(unb64(&r["kvs"][0]["value"]), "after");
+    assert_eq!(r["kvs"][0]["mod_revision"], json!(rev.to_string()));
 }
 
 // ------------------------------------------------------------------------- plain endpoints

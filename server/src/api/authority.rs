@@ -23,7 +23,8 @@ const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
-/// Frames we emit stay within HTTP/2's default SETTINGS_MAX_FRAME_SIZE.
+/// Frames we emit stay within HTTP/2's default SETTINGS_MAX_FRAME_SIZE, which is also the
+/// largest frame the server accepts: a frame is buffered whole only up to this size.
 const MAX_FRAME: usize = 16384;
 /// A header block larger than this is refused (as the HTTP/2 server would).
 const MAX_BLOCK: usize = 1024 * 1024;
@@ -104,6 +105,16 @@ impl AuthorityFix {
                     }
                     let len = u32::from_be_bytes([0, self.input[0], self.input[1], self.input[2]])
                         as usize;
+                    if len > MAX_FRAME {
+                        // More than the server's SETTINGS_MAX_FRAME_SIZE (hyper's default, the
+                        // same 16 KiB): it refuses the connection. Hand everything over now
+                        // instead of buffering up to 16 MiB for a frame it will refuse.
+                        if let Some(p) = self.pending.take() {
+                            self.output.extend_from_slice(&p.raw_frames);
+                        }
+                        self.mode = Mode::Passthrough;
+                        continue;
+                    }
                     if self.input.len() < FRAME_HEADER + len {
                         return Ok(());
                     }
@@ -353,5 +364,27 @@ mod tests {
         );
         assert_eq!(strip_scheme(b"127.0.0.1:2379"), None);
         assert_eq!(size_update(0), vec![0x20]);
+    }
+
+    /// A frame header announcing more than the server accepts (up to 16 MiB) is not waited
+    /// for: the bytes go on to the server, which refuses them, and nothing stays buffered.
+    #[tokio::test]
+    async fn an_oversized_frame_is_handed_on_not_buffered() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (sock, _) = l.accept().await.unwrap();
+        let mut fix = AuthorityFix::new(sock);
+        fix.input.extend_from_slice(PREFACE);
+        // A DATA frame of 0xffffff bytes on stream 1, and the start of its payload.
+        fix.input
+            .extend_from_slice(&[0xff, 0xff, 0xff, 0x0, 0x0, 0, 0, 0, 1]);
+        fix.input.extend_from_slice(&[7; 100]);
+        fix.process().unwrap();
+        assert!(fix.input.is_empty(), "{} bytes held", fix.input.len());
+        assert_eq!(fix.output.len(), PREFACE.len() + FRAME_HEADER + 100);
+        // What follows passes through as it comes.
+        fix.input.extend_from_slice(&[7; 50]);
+        fix.process().unwrap();
+        assert!(fix.input.is_empty());
     }
 }

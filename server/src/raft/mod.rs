@@ -6,6 +6,7 @@
 //! order.
 
 pub mod node;
+pub mod queued;
 pub mod storage;
 mod syncer;
 pub mod transport;

@@ -13,6 +13,7 @@
 //! towards a commit only once it is durable; the loop applies an entry once it is committed
 //! and written, durable here or not yet (`Loop::apply_ahead` says why that is safe).
 
+use super::queued::{ProposalQueue, Queued, MAX_QUEUED_PROPOSAL_BYTES};
 use super::syncer::Syncer;
 use super::transport::Transport;
 use super::RaftStorage;
@@ -143,6 +144,8 @@ pub enum Command {
     Propose {
         id: u64,
         data: Vec<u8>,
+        /// Counts `data` in the queue until the loop drops the command.
+        queued: Queued,
     },
     /// A conf change; its own `context` carries what the state machine needs.
     ProposeConfChange {
@@ -176,6 +179,7 @@ pub struct RaftHandle {
     tx: Sender<Command>,
     pub status: Arc<RaftStatus>,
     pub transport: Arc<Transport>,
+    proposals: ProposalQueue,
 }
 
 impl RaftHandle {
@@ -183,9 +187,11 @@ impl RaftHandle {
         self.tx.send(cmd).map_err(|_| Error::Stopped)
     }
 
-    /// Queues `data` for the log; the state machine hears about it through `id`.
+    /// Queues `data` for the log; the state machine hears about it through `id`. Refused with
+    /// `too many requests` while the loop has too many proposal bytes left to take.
     pub fn propose(&self, id: u64, data: Vec<u8>) -> Result<()> {
-        self.send(Command::Propose { id, data })
+        let queued = self.proposals.admit(data.len())?;
+        self.send(Command::Propose { id, data, queued })
     }
 
     pub fn propose_conf_change(&self, id: u64, cc: ConfChangeV2) -> Result<()> {
@@ -338,6 +344,7 @@ pub fn start<S: StateMachine>(
             tx,
             status,
             transport,
+            proposals: ProposalQueue::new(MAX_QUEUED_PROPOSAL_BYTES),
         },
         thread,
     ))
@@ -473,7 +480,7 @@ impl<S: StateMachine> Loop<S> {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Propose { id, data } => {
+            Command::Propose { id, data, .. } => {
                 if self.raw.propose(Vec::new(), data).is_err() {
                     self.sm.proposal_dropped(id, Error::NoLeader);
                 }

@@ -71,8 +71,11 @@ impl EtcdServer {
         *h = Some(self.header(rev));
     }
 
-    /// Proposes one write and waits until this member has applied it.
+    /// Proposes one write and waits until this member has applied it. Refused first, as etcd
+    /// refuses it, while this member's apply lags its commit too far behind.
     async fn propose(&self, op: Op) -> Result<Applied> {
+        let st = &self.raft.status;
+        check_apply_gap(st.commit_index(), st.applied_index())?;
         let id = self.ids.next();
         let data = InternalRequest {
             id,
@@ -407,5 +410,39 @@ impl EtcdServer {
     }
 }
 
+/// etcd's `maxGapBetweenApplyAndCommitIndex`: committed entries this member may have left to
+/// apply before it refuses new proposals.
+pub const MAX_APPLY_GAP: u64 = 5000;
+
+/// etcd's check before a proposal: `etcdserver: too many requests` when the committed index is
+/// more than [`MAX_APPLY_GAP`] entries past the applied one, so that a member whose apply fell
+/// behind sheds writes instead of queueing more behind it.
+pub fn check_apply_gap(commit_index: u64, applied_index: u64) -> Result<()> {
+    if commit_index > applied_index.saturating_add(MAX_APPLY_GAP) {
+        return Err(Error::TooManyRequests);
+    }
+    Ok(())
+}
+
 /// How often the leader looks for expired leases.
 pub const LEASE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn too_many_requests_when_apply_lags_commit_by_more_than_5000() {
+        assert_eq!(check_apply_gap(0, 0), Ok(()));
+        assert_eq!(check_apply_gap(5100, 100), Ok(()));
+        assert_eq!(check_apply_gap(5101, 100), Err(Error::TooManyRequests));
+        assert_eq!(check_apply_gap(1_000_000, 0), Err(Error::TooManyRequests));
+        // Applied ahead of commit (applied before its fsync, see raft::node): never refused.
+        assert_eq!(check_apply_gap(10, 20), Ok(()));
+        assert_eq!(check_apply_gap(u64::MAX, u64::MAX - 1), Ok(()));
+        let e = Error::TooManyRequests;
+        assert_eq!(e.to_string(), "etcdserver: too many requests");
+        // etcd sends it as a client-side error type, so grpc-go's code is Unknown.
+        assert_eq!(e.code(), tonic::Code::Unknown);
+    }
+}

@@ -4,31 +4,92 @@
 //! - [`stream`]: one task per client Watch stream. Each pulls the events it still needs (from
 //!   the hub's memory, or from stored history when it fell behind) at its own pace, so a slow
 //!   watcher never blocks writers or other watchers.
+//!
+//! Memory is bounded in bytes, not in revisions: the history holds at most
+//! [`HISTORY_BYTES`] of keys and values (a revision can carry a 1.5 MiB value and its
+//! `prev_kv`), and one read of [`WatchHub::events`] returns about `max_bytes` of events.
 
+pub mod outbox;
 pub mod stream;
 
 use crate::error::{Error, Result};
 use crate::mvcc::{RevEvents, Store};
+use etcd_proto::etcdserverpb::WatchResponse;
+use etcd_proto::mvccpb::{Event, KeyValue};
 use parking_lot::RwLock;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// Revisions kept in memory for watchers that are a little behind.
-const RECENT_REVISIONS: usize = 4096;
+/// Bytes of recent revisions (keys, values, `prev_kv`s) kept in memory for watchers that are a
+/// little behind; older ones are read from the store.
+pub const HISTORY_BYTES: usize = 64 << 20;
+
+/// Revisions of the first store read of a catch-up step: small, because nothing is known yet
+/// about how large these revisions are. Later reads are sized from what the earlier ones held.
+const FIRST_STORE_WINDOW: i64 = 4;
+
+/// At most this many revisions per store read (etcd's `watchBatchMaxRevs`).
+const MAX_STORE_WINDOW: i64 = 1000;
+
+/// The memory one event holds: its struct plus the bytes of its key/value and `prev_kv`.
+pub fn event_bytes(e: &Event) -> usize {
+    fn kv(kv: &Option<KeyValue>) -> usize {
+        kv.as_ref().map_or(0, |kv| kv.key.len() + kv.value.len())
+    }
+    std::mem::size_of::<Event>() + kv(&e.kv) + kv(&e.prev_kv)
+}
+
+/// The memory one revision's events hold.
+pub fn rev_bytes(r: &RevEvents) -> usize {
+    std::mem::size_of::<RevEvents>() + r.events.iter().map(event_bytes).sum::<usize>()
+}
+
+/// The memory a response holds (its events; the rest is a few words).
+pub fn response_bytes(r: &WatchResponse) -> usize {
+    std::mem::size_of::<WatchResponse>() + r.events.iter().map(event_bytes).sum::<usize>()
+}
+
+/// Recent revisions, contiguous, oldest first, with their sizes.
+#[derive(Default)]
+struct History {
+    revs: VecDeque<(Arc<RevEvents>, usize)>,
+    bytes: usize,
+}
+
+impl History {
+    fn clear(&mut self) {
+        self.revs.clear();
+        self.bytes = 0;
+    }
+}
+
+/// Revisions `from..=upto` of the history, in order: every revision in that span that has events
+/// (all of them, unless compacted away in a race), each whole.
+pub struct EventBatch {
+    pub revs: Vec<Arc<RevEvents>>,
+    pub upto: i64,
+}
 
 pub struct WatchHub {
     store: Arc<Store>,
-    recent: RwLock<VecDeque<Arc<RevEvents>>>,
+    recent: RwLock<History>,
+    max_history_bytes: usize,
     current: watch::Sender<i64>,
 }
 
 impl WatchHub {
     pub fn new(store: Arc<Store>) -> Self {
+        Self::with_history_bytes(store, HISTORY_BYTES)
+    }
+
+    /// A hub keeping at most `max_history_bytes` of recent revisions in memory.
+    pub fn with_history_bytes(store: Arc<Store>, max_history_bytes: usize) -> Self {
         let (current, _) = watch::channel(store.current_rev());
         WatchHub {
             store,
-            recent: RwLock::new(VecDeque::new()),
+            recent: RwLock::new(History::default()),
+            max_history_bytes,
             current,
         }
     }
@@ -40,15 +101,21 @@ impl WatchHub {
     /// Called by the applier after each committed chunk, with its revisions' events, or `None`
     /// when it built none (no stream was open). Then the recent revisions are forgotten, so
     /// that they stay contiguous: a stream opened later reads what it misses from the store.
+    /// The oldest revisions leave once the history holds more than its byte cap.
     pub fn publish(&self, revs: Option<Vec<RevEvents>>, current: i64) {
         match revs {
             Some(revs) if !revs.is_empty() => {
                 let mut recent = self.recent.write();
                 for r in revs {
-                    recent.push_back(Arc::new(r));
+                    let n = rev_bytes(&r);
+                    recent.bytes += n;
+                    recent.revs.push_back((Arc::new(r), n));
                 }
-                while recent.len() > RECENT_REVISIONS {
-                    recent.pop_front();
+                while recent.bytes > self.max_history_bytes {
+                    let Some((_, n)) = recent.revs.pop_front() else {
+                        break;
+                    };
+                    recent.bytes -= n;
                 }
             }
             Some(_) => {}
@@ -81,35 +148,80 @@ impl WatchHub {
         self.current.receiver_count()
     }
 
-    /// Events of revisions `from..=to`, at most `max_revs` revisions of them, with `prev_kv`
-    /// filled. Errors with `Compacted` when `from` is below the compaction point.
-    pub fn events(&self, from: i64, to: i64, max_revs: usize) -> Result<Vec<Arc<RevEvents>>> {
+    /// Bytes the in-memory history holds now.
+    pub fn history_bytes(&self) -> usize {
+        self.recent.read().bytes
+    }
+
+    /// Events of revisions from `from` on, up to `to`, with `prev_kv` filled: whole revisions
+    /// until about `max_bytes` of them are gathered (at least one revision). Recent revisions are
+    /// shared with the history; older ones are read from the store a few at a time, each read
+    /// sized from the revisions read before it, so a step never loads much more than `max_bytes`.
+    /// Errors with `Compacted` when `from` is below the compaction point.
+    pub fn events(&self, from: i64, to: i64, max_bytes: usize) -> Result<EventBatch> {
+        let mut batch = EventBatch {
+            revs: Vec::new(),
+            upto: from - 1,
+        };
         if from > to {
-            return Ok(Vec::new());
+            return Ok(batch);
         }
         if from < self.store.compact_rev() {
             return Err(Error::Compacted);
         }
-        let to = to.min(from.saturating_add(max_revs as i64 - 1));
-        {
-            let recent = self.recent.read();
-            if let Some(first) = recent.front() {
-                if first.rev <= from {
-                    let skip = recent.partition_point(|r| r.rev < from);
-                    return Ok(recent
-                        .iter()
-                        .skip(skip)
-                        .take_while(|r| r.rev <= to)
-                        .cloned()
-                        .collect());
-                }
+        let mut bytes = 0;
+        let mut window = FIRST_STORE_WINDOW;
+        while batch.upto < to && bytes < max_bytes {
+            let next = batch.upto + 1;
+            if self.take_from_history(next, to, max_bytes, &mut batch, &mut bytes) {
+                continue;
             }
+            let hi = to.min(next.saturating_add(window - 1));
+            let (mut read, mut read_bytes) = (0i64, 0usize);
+            for r in self.store.events(next, hi)? {
+                read += 1;
+                read_bytes += rev_bytes(&r);
+                batch.revs.push(Arc::new(r));
+            }
+            bytes += read_bytes;
+            batch.upto = hi;
+            let per_rev = (read_bytes / read.max(1) as usize).max(1);
+            let room = max_bytes.saturating_sub(bytes) / per_rev;
+            window = (room as i64).clamp(1, MAX_STORE_WINDOW);
         }
-        Ok(self
-            .store
-            .events(from, to)?
-            .into_iter()
-            .map(Arc::new)
-            .collect())
+        Ok(batch)
+    }
+
+    /// Takes what the history holds from `next` on into `batch`; false when it does not hold
+    /// `next`.
+    fn take_from_history(
+        &self,
+        next: i64,
+        to: i64,
+        max_bytes: usize,
+        batch: &mut EventBatch,
+        bytes: &mut usize,
+    ) -> bool {
+        let recent = self.recent.read();
+        let held = |r: i64| {
+            recent.revs.front().is_some_and(|(f, _)| f.rev <= r)
+                && recent.revs.back().is_some_and(|(b, _)| b.rev >= r)
+        };
+        if !held(next) {
+            return false;
+        }
+        let skip = recent.revs.partition_point(|(r, _)| r.rev < next);
+        for (r, n) in recent.revs.iter().skip(skip) {
+            if r.rev > to || *bytes >= max_bytes {
+                break;
+            }
+            *bytes += n;
+            batch.upto = r.rev;
+            batch.revs.push(r.clone());
+        }
+        true
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -3,8 +3,13 @@
 //!
 //! Guarantees: `created` goes out before any event of that watcher; events leave in revision
 //! order, every revision whole (unless the watcher asked for `fragment`), none twice.
+//!
+//! Memory: a catch-up step holds one batch of about [`BATCH_BYTES`] (shared with the hub's
+//! history where it can), builds one watcher's response from it at a time, and queues it in a
+//! byte-bounded [`Outbox`]; a client that reads nothing stops the task there, holding no more.
 
-use super::WatchHub;
+use super::outbox::{Gone, Outbox};
+use super::{RevEvents, WatchHub};
 use crate::error::Error;
 use crate::mvcc::KeyRange;
 use etcd_proto::etcdserverpb::watch_create_request::FilterType;
@@ -16,7 +21,6 @@ use prost::Message;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// Builds a full response header for a store revision (0: no revision).
 pub type HeaderFn = Arc<dyn Fn(i64) -> ResponseHeader + Send + Sync>;
@@ -29,8 +33,9 @@ pub struct StreamConfig {
     pub max_response_bytes: usize,
 }
 
-/// Revisions fetched per catch-up step (etcd's `watchBatchMaxRevs`).
-const MAX_REVS_PER_BATCH: usize = 1000;
+/// Bytes of events fetched per catch-up step (whole revisions, at least one). etcd fetches
+/// 1000 revisions (`watchBatchMaxRevs`) whatever their size.
+pub const BATCH_BYTES: usize = 1 << 20;
 
 struct Watcher {
     range: KeyRange,
@@ -47,7 +52,7 @@ struct WatchStream {
     hub: Arc<WatchHub>,
     header: HeaderFn,
     cfg: StreamConfig,
-    out: mpsc::Sender<WatchResponse>,
+    out: Outbox,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
 }
@@ -62,7 +67,7 @@ pub async fn serve<S>(
     header: HeaderFn,
     cfg: StreamConfig,
     mut requests: S,
-    out: mpsc::Sender<WatchResponse>,
+    out: Outbox,
 ) where
     S: Stream<Item = WatchRequest> + Unpin,
 {
@@ -119,7 +124,7 @@ async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
 
 impl WatchStream {
     async fn send(&self, resp: WatchResponse) -> Result<(), Closed> {
-        self.out.send(resp).await.map_err(|_| Closed)
+        self.out.send(resp).await.map_err(|Gone| Closed)
     }
 
     fn current(&self) -> i64 {
@@ -233,8 +238,8 @@ impl WatchStream {
             else {
                 return Ok(());
             };
-            let revs = match self.hub.events(from, current, MAX_REVS_PER_BATCH) {
-                Ok(r) => r,
+            let batch = match self.hub.events(from, current, BATCH_BYTES) {
+                Ok(b) => b,
                 // A compaction raced with us: the next turn cancels the affected watchers.
                 Err(Error::Compacted) => continue,
                 Err(e) => {
@@ -242,27 +247,26 @@ impl WatchStream {
                     return Err(Closed);
                 }
             };
-            let upto = current.min(from + MAX_REVS_PER_BATCH as i64 - 1);
+            let upto = batch.upto;
             let compact = self.hub.store().compact_rev();
-            let mut sends = Vec::new();
-            for (id, w) in self.watchers.iter_mut() {
-                if w.next_rev > upto {
+            let due: Vec<i64> = self
+                .watchers
+                .iter()
+                .filter(|(_, w)| w.next_rev <= upto)
+                .map(|(id, _)| *id)
+                .collect();
+            // One watcher's copy of the events at a time: it is queued before the next is built.
+            for id in due {
+                let Some(w) = self.watchers.get_mut(&id) else {
+                    continue;
+                };
+                let events = w.events_from(&batch.revs, compact);
+                w.next_rev = upto + 1;
+                if events.is_empty() {
                     continue;
                 }
-                let events: Vec<Event> = revs
-                    .iter()
-                    .filter(|r| r.rev >= w.next_rev)
-                    .flat_map(|r| r.events.iter())
-                    .filter(|e| w.wants(e))
-                    .map(|e| w.shape(e, compact))
-                    .collect();
-                w.next_rev = upto + 1;
-                if !events.is_empty() {
-                    w.notified_since_tick = true;
-                    sends.push((*id, w.fragment, events));
-                }
-            }
-            for (id, fragment, events) in sends {
+                w.notified_since_tick = true;
+                let fragment = w.fragment;
                 self.send_events(id, fragment, upto, events).await?;
             }
         }
@@ -358,6 +362,16 @@ impl WatchStream {
 }
 
 impl Watcher {
+    /// This watcher's events among `revs`, shaped for it.
+    fn events_from(&self, revs: &[Arc<RevEvents>], compact_rev: i64) -> Vec<Event> {
+        revs.iter()
+            .filter(|r| r.rev >= self.next_rev)
+            .flat_map(|r| r.events.iter())
+            .filter(|e| self.wants(e))
+            .map(|e| self.shape(e, compact_rev))
+            .collect()
+    }
+
     fn wants(&self, e: &Event) -> bool {
         let Some(kv) = &e.kv else { return false };
         if !self.range.contains(&kv.key) {

@@ -3,21 +3,17 @@
 use super::{leader_lost, require_leader, until, until_stopped, wants_leader};
 use crate::error::Error;
 use crate::service::EtcdServer;
+use crate::watch::outbox::{self, Responses};
 use crate::watch::stream::{self, HeaderFn, StreamConfig};
 use etcd_proto::etcdserverpb::watch_server::Watch;
 use etcd_proto::etcdserverpb::{WatchRequest, WatchResponse};
 use futures::StreamExt;
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 /// The service, and the signal that ends open Watch streams when the member stops.
 pub struct WatchService(pub Arc<EtcdServer>, pub tokio::sync::watch::Receiver<bool>);
-
-/// Responses buffered per stream before the stream task waits for the client.
-const OUT_BUFFER: usize = 128;
 
 /// Starts serving one client Watch stream fed by `requests`; its responses come out of the
 /// returned channel, which the face forwards until the client goes away (dropping the receiver
@@ -25,8 +21,8 @@ const OUT_BUFFER: usize = 128;
 pub(crate) fn open(
     server: &Arc<EtcdServer>,
     requests: Pin<Box<dyn futures::Stream<Item = WatchRequest> + Send>>,
-) -> mpsc::Receiver<WatchResponse> {
-    let (tx, rx) = mpsc::channel(OUT_BUFFER);
+) -> Responses {
+    let (tx, rx) = outbox::channel(outbox::MAX_QUEUED, outbox::MAX_QUEUED_BYTES);
     let header: HeaderFn = {
         let server = server.clone();
         Arc::new(move |rev| server.header(rev))
@@ -57,7 +53,7 @@ impl Watch for WatchService {
             .take_while(|r| futures::future::ready(r.is_ok()))
             .filter_map(|r| futures::future::ready(r.ok()));
         let rx = open(&self.0, Box::pin(requests));
-        let out = until_stopped(ReceiverStream::new(rx).map(Ok), self.1.clone());
+        let out = until_stopped(rx.map(Ok), self.1.clone());
         if !monitor {
             return Ok(Response::new(Box::pin(out)));
         }

@@ -3,11 +3,13 @@
 //! `/v3/lease/keepalive` read a stream of JSON requests from the body and answer a chunked stream
 //! of `{"result":...}` lines, flushed one message per chunk.
 
+use super::body::{self, Splitter, TooLarge};
 use super::{decode_body, decode_error, error_response, http_status, method_not_allowed};
 use crate::api::grpc::{self, cluster, kv, lease, maintenance, unimplemented};
 use crate::metrics::{GrpcCall, GrpcMethod};
 use crate::service::EtcdServer;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,7 +26,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::watch;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::{Code, Status};
 
@@ -43,9 +44,13 @@ macro_rules! unary {
     ($r:ident, $max:expr, $svc:expr, $tr:ident :: $m:ident, $gs:literal, $gm:literal, $($path:literal),+) => {{
         let svc = $svc.clone();
         let max = $max;
-        let h = post(move |headers: HeaderMap, body: Bytes| {
+        let h = post(move |headers: HeaderMap, body: Result<Bytes, BytesRejection>| {
             let svc = svc.clone();
             async move {
+                let body = match body {
+                    Ok(b) => b,
+                    Err(rejected) => return refuse_body(rejected),
+                };
                 unary(GrpcMethod::new($gs, $gm), max, &headers, &body, |req| async move {
                     $tr::$m(&*svc, req).await
                 })
@@ -90,10 +95,17 @@ pub fn router(server: Arc<EtcdServer>, stopping: watch::Receiver<bool>) -> axum:
         r = add(
             r,
             "/maintenance/snapshot",
-            post(move |headers: HeaderMap, body: Bytes| {
-                let maint = maint.clone();
-                async move { snapshot(&maint, &headers, &body).await }
-            }),
+            post(
+                move |headers: HeaderMap, body: Result<Bytes, BytesRejection>| {
+                    let maint = maint.clone();
+                    async move {
+                        match body {
+                            Ok(body) => snapshot(&maint, &headers, &body).await,
+                            Err(rejected) => refuse_body(rejected),
+                        }
+                    }
+                },
+            ),
         );
     }
     {
@@ -102,7 +114,7 @@ pub fn router(server: Arc<EtcdServer>, stopping: watch::Receiver<bool>) -> axum:
             r,
             "/watch",
             post(move |headers: HeaderMap, body: Body| {
-                watch(server.clone(), stopping.clone(), headers, body)
+                watch(server.clone(), stopping.clone(), headers, body, max)
             }),
         );
     }
@@ -112,12 +124,23 @@ pub fn router(server: Arc<EtcdServer>, stopping: watch::Receiver<bool>) -> axum:
             r,
             "/lease/keepalive",
             post(move |headers: HeaderMap, body: Body| {
-                keep_alive(server.clone(), stopping.clone(), headers, body)
+                keep_alive(server.clone(), stopping.clone(), headers, body, max)
             }),
         );
     }
-    // Room for a max-size message in JSON (base64 and escapes); the gRPC size check follows.
-    r.layer(DefaultBodyLimit::max(4 * max))
+    // A unary body is buffered up to the JSON of a max-size message; the gRPC size check
+    // follows. The streams' bodies are bounded per message (see `json_objects`).
+    r.layer(DefaultBodyLimit::max(body::max_json_bytes(max)))
+}
+
+/// The answer to a unary body that was not taken: 413 and the gateway's JSON error body when it
+/// is over the limit, a 400 when it could not be read.
+fn refuse_body(rejected: BytesRejection) -> Response {
+    if rejected.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        body::too_large()
+    } else {
+        error_response(&Status::invalid_argument(rejected.body_text()))
+    }
 }
 
 /// The unary RPCs of the six etcd services, each calling the gRPC service's own method.
@@ -363,58 +386,61 @@ async fn forward<T: Serialize + Send + 'static>(
     ok_response(StatusCode::OK, Body::from_stream(body))
 }
 
+/// Why reading a streaming body stopped early.
+#[derive(Debug, PartialEq, Eq)]
+enum BodyError {
+    /// A value (or the whitespace before it) passed the size bound.
+    TooLarge,
+    /// A malformed value or a broken body, with the decoder's message.
+    Bad(String),
+}
+
 /// The JSON objects of a streaming request body, decoded as they arrive (concatenated or
-/// whitespace-separated, as Go's `json.Decoder` reads them). A malformed object ends the stream
-/// with its error.
-fn json_objects<T: DeserializeOwned + Send + 'static>(body: Body) -> BoxStream<Result<T, String>> {
+/// whitespace-separated, as Go's `json.Decoder` reads them), each decoded once when complete;
+/// only the unfinished one is held, up to `max` bytes. The stream ends after its first error.
+fn json_objects<T: DeserializeOwned + Send + 'static>(
+    body: Body,
+    max: usize,
+) -> BoxStream<Result<T, BodyError>> {
     struct State {
         data: axum::body::BodyDataStream,
-        buf: Vec<u8>,
-        eof: bool,
-        failed: bool,
+        split: Splitter,
+        done: bool,
     }
+    let decode = |v: Vec<u8>| serde_json::from_slice::<T>(&v).map_err(|e| decode_error(&e));
     let st = State {
         data: body.into_data_stream(),
-        buf: Vec::new(),
-        eof: false,
-        failed: false,
+        split: Splitter::new(max),
+        done: false,
     };
-    futures::stream::unfold(st, |mut st| async move {
-        if st.failed {
+    futures::stream::unfold(st, move |mut st| async move {
+        if st.done {
             return None;
         }
         loop {
-            let start = st.buf.iter().position(|b| !b.is_ascii_whitespace());
-            match start {
-                None => st.buf.clear(),
-                Some(start) => {
-                    st.buf.drain(..start);
-                    let mut it = serde_json::Deserializer::from_slice(&st.buf).into_iter::<T>();
-                    match it.next() {
-                        Some(Ok(v)) => {
-                            let used = it.byte_offset();
-                            st.buf.drain(..used);
-                            return Some((Ok(v), st));
-                        }
-                        Some(Err(e)) if e.is_eof() && !st.eof => {}
-                        Some(Err(e)) => {
-                            st.failed = true;
-                            return Some((Err(decode_error(&e)), st));
-                        }
-                        None => st.buf.clear(),
-                    }
+            match st.split.next_value() {
+                Ok(Some(v)) => {
+                    let r = decode(v).map_err(BodyError::Bad);
+                    st.done = r.is_err();
+                    return Some((r, st));
                 }
-            }
-            if st.eof {
-                return None;
+                Ok(None) => {}
+                Err(TooLarge) => {
+                    st.done = true;
+                    return Some((Err(BodyError::TooLarge), st));
+                }
             }
             match st.data.next().await {
-                Some(Ok(chunk)) => st.buf.extend_from_slice(&chunk),
+                Some(Ok(chunk)) => st.split.feed(chunk),
                 Some(Err(e)) => {
-                    st.failed = true;
-                    return Some((Err(e.to_string()), st));
+                    st.done = true;
+                    return Some((Err(BodyError::Bad(e.to_string())), st));
                 }
-                None => st.eof = true,
+                None => {
+                    st.done = true;
+                    let last = st.split.finish()?;
+                    return Some((decode(last).map_err(BodyError::Bad), st));
+                }
             }
         }
     })
@@ -422,22 +448,42 @@ fn json_objects<T: DeserializeOwned + Send + 'static>(body: Body) -> BoxStream<R
 }
 
 /// The requests of a bidirectional stream: the first one must decode (else the call fails as
-/// etcd's gateway fails it: `Unknown`, HTTP 500); after it, a malformed one just ends the input.
+/// etcd's gateway fails it: `Unknown`, HTTP 500; or 413 when it is too large); after it, a
+/// malformed one just ends the input. A later one too large ends the input too, and the
+/// returned future then resolves with the status that ends the response stream: the client
+/// is refused rather than left waiting on a stream that no longer reads it.
 async fn stream_requests<T: DeserializeOwned + Send + 'static>(
     body: Body,
-) -> Result<BoxStream<T>, Status> {
-    let mut objects = json_objects::<T>(body);
+    max: usize,
+) -> Result<(BoxStream<T>, impl Future<Output = Status> + Send + 'static), Response> {
+    let mut objects = json_objects::<T>(body, max);
+    let (refuse, refused) = tokio::sync::oneshot::channel::<Status>();
+    let refused = async move {
+        match refused.await {
+            Ok(s) => s,
+            // The input ended otherwise: nothing to refuse.
+            Err(_) => std::future::pending().await,
+        }
+    };
     let first = match objects.next().await {
         Some(Ok(first)) => first,
-        Some(Err(msg)) => return Err(Status::unknown(msg)),
-        None => return Ok(futures::stream::empty().boxed()),
+        Some(Err(BodyError::TooLarge)) => return Err(body::too_large()),
+        Some(Err(BodyError::Bad(msg))) => return Err(error_response(&Status::unknown(msg))),
+        None => return Ok((futures::stream::empty().boxed(), refused)),
     };
+    let mut refuse = Some(refuse);
     let rest = objects
-        .take_while(|r| futures::future::ready(r.is_ok()))
+        .take_while(move |r| {
+            if let (Err(BodyError::TooLarge), Some(tx)) = (r, refuse.take()) {
+                let _ = tx.send(Status::resource_exhausted(body::TOO_LARGE));
+            }
+            futures::future::ready(r.is_ok())
+        })
         .filter_map(|r| futures::future::ready(r.ok()));
-    Ok(futures::stream::once(async move { first })
+    let requests = futures::stream::once(async move { first })
         .chain(rest)
-        .boxed())
+        .boxed();
+    Ok((requests, refused))
 }
 
 /// `POST /v3/watch`: the watch stays open after the body ends, until the client disconnects.
@@ -446,18 +492,24 @@ async fn watch(
     stopping: watch::Receiver<bool>,
     headers: HeaderMap,
     body: Body,
+    max_recv: usize,
 ) -> Response {
     let call = GrpcCall::start(GrpcMethod::new("etcdserverpb.Watch", "Watch"));
     if let Err(s) = grpc::require_leader(&server, &grpc_request(&headers, ())) {
         return forward(futures::stream::iter([Err::<(), _>(s)]).boxed(), Some(call)).await;
     }
-    let requests: BoxStream<WatchRequest> = match stream_requests(body).await {
+    let max = body::max_json_bytes(max_recv);
+    let (requests, refused) = match stream_requests::<WatchRequest>(body, max).await {
         Ok(r) => r,
-        Err(s) => return error_response(&s),
+        Err(refusal) => return refusal,
     };
     let rx = grpc::watch::open(&server, requests);
-    let responses = grpc::until_stopped(ReceiverStream::new(rx).map(Ok), stopping);
-    forward(responses.boxed(), Some(call)).await
+    let responses = grpc::until_stopped(rx.map(Ok), stopping);
+    forward(
+        grpc::until(Box::pin(responses), refused).boxed(),
+        Some(call),
+    )
+    .await
 }
 
 /// `POST /v3/lease/keepalive`: one answer per request object; the stream ends with the body.
@@ -466,11 +518,13 @@ async fn keep_alive(
     stopping: watch::Receiver<bool>,
     _headers: HeaderMap,
     body: Body,
+    max_recv: usize,
 ) -> Response {
     let call = GrpcCall::start(GrpcMethod::new("etcdserverpb.Lease", "LeaseKeepAlive"));
-    let requests: BoxStream<LeaseKeepAliveRequest> = match stream_requests(body).await {
+    let max = body::max_json_bytes(max_recv);
+    let (requests, refused) = match stream_requests::<LeaseKeepAliveRequest>(body, max).await {
         Ok(r) => r,
-        Err(s) => return error_response(&s),
+        Err(refusal) => return refusal,
     };
     let answers = requests
         .then(move |r| {
@@ -478,7 +532,8 @@ async fn keep_alive(
             async move { lease::keep_alive_once(&server, r.id).await }
         })
         .boxed();
-    forward(grpc::until_stopped(answers, stopping).boxed(), Some(call)).await
+    let answers = grpc::until_stopped(answers, stopping);
+    forward(grpc::until(Box::pin(answers), refused).boxed(), Some(call)).await
 }
 
 /// `POST /v3/maintenance/snapshot`: a server stream, forwarded message by message.
@@ -513,8 +568,13 @@ mod tests {
 
     fn ids(chunks: &[&'static str]) -> Vec<Result<i64, String>> {
         futures::executor::block_on(
-            json_objects::<K>(body_of(chunks))
-                .map(|r| r.map(|k| k.id))
+            json_objects::<K>(body_of(chunks), 1 << 20)
+                .map(|r| {
+                    r.map(|k| k.id).map_err(|e| match e {
+                        BodyError::Bad(m) => m,
+                        BodyError::TooLarge => "too large".into(),
+                    })
+                })
                 .collect::<Vec<_>>(),
         )
     }

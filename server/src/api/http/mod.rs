@@ -6,6 +6,7 @@
 //! gRPC service's own method, so both faces run the same code into [`EtcdServer`]; the streams
 //! reuse the gRPC face's watch stream and keepalive step.
 
+mod body;
 mod endpoints;
 mod gateway;
 
