@@ -106,6 +106,7 @@ impl StateMachine for Applier {
         let start = std::time::Instant::now();
         let events = w.commit()?;
         crate::metrics::BACKEND_COMMIT.since(start);
+        crate::metrics::warn_if_slow("apply commit", start);
         self.hub.publish(events, current);
         for (id, res) in results {
             self.wait.trigger(id, res);

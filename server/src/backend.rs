@@ -170,6 +170,7 @@ impl Backend {
             None => self.db.persist(PersistMode::SyncData)?,
         }
         crate::metrics::WAL_FSYNC.since(start);
+        crate::metrics::warn_if_slow("journal fdatasync", start);
         Ok(())
     }
 

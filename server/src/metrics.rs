@@ -119,6 +119,19 @@ pub static BACKEND_COMMIT: Histogram = Histogram::new();
 pub static HEALTH_SUCCESS: Counter = Counter::new();
 pub static HEALTH_FAILURES: Counter = Counter::new();
 
+/// A disk write on the raft thread slower than this is logged (etcd warns when an apply takes
+/// over its expected 100 ms): a stall there delays every request and, long enough, elections.
+pub const SLOW_WRITE: Duration = Duration::from_millis(100);
+
+/// Logs a write that began at `start` if it took longer than [`SLOW_WRITE`]. fjall makes a
+/// writer sleep while its worker is behind on flushes (4 sealed memtables) or compactions.
+pub fn warn_if_slow(what: &'static str, start: Instant) {
+    let took = start.elapsed();
+    if took > SLOW_WRITE {
+        tracing::warn!(what, took = ?took, "slow disk write on the raft path");
+    }
+}
+
 /// Counts a leader change the way etcd does: whenever the known leader becomes a different,
 /// non-empty member. Called by the raft loop with the previous and the current leader.
 pub fn leader_seen(prev: u64, now: u64) {

@@ -444,7 +444,9 @@ impl<S: StateMachine> Loop<S> {
         let mut next_tick = Instant::now() + self.cfg.heartbeat;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            match poll_recv(&self.rx, wait) {
+            let received = poll_recv(&self.rx, wait);
+            let turn = Instant::now();
+            match received {
                 Ok(cmd) => {
                     let more: Vec<Command> = self.rx.try_iter().take(MAX_COMMANDS).collect();
                     for cmd in std::iter::once(cmd).chain(more) {
@@ -475,6 +477,7 @@ impl<S: StateMachine> Loop<S> {
                 return Ok(());
             }
             self.apply_ahead()?;
+            crate::metrics::warn_if_slow("raft loop turn", turn);
         }
     }
 

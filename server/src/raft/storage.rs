@@ -286,7 +286,9 @@ impl RaftStorage {
             let bytes = hs.write_to_bytes().map_err(Error::internal)?;
             batch.insert(&self.backend.raft_meta, HARD_STATE, bytes);
         }
+        let start = std::time::Instant::now();
         batch.commit()?;
+        crate::metrics::warn_if_slow("raft log append", start);
         self.cache.lock().append(entries);
         let mut h = self.header.write();
         if let Some(l) = last {
