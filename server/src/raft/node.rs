@@ -802,9 +802,17 @@ impl<S: StateMachine> Loop<S> {
     /// Once `--snapshot-count` entries are applied beyond the ones kept for slow followers,
     /// drops them from the log: [`COMPACT_STEP`] entries per applied chunk, so that the loop
     /// never stalls on deleting a whole snapshot count's worth at once.
+    ///
+    /// On the leader, the entries after a snapshot a follower is installing stay too (up to
+    /// `--snapshot-count` more): a follower that takes seconds to install a big snapshot
+    /// under load then catches up from the log, instead of finding it compacted past the
+    /// snapshot and needing another one, and another.
     fn maybe_compact_log(&mut self, applied: u64) -> Result<()> {
         let first = self.storage.first_index().unwrap_or(1);
-        let keep_from = applied.saturating_sub(self.cfg.catch_up_entries);
+        let mut keep_from = applied.saturating_sub(self.cfg.catch_up_entries);
+        if let Some(pending) = self.snapshot_in_flight() {
+            keep_from = keep_from.min(pending.max(applied.saturating_sub(self.cfg.snapshot_count)));
+        }
         let due =
             applied.saturating_sub(first) > self.cfg.snapshot_count + self.cfg.catch_up_entries;
         if due || (self.compacting && first < keep_from) {
@@ -818,6 +826,19 @@ impl<S: StateMachine> Loop<S> {
             self.compacting = upto < keep_from;
         }
         Ok(())
+    }
+
+    /// On the leader: the lowest index of a snapshot a follower is being sent or installing.
+    fn snapshot_in_flight(&self) -> Option<u64> {
+        let r = &self.raw.raft;
+        if r.state != StateRole::Leader {
+            return None;
+        }
+        r.prs()
+            .iter()
+            .filter(|(_, p)| p.state == raft::ProgressState::Snapshot)
+            .map(|(_, p)| p.pending_snapshot)
+            .min()
     }
 
     fn report(&self) -> RaftReport {
