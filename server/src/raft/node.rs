@@ -803,15 +803,16 @@ impl<S: StateMachine> Loop<S> {
     /// drops them from the log: [`COMPACT_STEP`] entries per applied chunk, so that the loop
     /// never stalls on deleting a whole snapshot count's worth at once.
     ///
-    /// On the leader, the entries after a snapshot a follower is installing stay too (up to
-    /// `--snapshot-count` more): a follower that takes seconds to install a big snapshot
-    /// under load then catches up from the log, instead of finding it compacted past the
-    /// snapshot and needing another one, and another.
+    /// On the leader, the entries a follower still needs stay too (up to `--snapshot-count`
+    /// more): those after the snapshot it is being sent or is installing, or after the last one
+    /// it has. A member that takes seconds to install a big snapshot under load then catches up
+    /// from the log, instead of finding it compacted past the snapshot once the snapshot's
+    /// stream is over (raft then probes it from there) and needing another one, and another.
     fn maybe_compact_log(&mut self, applied: u64) -> Result<()> {
         let first = self.storage.first_index().unwrap_or(1);
         let mut keep_from = applied.saturating_sub(self.cfg.catch_up_entries);
-        if let Some(pending) = self.snapshot_in_flight() {
-            keep_from = keep_from.min(pending.max(applied.saturating_sub(self.cfg.snapshot_count)));
+        if let Some(needed) = self.followers_need_from() {
+            keep_from = keep_from.min(needed.max(applied.saturating_sub(self.cfg.snapshot_count)));
         }
         let due =
             applied.saturating_sub(first) > self.cfg.snapshot_count + self.cfg.catch_up_entries;
@@ -828,16 +829,20 @@ impl<S: StateMachine> Loop<S> {
         Ok(())
     }
 
-    /// On the leader: the lowest index of a snapshot a follower is being sent or installing.
-    fn snapshot_in_flight(&self) -> Option<u64> {
+    /// On the leader: the lowest log position a follower still needs, the index of the snapshot
+    /// it is being sent, or the entry before the next one it is to get.
+    fn followers_need_from(&self) -> Option<u64> {
         let r = &self.raw.raft;
         if r.state != StateRole::Leader {
             return None;
         }
         r.prs()
             .iter()
-            .filter(|(_, p)| p.state == raft::ProgressState::Snapshot)
-            .map(|(_, p)| p.pending_snapshot)
+            .filter(|(id, _)| **id != self.cfg.id)
+            .map(|(_, p)| match p.state {
+                raft::ProgressState::Snapshot => p.pending_snapshot,
+                _ => p.next_idx.saturating_sub(1),
+            })
             .min()
     }
 
