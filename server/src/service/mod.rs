@@ -251,14 +251,7 @@ impl EtcdServer {
     /// and renewing there would tell the client its lease lives while the real leader
     /// expires it. On failure, etcd's `lease.ErrNotPrimary`, so the client tries elsewhere.
     pub async fn lease_renew_local(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
-        if !self.raft.status.is_leader() {
-            return Err(Error::NotLeader);
-        }
-        let index = self
-            .confirm_leadership()
-            .await
-            .map_err(|_| Error::NotPrimary)?;
-        self.wait_applied_lease_state(index).await?;
+        self.lease_state_as_leader(Error::NotPrimary).await?;
         let header = Some(self.header(self.store.current_rev()));
         let ttl = self.lessor.renew(id)?;
         Ok(LeaseKeepAliveResponse { header, id, ttl })
@@ -284,10 +277,16 @@ impl EtcdServer {
         }
     }
 
-    /// On a confirmed leader, waits until it applied what was committed when it confirmed,
-    /// so that a lease granted just before is known (etcd's `waitAppliedIndex`). Apart from
-    /// the confirmation: a slow applier is not a lost leadership.
-    async fn wait_applied_lease_state(&self, index: u64) -> Result<()> {
+    /// What a lease answer on the leader needs first: this member leads (`NotLeader`), a
+    /// quorum confirms it still does (`refused` otherwise), and it applied what was committed
+    /// when it confirmed, so that a lease granted just before is known (etcd's
+    /// `waitAppliedIndex`; timed apart from the confirmation: a slow applier is not a lost
+    /// leadership).
+    async fn lease_state_as_leader(&self, refused: Error) -> Result<()> {
+        if !self.raft.status.is_leader() {
+            return Err(Error::NotLeader);
+        }
+        let index = self.confirm_leadership().await.map_err(|_| refused)?;
         tokio::time::timeout(
             self.cfg.request_timeout(),
             self.raft.status.wait_applied(index),
@@ -322,14 +321,7 @@ impl EtcdServer {
         &self,
         r: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse> {
-        if !self.raft.status.is_leader() {
-            return Err(Error::NotLeader);
-        }
-        let index = self
-            .confirm_leadership()
-            .await
-            .map_err(|_| Error::LeaderChanged)?;
-        self.wait_applied_lease_state(index).await?;
+        self.lease_state_as_leader(Error::LeaderChanged).await?;
         let header = Some(self.header(self.store.current_rev()));
         let info = self.lessor.time_to_live(r.id);
         // Demoted meanwhile: the remaining time just read may be no deadline at all.

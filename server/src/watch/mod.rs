@@ -192,8 +192,8 @@ impl WatchHub {
         Ok(batch)
     }
 
-    /// Takes what the history holds from `next` on into `batch`; false when it does not hold
-    /// `next`.
+    /// Takes what the history holds from `next` on into `batch`; false when it took nothing
+    /// (it does not hold `next`), so that the caller reads from the store and always moves on.
     fn take_from_history(
         &self,
         next: i64,
@@ -211,6 +211,7 @@ impl WatchHub {
             return false;
         }
         let skip = recent.revs.partition_point(|(r, _)| r.rev < next);
+        let before = batch.upto;
         for (r, n) in recent.revs.iter().skip(skip) {
             if r.rev > to || *bytes >= max_bytes {
                 break;
@@ -219,7 +220,7 @@ impl WatchHub {
             batch.upto = r.rev;
             batch.revs.push(r.clone());
         }
-        true
+        batch.upto > before
     }
 }
 
