@@ -25,6 +25,9 @@ pub enum Error {
     Compacted,
     #[error("etcdserver: mvcc: required revision is a future revision")]
     FutureRev,
+    /// The store is being replaced by a snapshot install; internal: readers wait it out.
+    #[error("etcdserver: snapshot install in progress")]
+    SnapshotInstalling,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
     #[error("etcdserver: lease already exists")]
@@ -117,7 +120,9 @@ impl Error {
             Remote(code, _) => *code,
             // etcd maps this one to a client-side error type, so grpc-go sends Unknown.
             TooManyRequests => Code::Unknown,
-            NoLeader | LeaderChanged | Stopped | Timeout | Unhealthy => Code::Unavailable,
+            NoLeader | LeaderChanged | Stopped | Timeout | Unhealthy | SnapshotInstalling => {
+                Code::Unavailable
+            }
             WatchCanceled => Code::Cancelled,
             Corrupt => Code::DataLoss,
             Unimplemented(_) => Code::Unimplemented,
