@@ -1,6 +1,7 @@
 //! `v3electionpb.Election`: etcd's server-side election service.
 
-use super::{require_leader, status, until_stopped};
+use super::lock::client_side_status;
+use super::{require_leader, until_stopped};
 use crate::service::EtcdServer;
 use etcd_proto::v3electionpb::election_server::Election;
 use etcd_proto::v3electionpb::*;
@@ -25,7 +26,7 @@ impl Election for ElectionService {
             .campaign(req.into_inner())
             .await
             .map(Response::new)
-            .map_err(status)
+            .map_err(client_side_status)
     }
 
     async fn proclaim(
@@ -37,7 +38,7 @@ impl Election for ElectionService {
             .proclaim(req.into_inner())
             .await
             .map(Response::new)
-            .map_err(status)
+            .map_err(client_side_status)
     }
 
     async fn leader(
@@ -49,7 +50,7 @@ impl Election for ElectionService {
             .leader(req.into_inner())
             .await
             .map(Response::new)
-            .map_err(status)
+            .map_err(client_side_status)
     }
 
     type ObserveStream =
@@ -76,6 +77,6 @@ impl Election for ElectionService {
             .resign(req.into_inner())
             .await
             .map(Response::new)
-            .map_err(status)
+            .map_err(client_side_status)
     }
 }

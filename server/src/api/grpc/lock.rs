@@ -1,11 +1,21 @@
 //! `v3lockpb.Lock`: etcd's server-side lock service.
 
-use super::{require_leader, status};
+use super::require_leader;
+use crate::error::Error;
 use crate::service::EtcdServer;
 use etcd_proto::v3lockpb::lock_server::Lock;
 use etcd_proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 use std::sync::Arc;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
+
+/// The status etcd's lock and election servers answer an error with. They run etcd's
+/// `concurrency` recipes on an in-process client, whose errors are client-side error values
+/// (`rpctypes.EtcdError`, or plain Go errors such as `election: not leader`) that carry no gRPC
+/// code: grpc-go sends each as `Unknown` with etcd's message (`requested lease not found`
+/// included, so HTTP 500 through the gateway).
+pub(crate) fn client_side_status(e: Error) -> Status {
+    Status::new(Code::Unknown, e.to_string())
+}
 
 pub struct LockService(pub Arc<EtcdServer>);
 
@@ -19,7 +29,7 @@ impl Lock for LockService {
             .lock(req.into_inner())
             .await
             .map(Response::new)
-            .map_err(status)
+            .map_err(client_side_status)
     }
 
     async fn unlock(
@@ -31,6 +41,6 @@ impl Lock for LockService {
             .unlock(req.into_inner())
             .await
             .map(Response::new)
-            .map_err(status)
+            .map_err(client_side_status)
     }
 }
