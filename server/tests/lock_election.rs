@@ -41,7 +41,11 @@ async fn lock(n: &TestNode, name: &str, lease: i64) -> Result<LockResponse, Stat
 }
 
 /// A Lock that is expected to wait, running in the background.
-fn lock_in_background(n: &TestNode, name: &str, lease: i64) -> JoinHandle<Result<LockResponse, Status>> {
+fn lock_in_background(
+    n: &TestNode,
+    name: &str,
+    lease: i64,
+) -> JoinHandle<Result<LockResponse, Status>> {
     let mut c = locks(n);
     let req = LockRequest {
         name: name.into(),
@@ -102,7 +106,10 @@ async fn wait_until_keys(n: &TestNode, prefix: &str, want: usize) -> Vec<String>
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("never {want} keys under {prefix}: {:?}", keys_under(n, prefix).await);
+    panic!(
+        "never {want} keys under {prefix}: {:?}",
+        keys_under(n, prefix).await
+    );
 }
 
 fn streams(n: &TestNode) -> usize {
@@ -287,14 +294,27 @@ async fn campaign_proclaim_leader_resign() {
     );
     assert_eq!(l.rev, won.header.unwrap().revision);
     let kv = leader(&n, "E").await.unwrap().kv.unwrap();
-    assert_eq!((kv.key, kv.value, kv.create_revision), (b"E/a".to_vec(), b"v1".to_vec(), l.rev));
+    assert_eq!(
+        (kv.key, kv.value, kv.create_revision),
+        (b"E/a".to_vec(), b"v1".to_vec(), l.rev)
+    );
 
     let rev = proclaim(&n, &l, "v2").await.unwrap();
     let kv = leader(&n, "E").await.unwrap().kv.unwrap();
-    assert_eq!((kv.value, kv.mod_revision, kv.lease), (b"v2".to_vec(), rev, a));
+    assert_eq!(
+        (kv.value, kv.mod_revision, kv.lease),
+        (b"v2".to_vec(), rev, a)
+    );
     // A stale leader key (another create revision) is not the leader.
-    let stale = LeaderKey { rev: 1, ..l.clone() };
-    assert_status(proclaim(&n, &stale, "x").await, Code::Unknown, "election: not leader");
+    let stale = LeaderKey {
+        rev: 1,
+        ..l.clone()
+    };
+    assert_status(
+        proclaim(&n, &stale, "x").await,
+        Code::Unknown,
+        "election: not leader",
+    );
     assert_status(
         elections(&n)
             .proclaim(ProclaimRequest {
@@ -325,7 +345,11 @@ async fn campaign_proclaim_leader_resign() {
 #[tokio::test]
 async fn a_candidate_waits_for_the_leader_and_one_that_leaves_withdraws() {
     let n = TestNode::start().await;
-    let (a, b, c) = (n.grant(60, 1).await, n.grant(60, 2).await, n.grant(60, 3).await);
+    let (a, b, c) = (
+        n.grant(60, 1).await,
+        n.grant(60, 2).await,
+        n.grant(60, 3).await,
+    );
     let first = campaign(&n, "C", a, "a").await.leader.unwrap();
     let mut e = elections(&n);
     let req = CampaignRequest {
@@ -368,7 +392,10 @@ async fn observe_follows_the_leader_and_its_values() {
     let la = campaign(&n, "O", a, "a1").await.leader.unwrap();
     let m = next(&mut obs).await;
     let kv = m.kv.unwrap();
-    assert_eq!((kv.key.as_slice(), kv.value.as_slice()), (&b"O/1"[..], &b"a1"[..]));
+    assert_eq!(
+        (kv.key.as_slice(), kv.value.as_slice()),
+        (&b"O/1"[..], &b"a1"[..])
+    );
     assert_eq!(m.header.unwrap().revision, kv.mod_revision);
     let rev = proclaim(&n, &la, "a2").await.unwrap();
     let m = next(&mut obs).await;
@@ -386,7 +413,10 @@ async fn observe_follows_the_leader_and_its_values() {
     revoke(&n, a).await;
     finished(second).await.unwrap();
     let kv = next(&mut obs).await.kv.unwrap();
-    assert_eq!((kv.key.as_slice(), kv.value.as_slice()), (&b"O/2"[..], &b"b1"[..]));
+    assert_eq!(
+        (kv.key.as_slice(), kv.value.as_slice()),
+        (&b"O/2"[..], &b"b1"[..])
+    );
 }
 
 async fn next(obs: &mut tonic::Streaming<LeaderResponse>) -> LeaderResponse {

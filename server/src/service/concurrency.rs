@@ -348,7 +348,10 @@ mod tests {
 
     #[test]
     fn keys_follow_etcd_layout() {
-        assert_eq!(contender_key(b"n/", 0x694d71ddfa0bb44), b"n/694d71ddfa0bb44");
+        assert_eq!(
+            contender_key(b"n/", 0x694d71ddfa0bb44),
+            b"n/694d71ddfa0bb44"
+        );
         assert_eq!(contender_key(b"n/", -26), b"n/-1a");
         assert_eq!(contender_prefix(b"lk"), b"lk/");
         assert_eq!(prefix_end(b"a/"), b"a0");

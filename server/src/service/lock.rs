@@ -4,8 +4,8 @@
 //! use the same layout from the client side.
 
 use super::concurrency::{
-    compare_create, contender_key, contender_prefix, delete_op, get_first_created, get_key,
-    get_op, put_op, CleanupOnDrop,
+    compare_create, contender_key, contender_prefix, delete_op, get_first_created, get_key, get_op,
+    put_op, CleanupOnDrop,
 };
 use super::EtcdServer;
 use crate::error::{Error, Result};
@@ -43,7 +43,9 @@ impl EtcdServer {
             .await?;
         let mut my_rev = resp.header.as_ref().map_or(0, |h| h.revision);
         if !resp.succeeded {
-            my_rev = range_kvs(&resp, 0).first().map_or(0, |kv| kv.create_revision);
+            my_rev = range_kvs(&resp, 0)
+                .first()
+                .map_or(0, |kv| kv.create_revision);
         }
         let owner = range_kvs(&resp, 1).first();
         if owner.is_none_or(|kv| kv.create_revision == my_rev) {
