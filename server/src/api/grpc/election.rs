@@ -1,7 +1,8 @@
 //! `v3electionpb.Election`: etcd's server-side election service.
 
 use super::lock::client_side_status;
-use super::{require_leader, until_stopped};
+use super::{leader_lost, require_leader, until, until_stopped, wants_leader};
+use crate::error::Error;
 use crate::service::EtcdServer;
 use etcd_proto::v3electionpb::election_server::Election;
 use etcd_proto::v3electionpb::*;
@@ -61,11 +62,20 @@ impl Election for ElectionService {
         req: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
         require_leader(&self.0, &req)?;
+        let monitor = wants_leader(&req);
         let out = self.0.observe(req.into_inner()).map(Ok);
-        Ok(Response::new(Box::pin(until_stopped(
-            Box::pin(out),
-            self.1.clone(),
-        ))))
+        let out = until_stopped(Box::pin(out), self.1.clone());
+        if !monitor {
+            return Ok(Response::new(Box::pin(out)));
+        }
+        // As every `hasleader` stream: ended with `etcdserver: no leader` once the leader is
+        // gone for good.
+        let server = self.0.clone();
+        let lost = async move {
+            leader_lost(server).await;
+            Status::from(Error::NoLeader)
+        };
+        Ok(Response::new(Box::pin(until(Box::pin(out), lost))))
     }
 
     async fn resign(
