@@ -426,3 +426,29 @@ async fn next(obs: &mut tonic::Streaming<LeaderResponse>) -> LeaderResponse {
         .expect("Observe failed")
         .expect("Observe ended")
 }
+
+#[tokio::test]
+async fn many_waiters_get_the_lock_one_at_a_time_in_arrival_order() {
+    const N: i64 = 20;
+    let n = TestNode::start().await;
+    for id in 1..=N {
+        n.grant(60, id).await;
+    }
+    let idle = streams(&n);
+    let mut holder = lock(&n, "F", 1).await.unwrap().key;
+    let mut waiters = Vec::new();
+    for id in 2..=N {
+        waiters.push((id, lock_in_background(&n, "F", id)));
+        wait_until_keys(&n, "F/", id as usize).await;
+    }
+    // One subscription per waiter, no more.
+    assert_eq!(streams(&n), idle + (N - 1) as usize);
+    for (id, w) in waiters {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!w.is_finished(), "waiter {id} got the lock {holder:?} holds");
+        unlock(&n, &holder).await;
+        holder = finished(w).await.unwrap().key;
+        assert_eq!(holder, format!("F/{id:x}").into_bytes());
+    }
+    assert_eq!(streams(&n), idle);
+}
