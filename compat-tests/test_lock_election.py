@@ -5,7 +5,8 @@ stream) runs against real etcd 3.4.23 and against pgraftd, each on a fresh data 
 answer (status and body, IDs and raft terms masked; revisions compared as they are) must be the
 same. Then `etcdctl lock` and `etcdctl elect`, which build the same recipes on the client side
 from KV, lease and watch, must exclude and follow holders made through the server-side services,
-on both servers.
+on both servers. Last, on a 3-member cluster, calls to different followers see one lock queue
+and one election.
 
 COMPAT_REFERENCE_ONLY=1 runs etcd as the candidate too (checks the script).
 """
@@ -332,3 +333,38 @@ def test_etcdctl_elect_and_server_election_follow_each_other(kind, server_factor
     finally:
         cli.stop()
         observer.stop()
+
+
+def test_lock_and_election_across_members(cluster_factory):
+    """Requests to followers (writes forwarded, reads by ReadIndex, waits on each member's own
+    applied revisions) see one lock queue and one election."""
+    c = cluster_factory(3)
+    leader = c.wait_leader()
+    f1, f2 = [m.client_port for m in c.members if m is not leader]
+    post(leader.client_port, "/v3/lease/grant", {"TTL": "60", "ID": str(A)})
+    post(leader.client_port, "/v3/lease/grant", {"TTL": "60", "ID": str(B)})
+
+    status, held = post(f1, "/v3/lock/lock", {"name": b64("X"), "lease": str(A)})
+    assert (status, held["key"]) == (200, b64(f"X/{A:x}")), held
+    waiter = Background(f2, "/v3/lock/lock", {"name": b64("X"), "lease": str(B)})
+    time.sleep(WAITS)
+    assert waiter.waiting(), "a follower granted a lock another follower's client holds"
+    post(leader.client_port, "/v3/lock/unlock", {"key": held["key"]})
+    status, got = waiter.result()
+    assert (status, got["key"]) == (200, b64(f"X/{B:x}")), got
+
+    status, camp = post(f1, "/v3/election/campaign",
+                        {"name": b64("Y"), "lease": str(A), "value": b64("y1")})
+    assert status == 200, camp
+    # The gateway sends a stream's HTTP head with its first message: open it once there is one.
+    obs = Observe(f2, "Y")
+    try:
+        seen = obs.line()["result"]["kv"]
+        assert (seen["key"], seen["value"]) == (b64(f"Y/{A:x}"), b64("y1"))
+        post(leader.client_port, "/v3/election/proclaim",
+             {"leader": camp["leader"], "value": b64("y2")})
+        assert obs.line()["result"]["kv"]["value"] == b64("y2")
+        status, lead = post(f1, "/v3/election/leader", {"name": b64("Y")})
+        assert (status, lead["kv"]["value"]) == (200, b64("y2"))
+    finally:
+        obs.close()
