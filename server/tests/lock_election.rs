@@ -445,7 +445,10 @@ async fn many_waiters_get_the_lock_one_at_a_time_in_arrival_order() {
     assert_eq!(streams(&n), idle + (N - 1) as usize);
     for (id, w) in waiters {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!w.is_finished(), "waiter {id} got the lock {holder:?} holds");
+        assert!(
+            !w.is_finished(),
+            "waiter {id} got the lock {holder:?} holds"
+        );
         unlock(&n, &holder).await;
         holder = finished(w).await.unwrap().key;
         assert_eq!(holder, format!("F/{id:x}").into_bytes());

@@ -15,9 +15,10 @@ use crate::watch::WatchHub;
 use etcd_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use etcd_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use etcd_proto::etcdserverpb::request_op::Request;
+use etcd_proto::etcdserverpb::response_op::Response as OpResponse;
 use etcd_proto::etcdserverpb::{
     Compare, DeleteRangeRequest, LeaseGrantRequest, RangeRequest, RangeResponse, RequestOp,
-    ResponseHeader, TxnRequest,
+    ResponseHeader, TxnRequest, TxnResponse,
 };
 use etcd_proto::mvccpb::{event::EventType, KeyValue};
 use std::sync::Arc;
@@ -98,6 +99,14 @@ pub fn delete_op(key: &[u8]) -> RequestOp {
     }
 }
 
+/// The key-values of the `i`th answer of a Txn (a Range in it).
+pub fn range_kvs(resp: &TxnResponse, i: usize) -> &[KeyValue] {
+    match resp.responses.get(i).and_then(|r| r.response.as_ref()) {
+        Some(OpResponse::ResponseRange(r)) => &r.kvs,
+        _ => &[],
+    }
+}
+
 pub fn get_key(key: &[u8]) -> RangeRequest {
     RangeRequest {
         key: key.to_vec(),
@@ -175,7 +184,8 @@ impl RevisionFeed {
 
 /// What happened to a key a waiter follows.
 pub enum KeyChange {
-    Put(KeyValue, i64),
+    /// A new value (or, after a compaction, the value as it is now).
+    Put(KeyValue),
     Deleted,
 }
 
@@ -218,10 +228,7 @@ impl EtcdServer {
                     let (kv, rev) = self.local_get(key)?;
                     feed.skip_to(rev + 1);
                     return Ok(vec![match kv {
-                        Some(kv) if kv.create_revision == create_rev => {
-                            let rev = kv.mod_revision;
-                            KeyChange::Put(kv, rev)
-                        }
+                        Some(kv) if kv.create_revision == create_rev => KeyChange::Put(kv),
                         _ => KeyChange::Deleted,
                     }]);
                 }
@@ -229,13 +236,13 @@ impl EtcdServer {
             };
             let changes: Vec<KeyChange> = revs
                 .iter()
-                .flat_map(|r| r.events.iter().map(move |e| (r.rev, e)))
-                .filter_map(|(rev, e)| {
+                .flat_map(|r| r.events.iter())
+                .filter_map(|e| {
                     let kv = e.kv.as_ref().filter(|kv| kv.key == key)?;
                     Some(if e.r#type == EventType::Delete as i32 {
                         KeyChange::Deleted
                     } else {
-                        KeyChange::Put(kv.clone(), rev)
+                        KeyChange::Put(kv.clone())
                     })
                 })
                 .collect();
@@ -293,7 +300,7 @@ impl EtcdServer {
         compare: Compare,
         then: Vec<RequestOp>,
         otherwise: Vec<RequestOp>,
-    ) -> Result<etcd_proto::etcdserverpb::TxnResponse> {
+    ) -> Result<TxnResponse> {
         self.txn(TxnRequest {
             compare: vec![compare],
             success: then,

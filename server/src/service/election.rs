@@ -4,10 +4,9 @@
 //! `etcdctl elect` and every client of etcd's Election, which use the same layout.
 
 use super::concurrency::{
-    compare_create, contender_key, contender_prefix, delete_op, get_key, get_op, put_op,
+    compare_create, contender_key, contender_prefix, delete_op, get_key, get_op, put_op, range_kvs,
     CleanupOnDrop, KeyChange, RevisionFeed,
 };
-use super::lock::range_kvs;
 use super::EtcdServer;
 use crate::error::{Error, Result};
 use etcd_proto::etcdserverpb::{ResponseHeader, TxnRequest};
@@ -179,10 +178,10 @@ impl Observer {
                         .await?;
                     for c in changes {
                         match c {
-                            KeyChange::Put(kv, rev) if rev > f.sent_rev => {
-                                f.sent_rev = rev;
+                            KeyChange::Put(kv) if kv.mod_revision > f.sent_rev => {
+                                f.sent_rev = kv.mod_revision;
                                 self.ready.push_back(LeaderResponse {
-                                    header: Some(self.server.header(rev)),
+                                    header: Some(self.server.header(kv.mod_revision)),
                                     kv: Some(kv),
                                 });
                             }

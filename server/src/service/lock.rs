@@ -5,23 +5,13 @@
 
 use super::concurrency::{
     compare_create, contender_key, contender_prefix, delete_op, get_first_created, get_key, get_op,
-    put_op, CleanupOnDrop,
+    put_op, range_kvs, CleanupOnDrop,
 };
 use super::EtcdServer;
 use crate::error::{Error, Result};
-use etcd_proto::etcdserverpb::response_op::Response as OpResponse;
-use etcd_proto::etcdserverpb::{DeleteRangeRequest, TxnRequest, TxnResponse};
-use etcd_proto::mvccpb::KeyValue;
+use etcd_proto::etcdserverpb::{DeleteRangeRequest, RangeResponse, TxnRequest};
 use etcd_proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 use std::sync::Arc;
-
-/// The key-values of the `i`th answer of a Txn (a Range in it).
-pub(super) fn range_kvs(resp: &TxnResponse, i: usize) -> &[KeyValue] {
-    match resp.responses.get(i).and_then(|r| r.response.as_ref()) {
-        Some(OpResponse::ResponseRange(r)) => &r.kvs,
-        _ => &[],
-    }
-}
 
 impl EtcdServer {
     /// Lock: waits until the caller holds the lock, then answers the key that proves it. A
@@ -60,21 +50,15 @@ impl EtcdServer {
             ..Default::default()
         };
         let cleanup = CleanupOnDrop::new(self, unlock);
-        if let Err(e) = self.wait_deletes(&prefix, my_rev - 1).await {
-            cleanup.disarm();
-            self.release(&key).await;
-            return Err(e);
-        }
-        // Every older contender is gone; the lock is ours if our key outlived the wait.
-        let mine = match self.range(get_key(&key)).await {
-            Ok(r) => r,
+        let waited = self.wait_for_lock(&prefix, my_rev, &key).await;
+        cleanup.disarm();
+        let mine = match waited {
+            Ok(mine) => mine,
             Err(e) => {
-                cleanup.disarm();
                 self.release(&key).await;
                 return Err(e);
             }
         };
-        cleanup.disarm();
         if mine.kvs.is_empty() {
             return Err(Error::SessionExpired);
         }
@@ -82,6 +66,13 @@ impl EtcdServer {
             header: mine.header,
             key,
         })
+    }
+
+    /// Waits until every contender older than `my_rev` is gone, then reads `key` again: the
+    /// lock is the caller's only if its key outlived the wait (etcd 3.5's check).
+    async fn wait_for_lock(&self, prefix: &[u8], my_rev: i64, key: &[u8]) -> Result<RangeResponse> {
+        self.wait_deletes(prefix, my_rev - 1).await?;
+        self.range(get_key(key)).await
     }
 
     /// Deletes a lock key after a failed wait (etcd's `Mutex.Unlock` there); the wait's own
