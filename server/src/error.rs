@@ -84,6 +84,18 @@ pub enum Error {
     WatchCanceled,
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
+    /// etcd's `concurrency.ErrElectionNotLeader` (Proclaim by a key that no longer leads).
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    /// etcd's `concurrency.ErrElectionNoLeader` (Leader of an election nobody entered).
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    /// etcd's `v3election.ErrMissingLeaderKey` (Proclaim or Resign without a leader key).
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
+    /// etcd's `concurrency.ErrSessionExpired` (a Lock whose lease ended while it waited).
+    #[error("mutex: session is expired")]
+    SessionExpired,
     /// A feature pgraft does not offer yet: answered as gRPC `Unimplemented`, never faked.
     #[error("{0}")]
     Unimplemented(String),
@@ -117,6 +129,10 @@ impl Error {
             | NotEnoughStartedMembers => Code::FailedPrecondition,
             NotSupportedForLearner => Code::Unavailable,
             LeaderTransferTimeout | NotPrimary => Code::Unknown,
+            // Plain Go errors in etcd's lock and election servers: grpc-go sends Unknown.
+            ElectionNotLeader | ElectionNoLeader | MissingLeaderKey | SessionExpired => {
+                Code::Unknown
+            }
             Remote(code, _) => *code,
             // etcd maps this one to a client-side error type, so grpc-go sends Unknown.
             TooManyRequests => Code::Unknown,

@@ -855,11 +855,13 @@ async fn error_bodies_and_statuses() {
         5,
         "etcdserver: member not found",
     );
+    // The lock service answers as etcd's does (its errors leave as Unknown, HTTP 500).
     assert_error(
-        &m.post("/v3/lock/lock", r#"{"name":"bA=="}"#).await,
-        501,
-        12,
-        "pgraft: Lock is not implemented yet",
+        &m.post("/v3/lock/lock", r#"{"name":"bA==","lease":"999"}"#)
+            .await,
+        500,
+        2,
+        "etcdserver: requested lease not found",
     );
     // A server stream that fails before its first message: status and a stream error object.
     let a = m.post("/v3/maintenance/snapshot", "{}").await;

@@ -3,7 +3,10 @@
 //! ReadIndex, serializable reads are local. Faces only translate wire formats.
 
 mod cluster;
+mod concurrency;
+mod election;
 mod idgen;
+mod lock;
 
 use crate::apply::{Applied, ApplyResult};
 use crate::backend::Backend;
