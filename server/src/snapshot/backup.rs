@@ -12,11 +12,14 @@
 //! | 12         | 4     | header length `h`, big-endian (at most [`MAX_HEADER`])          |
 //! | 16         | h     | [`BackupHeader`], protobuf: revisions, applied index, IDs, and the count and bytes of the records |
 //! | 16 + h     | ...   | records, as raft snapshots carry them (see [`super`]): tag 1 kv (every revision kept since the last compaction), 2 leases, 3 members |
+//! | ...        | < 512 | zeros, up to a multiple of 512 bytes                            |
 //! | end - 32   | 32    | SHA-256 of every byte before it                                 |
 //!
 //! The trailing SHA-256 is what etcd's server appends to its snapshot stream (the last message
 //! carries only the digest, `remaining_bytes` 0), so `etcdctl snapshot save` writes exactly
-//! this file. The header's counts let a reader refuse a truncated file even without the digest
+//! this file. etcdctl (and etcdutl) find the digest by the file's size: bbolt files are whole
+//! pages, so a size of 32 more than a multiple of 512 means a digest follows; hence the
+//! padding. The header's counts let a reader refuse a truncated file even without the digest
 //! (`--skip-hash-check`).
 //!
 //! The server reads the view twice: once to count (so `remaining_bytes` counts down to 0 as
@@ -38,6 +41,15 @@ pub const MAX_HEADER: u32 = 64 * 1024;
 const PREAMBLE: usize = 16;
 /// Bytes of the trailing digest.
 pub const DIGEST: usize = 32;
+/// The content before the digest is a whole number of these.
+const ALIGN: u64 = 512;
+
+/// Bytes of the content (all but the digest) of a backup whose header is `header_len` bytes.
+fn content_len(header_len: u64, records_bytes: u64) -> Option<u64> {
+    (PREAMBLE as u64 + header_len)
+        .checked_add(records_bytes)?
+        .checked_next_multiple_of(ALIGN)
+}
 
 /// What a backup says about itself, before its records.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -100,7 +112,8 @@ pub fn write(
         records_bytes,
         writer: crate::config::PGRAFT_VERSION.to_string(),
     });
-    let total = (PREAMBLE + header.len()) as u64 + records_bytes;
+    let total = content_len(header.len() as u64, records_bytes)
+        .ok_or_else(|| Error::internal("backup too large"))?;
     let mut sha = Sha256::new();
     let mut sent = 0u64;
     let mut out = Chunker::new(
@@ -119,6 +132,8 @@ pub fn write(
     out.push(&(header.len() as u32).to_be_bytes());
     out.push(&header);
     view.write_records(&mut out)?;
+    let padding = total.saturating_sub(out.length);
+    out.push(&vec![0u8; padding.min(ALIGN) as usize]);
     out.finish()?;
     if out.length != total {
         // The same view read twice cannot differ; refuse rather than send a wrong count.
@@ -203,12 +218,14 @@ pub fn read(
     read_exact(&mut hbuf, "its header")?;
     let header: BackupHeader =
         prost::Message::decode(hbuf.as_slice()).map_err(|e| bad(path, format!("header: {e}")))?;
-    if (PREAMBLE as u64 + u64::from(hlen)).checked_add(header.records_bytes) != Some(content) {
+    let expected = content_len(u64::from(hlen), header.records_bytes)
+        .ok_or_else(|| bad(path, "header gives an impossible length"))?;
+    if expected != content {
         return Err(bad(
             path,
             format!(
                 "truncated or padded: {total_size} bytes, {} expected",
-                PREAMBLE as u64 + u64::from(hlen) + header.records_bytes + DIGEST as u64
+                expected + DIGEST as u64
             ),
         ));
     }
@@ -236,6 +253,11 @@ pub fn read(
             path,
             "records end before the length the header gives",
         ));
+    }
+    let mut padding = vec![0u8; (content - PREAMBLE as u64 - u64::from(hlen) - bytes) as usize];
+    read_exact(&mut padding, "its padding")?;
+    if padding.iter().any(|b| *b != 0) {
+        return Err(bad(path, "padding after the records is not zeros"));
     }
     let mut digest = [0u8; DIGEST];
     reader
