@@ -160,7 +160,8 @@ pub struct Summary {
     pub revision: i64,
     /// Records: kv revisions, leases and members.
     pub total_key: u64,
-    /// Bytes of the file.
+    /// Bytes of the file before its digest (etcdutl reports the size of the bbolt database,
+    /// which `etcdctl snapshot save` writes with the digest after it).
     pub total_size: u64,
     /// Whether the trailing SHA-256 was checked (and matched).
     pub hash_checked: bool,
@@ -280,7 +281,7 @@ pub fn read(
         total_key: header.records,
         hash: crc.finish(),
         header,
-        total_size,
+        total_size: content,
         hash_checked: check_hash,
     })
 }
