@@ -14,6 +14,9 @@ use tokio_stream::wrappers::ReceiverStream;
 const BACKUP_CHUNK: usize = 64 * 1024;
 /// Messages queued ahead of a slow client.
 const QUEUED: usize = 4;
+/// A client that takes no message for this long is given up: the storage snapshot it holds
+/// keeps fjall from dropping old data.
+const STALLED: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl EtcdServer {
     /// Streams a backup of the applied state as of now: file bytes with the bytes remaining,
@@ -23,6 +26,7 @@ impl EtcdServer {
         let header = self.header(view.descriptor.current_rev);
         let (cluster_id, member_id) = (self.cluster_id(), self.member_id());
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUED);
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let start = std::time::Instant::now();
             let mut total = 0u64;
@@ -38,7 +42,7 @@ impl EtcdServer {
                     blob,
                     ..Default::default()
                 };
-                tx.blocking_send(Ok(resp)).is_ok()
+                runtime.block_on(tx.send_timeout(Ok(resp), STALLED)).is_ok()
             });
             match written {
                 Ok(()) => tracing::info!(
