@@ -28,7 +28,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn everything(kv: &mut KvClient<Channel>, revision: i64) -> Result<RangeResponse, tonic::Status> {
+async fn everything(
+    kv: &mut KvClient<Channel>,
+    revision: i64,
+) -> Result<RangeResponse, tonic::Status> {
     kv.range(RangeRequest {
         key: vec![0],
         range_end: vec![0],
@@ -109,17 +112,26 @@ async fn backup_restored_into_a_new_three_member_cluster_serves_the_same_state()
     for m in data {
         assert_eq!(m.header.unwrap().revision, rev);
         file.extend_from_slice(&m.blob);
-        assert_eq!(m.remaining_bytes, (data.iter().map(|m| m.blob.len()).sum::<usize>() - file.len()) as u64);
+        assert_eq!(
+            m.remaining_bytes,
+            (data.iter().map(|m| m.blob.len()).sum::<usize>() - file.len()) as u64
+        );
     }
     assert_eq!(digest.remaining_bytes, 0);
     assert_eq!(digest.blob, Sha256::digest(&file).to_vec());
-    assert_eq!(file.len() % 512, 0, "etcdctl needs a digest after whole 512-byte pages");
+    assert_eq!(
+        file.len() % 512,
+        0,
+        "etcdctl needs a digest after whole 512-byte pages"
+    );
 
     // Saved through the client path (etcdctl's: .part, sync, rename), checked.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("backup.db");
     let url = format!("http://{}", src.node.as_ref().unwrap().client_addrs[0]);
-    let saved = pgraft_server::snapshot::cli::save(&url, &path).await.unwrap();
+    let saved = pgraft_server::snapshot::cli::save(&url, &path)
+        .await
+        .unwrap();
     assert_eq!(saved.revision, rev + 1);
     file.extend_from_slice(&digest.blob);
     let first = dir.path().join("first.db");
@@ -161,7 +173,10 @@ async fn backup_restored_into_a_new_three_member_cluster_serves_the_same_state()
     }
     let cluster_ids: Vec<u64> = nodes.iter().map(|n| n.server.cluster_id()).collect();
     assert!(cluster_ids.iter().all(|c| *c == cluster_ids[0]));
-    assert_ne!(cluster_ids[0], src.node.as_ref().unwrap().server.cluster_id());
+    assert_ne!(
+        cluster_ids[0],
+        src.node.as_ref().unwrap().server.cluster_id()
+    );
 
     for n in &nodes {
         let ch = Channel::from_shared(format!("http://{}", n.client_addrs[0]))
@@ -175,7 +190,10 @@ async fn backup_restored_into_a_new_three_member_cluster_serves_the_same_state()
             match everything(&mut rkv, 0).await {
                 Ok(g) => break g,
                 Err(e) => {
-                    assert!(Instant::now() < deadline, "restored cluster not serving: {e}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "restored cluster not serving: {e}"
+                    );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
@@ -190,10 +208,20 @@ async fn backup_restored_into_a_new_three_member_cluster_serves_the_same_state()
         assert!(e.message().contains("compacted"), "{e:?}");
         // The lease, with its key.
         let mut lc = LeaseClient::new(ch);
-        let leases = lc.lease_leases(LeaseLeasesRequest {}).await.unwrap().into_inner();
-        assert_eq!(leases.leases.iter().map(|l| l.id).collect::<Vec<_>>(), vec![lease]);
+        let leases = lc
+            .lease_leases(LeaseLeasesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            leases.leases.iter().map(|l| l.id).collect::<Vec<_>>(),
+            vec![lease]
+        );
         let ttl = lc
-            .lease_time_to_live(LeaseTimeToLiveRequest { id: lease, keys: true })
+            .lease_time_to_live(LeaseTimeToLiveRequest {
+                id: lease,
+                keys: true,
+            })
             .await
             .unwrap()
             .into_inner();
@@ -207,7 +235,10 @@ async fn backup_restored_into_a_new_three_member_cluster_serves_the_same_state()
         .await
         .unwrap();
     let mut rkv = KvClient::new(ch);
-    assert_eq!(put(&mut rkv, "after", b"restore".to_vec(), 0).await, rev + 1);
+    assert_eq!(
+        put(&mut rkv, "after", b"restore".to_vec(), 0).await,
+        rev + 1
+    );
     for n in nodes {
         n.stop().await;
     }

@@ -37,7 +37,7 @@ impl EtcdServer {
                 };
                 total += blob.len() as u64;
                 let resp = SnapshotResponse {
-                    header: Some(header.clone()),
+                    header: Some(header),
                     remaining_bytes,
                     blob,
                     ..Default::default()

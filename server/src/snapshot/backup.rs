@@ -213,7 +213,10 @@ pub fn read(
     }
     let hlen = u32::from_be_bytes([pre[12], pre[13], pre[14], pre[15]]);
     if hlen > MAX_HEADER {
-        return Err(bad(path, format!("header of {hlen} bytes is over the limit")));
+        return Err(bad(
+            path,
+            format!("header of {hlen} bytes is over the limit"),
+        ));
     }
     let mut hbuf = vec![0u8; hlen as usize];
     read_exact(&mut hbuf, "its header")?;
@@ -250,10 +253,7 @@ pub fn read(
         each(tag, key, value)?;
     }
     if bytes != header.records_bytes {
-        return Err(bad(
-            path,
-            "records end before the length the header gives",
-        ));
+        return Err(bad(path, "records end before the length the header gives"));
     }
     let mut padding = vec![0u8; (content - PREAMBLE as u64 - u64::from(hlen) - bytes) as usize];
     read_exact(&mut padding, "its padding")?;
@@ -309,7 +309,11 @@ const CRC_TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         t[i] = c;

@@ -113,7 +113,10 @@ fn round_trip_keeps_every_record_and_counts_down_to_zero() {
     let (again, _) = backup_of(&b, 1 << 20);
     let p2 = dir.path().join("again.db");
     std::fs::write(&p2, again).unwrap();
-    assert_eq!(backup::read(&p2, true, |_, _, _| Ok(())).unwrap().hash, s.hash);
+    assert_eq!(
+        backup::read(&p2, true, |_, _, _| Ok(())).unwrap().hash,
+        s.hash
+    );
 }
 
 #[test]

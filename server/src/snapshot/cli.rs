@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "pgraftd snapshot", about = "Back up and restore a pgraft cluster")]
+#[command(
+    name = "pgraftd snapshot",
+    about = "Back up and restore a pgraft cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -134,7 +137,9 @@ pub async fn save(url: &str, file: &Path) -> Result<Summary> {
     let mut part = file.as_os_str().to_owned();
     part.push(".part");
     let part = PathBuf::from(part);
-    let mut out = tokio::fs::File::create(&part).await.map_err(Error::internal)?;
+    let mut out = tokio::fs::File::create(&part)
+        .await
+        .map_err(Error::internal)?;
     let written: Result<()> = async {
         while let Some(msg) = stream
             .message()
@@ -173,12 +178,7 @@ fn format_status(s: &Summary, format: Format) -> String {
         ),
         Format::Table => table(
             &["HASH", "REVISION", "TOTAL KEYS", "TOTAL SIZE"],
-            &[
-                hash,
-                s.revision.to_string(),
-                s.total_key.to_string(),
-                size,
-            ],
+            &[hash, s.revision.to_string(), s.total_key.to_string(), size],
         ),
     }
 }

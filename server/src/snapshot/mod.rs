@@ -164,6 +164,6 @@ pub fn staging_dir(data_dir: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod backup_tests;
+#[cfg(test)]
+mod tests;

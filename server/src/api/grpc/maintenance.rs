@@ -60,7 +60,9 @@ impl Maintenance for MaintenanceService {
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let stream = self.0.snapshot().map_err(super::status)?;
-        Ok(Response::new(Box::pin(stream.map(|r| r.map_err(super::status)))))
+        Ok(Response::new(Box::pin(
+            stream.map(|r| r.map_err(super::status)),
+        )))
     }
 
     async fn move_leader(
