@@ -167,6 +167,7 @@ def test_gateway_snapshot_is_the_same_stream(cluster_factory, cluster_kind, tmp_
     assert hashlib.sha256(data).digest() == digest
     assert int(results[0].get("remaining_bytes", 0)) == len(data) - len(blobs[0]), results[0]
     assert len(blobs) > 3, len(blobs)
+    assert all(set(x) <= {"blob", "remaining_bytes"} for x in results), results[0].keys()
     assert int(results[-1].get("remaining_bytes", 0)) == 0
     if cluster_kind == "pgraftd":
         assert data + digest == path.read_bytes()

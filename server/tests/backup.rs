@@ -110,7 +110,7 @@ async fn backup_restored_into_a_new_three_member_cluster_serves_the_same_state()
     assert!(data.len() > 10);
     let mut file = Vec::new();
     for m in data {
-        assert_eq!(m.header.unwrap().revision, rev);
+        assert_eq!(m.header, None, "etcd sends no header on this stream");
         file.extend_from_slice(&m.blob);
         assert_eq!(
             m.remaining_bytes,
