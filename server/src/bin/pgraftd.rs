@@ -8,23 +8,31 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::Parser;
-use pgraft_server::{Config, Node};
-use tracing_subscriber::EnvFilter;
+use pgraft_server::config_file::{self, LoadError};
+use pgraft_server::{logging, Node};
 
 fn main() -> std::process::ExitCode {
-    let cfg = Config::parse();
-    let filter = EnvFilter::try_new(format!("pgraft_server={0},pgraftd={0}", cfg.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let loaded = match config_file::load(std::env::args_os()) {
+        Ok(l) => l,
+        Err(LoadError::Flags(e)) => e.exit(),
+        Err(LoadError::File(e)) => {
+            eprintln!("pgraftd: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cfg = loaded.config;
     if let Err(e) = cfg.validate() {
+        eprintln!("pgraftd: error verifying flags, {e}. See 'pgraftd --help'.");
+        return std::process::ExitCode::from(2);
+    }
+    if let Err(e) = logging::init(&cfg) {
         eprintln!("pgraftd: {e}");
         return std::process::ExitCode::from(2);
     }
+    for note in &loaded.notes {
+        tracing::info!("{note}");
+    }
+    cfg.compat.log();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
