@@ -281,3 +281,177 @@ impl clap::Args for CompatFlags {
 pub fn inert(name: &str) -> Option<&'static InertFlag> {
     INERT_FLAGS.iter().find(|f| f.name == name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use clap::CommandFactory;
+
+    /// Every etcd 3.4.23 (`etcd --help`) and 3.5 (`etcdmain/config.go`) server flag.
+    const ETCD_FLAGS: &[&str] = &[
+        "advertise-client-urls", "auth-token", "auth-token-ttl", "auto-compaction-mode",
+        "auto-compaction-retention", "auto-tls", "backend-batch-interval", "backend-batch-limit",
+        "backend-bbolt-freelist-type", "bcrypt-cost", "cert-file", "cipher-suites",
+        "client-cert-allowed-hostname", "client-cert-auth", "client-cert-file", "client-crl-file",
+        "client-key-file", "config-file", "cors", "data-dir", "debug", "discovery",
+        "discovery-fallback", "discovery-proxy", "discovery-srv", "discovery-srv-name",
+        "election-timeout", "enable-grpc-gateway", "enable-log-rotation", "enable-pprof",
+        "enable-v2", "experimental-backend-bbolt-freelist-type",
+        "experimental-bootstrap-defrag-threshold-megabytes",
+        "experimental-compact-hash-check-enabled", "experimental-compact-hash-check-time",
+        "experimental-compaction-batch-limit", "experimental-compaction-sleep-interval",
+        "experimental-corrupt-check-time", "experimental-distributed-tracing-address",
+        "experimental-distributed-tracing-instance-id",
+        "experimental-distributed-tracing-sampling-rate",
+        "experimental-distributed-tracing-service-name", "experimental-downgrade-check-time",
+        "experimental-enable-distributed-tracing", "experimental-enable-lease-checkpoint",
+        "experimental-enable-lease-checkpoint-persist", "experimental-enable-v2v3",
+        "experimental-initial-corrupt-check", "experimental-memory-mlock",
+        "experimental-peer-skip-client-san-verification", "experimental-snapshot-catchup-entries",
+        "experimental-stop-grpc-service-on-defrag",
+        "experimental-txn-mode-write-with-shared-buffer", "experimental-warning-apply-duration",
+        "experimental-watch-progress-notify-interval", "force-new-cluster",
+        "grpc-keepalive-interval", "grpc-keepalive-min-time", "grpc-keepalive-timeout",
+        "heartbeat-interval", "host-whitelist", "initial-advertise-peer-urls", "initial-cluster",
+        "initial-cluster-state", "initial-cluster-token", "initial-election-tick-advance",
+        "key-file", "listen-client-http-urls", "listen-client-urls", "listen-metrics-urls",
+        "listen-peer-urls", "log-level", "log-outputs", "log-package-levels",
+        "log-rotation-config-json", "logger", "max-concurrent-streams", "max-request-bytes",
+        "max-snapshots", "max-txn-ops", "max-wals", "metrics", "name", "peer-auto-tls",
+        "peer-cert-allowed-cn", "peer-cert-allowed-hostname", "peer-cert-file",
+        "peer-client-cert-auth", "peer-client-cert-file", "peer-client-key-file", "peer-crl-file",
+        "peer-key-file", "peer-trusted-ca-file", "pre-vote", "proxy", "proxy-dial-timeout",
+        "proxy-failure-wait", "proxy-read-timeout", "proxy-refresh-interval",
+        "proxy-write-timeout", "quota-backend-bytes", "raft-read-timeout", "raft-write-timeout",
+        "self-signed-cert-validity", "snapshot-count", "socket-reuse-address",
+        "socket-reuse-port", "strict-reconfig-check", "tls-max-version", "tls-min-version",
+        "trusted-ca-file", "unsafe-no-fsync", "v2-deprecation", "version", "wal-dir",
+    ];
+
+    /// etcd flags served by other parts of the code base (TLS, auth, quota, corruption check),
+    /// not yet here.
+    const ELSEWHERE: &[&str] = &[
+        "auth-token", "auth-token-ttl", "auto-tls", "bcrypt-cost", "cert-file", "cipher-suites",
+        "client-cert-allowed-hostname", "client-cert-auth", "client-cert-file", "client-crl-file",
+        "client-key-file", "experimental-corrupt-check-time",
+        "experimental-peer-skip-client-san-verification", "key-file", "peer-auto-tls",
+        "peer-cert-allowed-cn", "peer-cert-allowed-hostname", "peer-cert-file",
+        "peer-client-cert-auth", "peer-client-cert-file", "peer-client-key-file", "peer-crl-file",
+        "peer-key-file", "peer-trusted-ca-file", "quota-backend-bytes",
+        "self-signed-cert-validity", "tls-max-version", "tls-min-version", "trusted-ca-file",
+    ];
+
+    fn parser_flags() -> Vec<(String, Option<String>)> {
+        let cmd = Config::command();
+        let mut v: Vec<(String, Option<String>)> = cmd
+            .get_arguments()
+            .filter_map(|a| {
+                let long = a.get_long()?;
+                (long != "help").then(|| {
+                    (
+                        long.to_string(),
+                        a.get_env().map(|e| e.to_string_lossy().into_owned()),
+                    )
+                })
+            })
+            .collect();
+        v.push(("version".into(), None));
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn every_etcd_flag_is_accepted() {
+        let ours: Vec<String> = parser_flags().into_iter().map(|(n, _)| n).collect();
+        for f in ETCD_FLAGS {
+            if ELSEWHERE.contains(f) {
+                continue;
+            }
+            assert!(ours.iter().any(|o| o == f), "etcd's --{f} is not accepted");
+        }
+        for o in &ours {
+            assert!(
+                ETCD_FLAGS.contains(&o.as_str()),
+                "--{o} is not an etcd flag: add it to ETCD_FLAGS if etcd has it"
+            );
+        }
+    }
+
+    #[test]
+    fn env_vars_are_etcds() {
+        for (name, env) in parser_flags() {
+            if name == "version" {
+                continue;
+            }
+            let expected = format!("ETCD_{}", name.to_uppercase().replace('-', "_"));
+            assert_eq!(env.as_deref(), Some(expected.as_str()), "--{name}");
+        }
+    }
+
+    /// The flag table in README.md lists exactly the parser's flags, each with its variable,
+    /// and says "no effect" for exactly the inert ones.
+    #[test]
+    fn readme_flag_table_matches_the_parser() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README.md");
+        let mut rows: Vec<(String, String, String)> = Vec::new();
+        for line in readme.lines() {
+            let Some(rest) = line.strip_prefix("| `--") else {
+                continue;
+            };
+            let cells: Vec<&str> = rest.split('|').map(str::trim).collect();
+            let name = cells[0].trim_end_matches('`').to_string();
+            let env = cells.get(1).unwrap_or(&"").trim_matches('`').to_string();
+            let what = cells.get(3).unwrap_or(&"").to_string();
+            rows.push((name, env, what));
+        }
+        let ours = parser_flags();
+        let mut problems = Vec::new();
+        for (name, env) in &ours {
+            match rows.iter().find(|r| &r.0 == name) {
+                None => problems.push(format!("--{name} is missing from README's flag table")),
+                Some(r) => {
+                    if env.as_deref().unwrap_or("") != r.1 {
+                        problems.push(format!("--{name}: README says variable {:?}", r.1));
+                    }
+                    let says_inert = r.2.contains("no effect") || r.2.contains("only the default");
+                    if says_inert != inert(name).is_some() {
+                        problems.push(format!(
+                            "--{name}: README's description disagrees on whether it has an effect"
+                        ));
+                    }
+                }
+            }
+        }
+        for r in &rows {
+            if !ours.iter().any(|(n, _)| n == &r.0) {
+                problems.push(format!("README lists --{}, which pgraftd does not accept", r.0));
+            }
+        }
+        if !problems.is_empty() {
+            let cmd = Config::command();
+            for a in cmd.get_arguments() {
+                let Some(long) = a.get_long() else { continue };
+                let default: Vec<String> = a
+                    .get_default_values()
+                    .iter()
+                    .map(|d| d.to_string_lossy().into_owned())
+                    .collect();
+                let env = a
+                    .get_env()
+                    .map(|e| e.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let what = match inert(long) {
+                    Some(f) => match f.effect {
+                        Effect::NoEffect(w) => format!("accepted, no effect. {w}"),
+                        Effect::DefaultOnly(w) => format!("only the default accepted: {w}"),
+                    },
+                    None => a.get_help().map(|h| h.to_string()).unwrap_or_default(),
+                };
+                eprintln!("| `--{long}` | `{env}` | `{}` | {what} |", default.join(","));
+            }
+        }
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+}
