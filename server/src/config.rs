@@ -549,6 +549,65 @@ mod tests {
     }
 
     #[test]
+    fn auto_compaction_retention_is_read_as_etcd_reads_it() {
+        let ac = |mode: &str, ret: &str| {
+            Config::parse_from([
+                "pgraftd",
+                &format!("--auto-compaction-mode={mode}"),
+                &format!("--auto-compaction-retention={ret}"),
+            ])
+            .auto_compaction()
+        };
+        assert_eq!(ac("periodic", "0").unwrap(), None);
+        assert_eq!(
+            ac("periodic", "1").unwrap(),
+            Some(AutoCompaction::Periodic(Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            ac("periodic", "30m").unwrap(),
+            Some(AutoCompaction::Periodic(Duration::from_secs(1800)))
+        );
+        assert_eq!(
+            ac("periodic", "2s").unwrap(),
+            Some(AutoCompaction::Periodic(Duration::from_secs(2)))
+        );
+        assert_eq!(
+            ac("revision", "1000").unwrap(),
+            Some(AutoCompaction::Revision(1000))
+        );
+        assert!(ac("revision", "abc")
+            .unwrap_err()
+            .0
+            .starts_with("error parsing CompactionRetention"));
+        assert_eq!(
+            ac("hourly", "1").unwrap_err().0,
+            "unknown auto-compaction-mode \"hourly\""
+        );
+    }
+
+    #[test]
+    fn logging_flags_are_checked() {
+        let v = |args: &[&str]| {
+            Config::parse_from(std::iter::once("pgraftd").chain(args.iter().copied())).validate()
+        };
+        v(&["--logger=capnslog"]).unwrap();
+        v(&["--log-outputs=stderr,stdout,/tmp/x.log", "--log-level=warn"]).unwrap();
+        assert_eq!(
+            v(&["--logger=foo"]).unwrap_err().0,
+            "unknown logger option \"foo\""
+        );
+        assert_eq!(
+            v(&["--log-level=bogus"]).unwrap_err().0,
+            "unknown level \"bogus\""
+        );
+        assert!(v(&["--logger=capnslog", "--log-outputs=stderr,stdout"]).is_err());
+        assert!(v(&["--listen-metrics-urls=ftp://x:1"]).is_err());
+        assert!(v(&["--force-new-cluster"]).is_err());
+        v(&["--force-new-cluster=false"]).unwrap();
+        assert!(v(&["--discovery-srv=example.com"]).is_err());
+    }
+
+    #[test]
     fn bad_flags_are_rejected() {
         let c = Config::parse_from(["pgraftd", "--initial-cluster-state", "maybe"]);
         assert!(c.validate().is_err());
