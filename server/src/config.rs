@@ -378,9 +378,8 @@ impl Config {
                 }
             }
             _ => {
-                let d = parse_duration(retention).map_err(|e| {
-                    ConfigError(format!("error parsing CompactionRetention: {e}"))
-                })?;
+                let d = parse_duration(retention)
+                    .map_err(|e| ConfigError(format!("error parsing CompactionRetention: {e}")))?;
                 if d.is_zero() {
                     return Ok(None);
                 }

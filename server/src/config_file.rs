@@ -107,15 +107,20 @@ pub fn from_yaml(text: &str, path: &Path) -> Result<Loaded, LoadError> {
             )));
         };
         match (key, v) {
-            ("client-transport-security" | "peer-transport-security" | "socket-options", Value::Mapping(sub)) => {
+            (
+                "client-transport-security" | "peer-transport-security" | "socket-options",
+                Value::Mapping(sub),
+            ) => {
                 for (sk, sv) in sub {
                     let Some(sk) = sk.as_str() else { continue };
                     add(nested_flag(key, sk), sv, &mut notes)?;
                 }
             }
-            ("experimental-snapshot-catch-up-entries", _) => {
-                add("experimental-snapshot-catchup-entries".into(), v, &mut notes)?
-            }
+            ("experimental-snapshot-catch-up-entries", _) => add(
+                "experimental-snapshot-catchup-entries".into(),
+                v,
+                &mut notes,
+            )?,
             _ => add(key.to_string(), v, &mut notes)?,
         }
     }
@@ -258,9 +263,15 @@ mod tests {
     #[test]
     fn config_file_values_are_checked_like_flags() {
         // Durations given as numbers are nanoseconds (Go's time.Duration in YAML).
-        let l = yaml("grpc-keepalive-timeout: 3000000000\nexperimental-watch-progress-notify-interval: 2s").unwrap();
+        let l = yaml(
+            "grpc-keepalive-timeout: 3000000000\nexperimental-watch-progress-notify-interval: 2s",
+        )
+        .unwrap();
         assert_eq!(l.config.grpc_keepalive_timeout, Duration::from_secs(3));
-        assert_eq!(l.config.watch_progress_notify_interval, Duration::from_secs(2));
+        assert_eq!(
+            l.config.watch_progress_notify_interval,
+            Duration::from_secs(2)
+        );
         assert!(file_error(yaml("enable-v2: maybe")).contains("maybe"));
         assert!(file_error(yaml("heartbeat-interval: fast")).contains("fast"));
         assert!(file_error(yaml("- a\n- b")).contains("mapping"));
@@ -287,9 +298,16 @@ mod tests {
                 .map(|(_, v)| v.clone())
         };
         std::env::set_var("ETCD_MAX_WALS", "7");
-        let c = load(["pgraftd", "-enable-v2", "--pre-vote=false", "-name=n1", "-max-snapshots", "3"])
-            .unwrap()
-            .config;
+        let c = load([
+            "pgraftd",
+            "-enable-v2",
+            "--pre-vote=false",
+            "-name=n1",
+            "-max-snapshots",
+            "3",
+        ])
+        .unwrap()
+        .config;
         assert_eq!(given(&c, "enable-v2").as_deref(), Some("true"));
         assert_eq!(given(&c, "max-wals").as_deref(), Some("7"));
         assert_eq!(given(&c, "max-snapshots").as_deref(), Some("3"));
@@ -309,11 +327,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("etcd.yml");
         std::fs::write(&file, "name: from-file\nenable-pprof: true\n").unwrap();
-        let l = load(["pgraftd".to_string(), "--name=ignored".into(), format!("--config-file={}", file.display())])
-            .unwrap();
+        let l = load([
+            "pgraftd".to_string(),
+            "--name=ignored".into(),
+            format!("--config-file={}", file.display()),
+        ])
+        .unwrap();
         std::env::remove_var("ETCD_MAX_WALS");
         assert_eq!(l.config.name, "from-file");
-        assert_eq!(given(&l.config, "max-wals"), None, "the environment is ignored");
+        assert_eq!(
+            given(&l.config, "max-wals"),
+            None,
+            "the environment is ignored"
+        );
         assert_eq!(given(&l.config, "enable-pprof").as_deref(), Some("true"));
         assert!(l.notes[0].contains("ignored"));
         let missing = load(["pgraftd", "--config-file=/nonexistent/etcd.yml"]);

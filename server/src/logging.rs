@@ -29,9 +29,7 @@ pub fn writer(outputs: &[String]) -> Result<BoxMakeWriter, ConfigError> {
                     .create(true)
                     .append(true)
                     .open(path)
-                    .map_err(|e| {
-                        ConfigError(format!("cannot open log output {path:?}: {e}"))
-                    })?;
+                    .map_err(|e| ConfigError(format!("cannot open log output {path:?}: {e}")))?;
                 BoxMakeWriter::new(Arc::new(file))
             }
         };

@@ -162,10 +162,7 @@ mod tests {
     fn periodic_schedule_is_etcds() {
         // etcd's examples: 1h samples every 6 min, 24h compacts hourly, 5s samples every 0.5s.
         let h = Duration::from_secs(3600);
-        assert_eq!(
-            periodic_intervals(h),
-            (h, Duration::from_secs(360), 11)
-        );
+        assert_eq!(periodic_intervals(h), (h, Duration::from_secs(360), 11));
         assert_eq!(
             periodic_intervals(24 * h),
             (h, Duration::from_secs(360), 241)
