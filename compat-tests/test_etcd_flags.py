@@ -6,8 +6,10 @@ against real etcd 3.4.23, which checks that the flags and values used are etcd's
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -136,6 +138,50 @@ def test_sample_config_file(kind, server_factory, tmp_path):
     rc, members, err = run_etcdctl(server.endpoint, "member", "list")
     assert rc == 0, err
     assert ", default, " in members, members
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_environment_only(kind, tmp_path):
+    """As from a systemd unit with `EnvironmentFile=/etc/default/etcd` and no flags."""
+    client, peer, metrics = free_ports(3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
+    env.update(
+        ETCD_NAME="envnode",
+        ETCD_DATA_DIR=str(tmp_path / "data"),
+        ETCD_LISTEN_CLIENT_URLS=f"http://127.0.0.1:{client}",
+        ETCD_ADVERTISE_CLIENT_URLS=f"http://127.0.0.1:{client}",
+        ETCD_LISTEN_PEER_URLS=f"http://127.0.0.1:{peer}",
+        ETCD_INITIAL_ADVERTISE_PEER_URLS=f"http://127.0.0.1:{peer}",
+        ETCD_INITIAL_CLUSTER=f"envnode=http://127.0.0.1:{peer}",
+        ETCD_LISTEN_METRICS_URLS=f"http://127.0.0.1:{metrics}",
+        ETCD_ENABLE_V2="true",
+        ETCD_MAX_WALS="3",
+        ETCD_LOGGER="zap",
+        ETCD_LOG_OUTPUTS="stdout",
+        ETCD_AUTO_COMPACTION_RETENTION="1",
+    )
+    log = open(tmp_path / "out.log", "wb")
+    errlog = open(tmp_path / "err.log", "wb")
+    p = subprocess.Popen([str(server_binary(kind))], env=env, stdout=log, stderr=errlog,
+                         stdin=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            rc, out, err = run_etcdctl(f"127.0.0.1:{client}", "member", "list")
+            if rc == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert rc == 0, err
+        assert ", envnode, " in out
+        assert json.loads(get(f"http://127.0.0.1:{metrics}/health"))["health"] == "true"
+    finally:
+        p.terminate()
+        p.wait(timeout=15)
+        log.close()
+        errlog.close()
+    # --log-outputs=stdout: the JSON log lines went to stdout.
+    lines = (tmp_path / "out.log").read_text().splitlines()
+    assert any('"serving' in l and l.startswith("{") for l in lines), lines[:5]
 
 
 # Values etcd refuses, and the words of its message pgraftd's must contain too.

@@ -42,7 +42,7 @@ where
     let Some(path) = cfg.config_file.clone() else {
         return Ok(Loaded {
             config: cfg,
-            notes: Vec::new(),
+            notes: unrecognized_env(std::env::vars_os().map(|(k, _)| k)),
         });
     };
     let text = std::fs::read_to_string(&path)
@@ -195,6 +195,18 @@ fn is_duration_flag(key: &str) -> bool {
     ) || crate::etcd_flags::inert(key).is_some_and(|f| f.kind == crate::etcd_flags::Kind::Duration)
 }
 
+/// etcd's warning for `ETCD_*` variables that match no flag (a typo, or a flag of another
+/// etcd version).
+fn unrecognized_env(names: impl Iterator<Item = OsString>) -> Vec<String> {
+    let cmd = Config::command();
+    names
+        .filter_map(|k| k.into_string().ok())
+        .filter(|k| k.starts_with("ETCD_"))
+        .filter(|k| !cmd.get_arguments().any(|a| a.get_env() == Some(k.as_ref())))
+        .map(|k| format!("unrecognized environment variable {k}"))
+        .collect()
+}
+
 /// Go's flag package takes `-name` as well as `--name`: rewrite the single-dash form of every
 /// long flag pgraftd knows, so clap sees `--name`.
 fn go_style_dashes(args: Vec<OsString>) -> Vec<OsString> {
@@ -237,6 +249,16 @@ mod tests {
             Err(LoadError::Flags(e)) => e.to_string(),
             Ok(l) => panic!("accepted: {:?}", l.config),
         }
+    }
+
+    #[test]
+    fn unknown_etcd_variables_are_named() {
+        let notes = unrecognized_env(
+            ["ETCD_NAME", "ETCD_NAMEE", "ETCDCTL_API", "PATH"]
+                .into_iter()
+                .map(OsString::from),
+        );
+        assert_eq!(notes, vec!["unrecognized environment variable ETCD_NAMEE"]);
     }
 
     #[test]

@@ -30,7 +30,7 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     for note in &loaded.notes {
-        tracing::info!("{note}");
+        tracing::warn!("{note}");
     }
     cfg.compat.log();
     let rt = tokio::runtime::Builder::new_multi_thread()
