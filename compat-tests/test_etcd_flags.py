@@ -217,3 +217,27 @@ def test_invalid_values_are_refused(kind, args, words, tmp_path):
     for w in words:
         assert w in p.stderr, p.stderr[-2000:]
     assert not (tmp_path / "data").exists() or kind == "etcd"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_periodic_auto_compaction(kind, server_factory):
+    """`--auto-compaction-retention=2s`: after 2 s the member compacts by itself, at the revision
+    of 2 s before, and logs etcd's lines."""
+    server = server_factory(kind, extra_args=[
+        "--logger=zap", "--auto-compaction-mode=periodic", "--auto-compaction-retention=2s",
+    ])
+    for i in range(5):
+        assert run_etcdctl(server.endpoint, "put", "k", f"v{i}")[0] == 0
+    deadline = time.monotonic() + 10
+    while True:
+        rc, out, err = run_etcdctl(server.endpoint, "get", "k", "--rev=2")
+        if rc != 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert rc != 0 and "required revision has been compacted" in err, (rc, out, err)
+    # The latest value is kept.
+    rc, out, _ = run_etcdctl(server.endpoint, "get", "k", "--print-value-only")
+    assert out.strip() == "v4"
+    log = Path(server.log_path).read_text()
+    assert "starting auto periodic compaction" in log
+    assert "completed auto periodic compaction" in log
