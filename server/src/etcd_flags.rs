@@ -183,6 +183,7 @@ impl InertFlag {
                 NoEffect(_) => "etcd flag, accepted; no effect in pgraftd",
                 DefaultOnly(_) => "etcd flag; pgraftd accepts only its default",
             })
+            .help_heading("etcd flags without effect in pgraftd")
             .value_parser(move |s: &str| check(kind, s).map(|()| s.to_string()));
         if kind == Bool {
             // Go's bool flags: `--flag` alone is true, a value needs `=`.

@@ -53,3 +53,39 @@ pub fn init(cfg: &Config) -> Result<(), ConfigError> {
         .init();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use tracing_subscriber::fmt::MakeWriter;
+
+    #[test]
+    fn every_output_gets_every_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.log");
+        let b = dir.path().join("b.log");
+        std::fs::write(&a, "earlier\n").unwrap();
+        let outputs = vec![
+            a.display().to_string(),
+            "stderr".to_string(),
+            b.display().to_string(),
+        ];
+        let w = writer(&outputs).unwrap();
+        w.make_writer().write_all(b"one\n").unwrap();
+        w.make_writer().write_all(b"two\n").unwrap();
+        // Appended, not truncated.
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "earlier\none\ntwo\n");
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "one\ntwo\n");
+        let bad = writer(&["/nonexistent/dir/x.log".to_string()]);
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn etcd_levels_map_to_tracing_levels() {
+        assert_eq!(tracing_level("debug"), "debug");
+        assert_eq!(tracing_level("warn"), "warn");
+        assert_eq!(tracing_level("fatal"), "error");
+        assert_eq!(tracing_level("info"), "info");
+    }
+}
