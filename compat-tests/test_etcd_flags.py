@@ -111,7 +111,7 @@ def test_long_etcd_command_line(kind, server_factory, tmp_path):
     assert len(inert) == len(set(inert)), inert
     for f in ["--enable-v2", "--max-wals", "--wal-dir", "--enable-pprof", "--metrics",
               "--grpc-keepalive-min-time", "--experimental-initial-corrupt-check",
-              "--enable-grpc-gateway", "--raft-read-timeout"]:
+              "--enable-grpc-gateway", "--raft-read-timeout", "--proxy", "--force-new-cluster"]:
         assert f in inert, f"{f} was not reported: {inert}"
     # Honoured flags and defaults given explicitly are not reported as inert.
     for f in ["--pre-vote", "--auto-compaction-retention", "--log-outputs", "--max-txn-ops"]:

@@ -219,7 +219,7 @@ impl CompatFlags {
     /// One log line per inert flag given.
     pub fn log(&self) {
         for (f, value) in &self.given {
-            let NoEffect(why) = f.effect else { continue };
+            let (NoEffect(why) | DefaultOnly(why)) = f.effect;
             tracing::warn!(
                 flag = %format!("--{}", f.name),
                 value = %value,
