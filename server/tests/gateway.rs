@@ -1210,9 +1210,9 @@ async fn metrics_are_present_and_move() {
     let after = m.metrics().await;
     let grew = |name: &str, by: f64| {
         assert!(
-            after.get(name) >= before.get(name) + by,
+            after.get(name) >= before.or_zero(name) + by,
             "{name}: {} -> {}",
-            before.get(name),
+            before.or_zero(name),
             after.get(name)
         );
     };

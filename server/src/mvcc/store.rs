@@ -112,6 +112,11 @@ impl Store {
         self.inner.read().compact_rev
     }
 
+    /// Number of live keys at the current revision, kept by the index (no walk).
+    pub fn live_keys(&self) -> usize {
+        self.inner.read().index.live()
+    }
+
     /// Starts a read-only transaction at the current revision.
     pub fn read(&self) -> ReadTxn<'_> {
         ReadTxn::open(self)

@@ -268,6 +268,10 @@ pub fn start<S: StateMachine>(
         max_inflight_msgs: 256,
         // Merge appends to a follower that are still queued into one message.
         batch_append: true,
+        // As etcd (MaxUncommittedEntriesSize): a leader whose followers fall behind stops
+        // taking proposals once this many bytes of entries wait to commit, rather than grow
+        // its log without bound in memory.
+        max_uncommitted_size: MAX_UNCOMMITTED_BYTES,
         ..Default::default()
     };
     rc.validate().map_err(Error::internal)?;
@@ -438,6 +442,8 @@ pub(super) fn poll_recv<T>(
 /// Log entries dropped per applied chunk while compacting: a 100k-entry compaction in one
 /// batch held the loop (and every put) for tens of milliseconds.
 const COMPACT_STEP: u64 = 2048;
+/// Bytes of entries a leader holds uncommitted before it refuses proposals (etcd: 1 GiB).
+const MAX_UNCOMMITTED_BYTES: u64 = 1 << 30;
 /// Upper bound of commands taken in one turn, so a flood cannot starve ticks.
 const MAX_COMMANDS: usize = 4096;
 
@@ -483,11 +489,22 @@ impl<S: StateMachine> Loop<S> {
         }
     }
 
+    /// Why raft refused a proposal: no leader to take it (or leadership moving away), or, on
+    /// a leader, too many bytes of entries waiting to commit.
+    fn drop_reason(&self) -> Error {
+        let raft = &self.raw.raft;
+        if raft.state == StateRole::Leader && raft.lead_transferee.is_none() {
+            Error::TooManyRequests
+        } else {
+            Error::NoLeader
+        }
+    }
+
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Propose { id, data, .. } => {
                 if self.raw.propose(Vec::new(), data).is_err() {
-                    self.sm.proposal_dropped(id, Error::NoLeader);
+                    self.sm.proposal_dropped(id, self.drop_reason());
                 }
             }
             Command::ProposeConfChange { id, cc } => {
