@@ -72,13 +72,17 @@ fn is_leader(server: &EtcdServer) -> bool {
 pub fn periodic_intervals(period: Duration) -> (Duration, Duration, usize) {
     let compact_interval = period.min(MAX_COMPACT_INTERVAL);
     let retry = (compact_interval / RETRY_DIVISOR).max(Duration::from_millis(1));
-    let samples = (period.as_nanos() / retry.as_nanos()) as usize + 1;
+    let samples = usize::try_from(period.as_nanos() / retry.as_nanos())
+        .unwrap_or(usize::MAX)
+        .saturating_add(1);
     (compact_interval, retry, samples)
 }
 
 async fn periodic(server: &EtcdServer, period: Duration) {
     let (compact_interval, retry, keep) = periodic_intervals(period);
-    let mut revs: VecDeque<i64> = VecDeque::with_capacity(keep + 1);
+    // Grows by one sample per interval (not allocated up front: a retention of years would
+    // ask for millions of samples, of which only those of the time run so far ever exist).
+    let mut revs: VecDeque<i64> = VecDeque::new();
     let mut last_success = Instant::now();
     let mut base_interval = period;
     loop {
