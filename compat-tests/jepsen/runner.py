@@ -15,7 +15,7 @@ from .clients import ClientError, Gateway, b64
 from .driver import EtcdctlWatcher, GatewayWatcher, KvWorker, LeaseWorker, _prefix_end
 from .durability import check_durability
 from .faults import FAULTS
-from .history import History, WatchStream
+from .history import GET, History, Op, WatchStream
 from .lincheck import check_linearizable, check_revision_order, check_serializable_reads
 from .leasecheck import check_leases
 from .watchcheck import check_watches
@@ -44,9 +44,23 @@ def final_read(endpoint: str, prefix: str) -> dict:
     return {"revision": int(d["header"]["revision"]), "kvs": kvs}
 
 
+def final_reads(h: History, kv_keys) -> list:
+    """The final read after the restart, as one linearizable get per key, later than all."""
+    if h.final is None:
+        return []
+    t = h.final.get("time") or max((o.complete or o.invoke) for o in h.ops) + 1
+    out = []
+    for i, key in enumerate(sorted(kv_keys)):
+        value, mod = h.final["kvs"].get(key, (None, 0))
+        out.append(Op(len(h.ops) + i, "final", "http", GET, key, {"serializable": False}, t,
+                      t, "ok", {"revision": h.final["revision"], "value": value,
+                                "mod_revision": mod}))
+    return out
+
+
 def check(h: History, election_s: float) -> dict:
     kv_keys = set(h.meta["kv_keys"])
-    kv_ops = [o for o in h.ops if o.key in kv_keys]
+    kv_ops = [o for o in h.ops if o.key in kv_keys] + final_reads(h, kv_keys)
     upto, first = h.meta.get("end_revision"), h.meta.get("first_revision")
     return {
         "linearizable": check_linearizable(kv_ops, h.watches, upto=upto),
@@ -119,7 +133,9 @@ def run_once(kind: str, seed: int, fault: str | None = None, duration: float = 4
         for m in members:
             m.wait_ready(30)
         leader = c.wait_leader(timeout=30)
+        t_final = time.monotonic()
         h.final = _retry(lambda: final_read(leader.endpoint, prefix), "final read")
+        h.final["time"] = t_final
     finally:
         c.stop(cleanup=True)
     (c.workdir / "history.json").write_text(h.to_json())
