@@ -21,6 +21,7 @@ Faults:
 * ``one_way(senders, receivers)``: a one-way partition. Every byte a member in ``senders``
   sends to a member in ``receivers`` is swallowed, on any connection whichever side opened it;
   bytes the other way still flow. The connections that lost bytes are closed at ``heal()``.
+  A connection whose sender is unknown loses the bytes that could be a sender's.
 * ``heal()``: everything flows again.
 
 Safety: it listens on 127.0.0.1 only and forwards only to 127.0.0.1 ports given to
@@ -249,6 +250,18 @@ class FaultProxy:
             return True
         return not any(src in g and dst in g for g in self._groups)
 
+    def _lost(self, direction) -> bool:
+        """Whether a one-way fault swallows bytes going `direction` (from, to). A connection
+        whose sender is unknown counts as from any sender, as partitions block it."""
+        if not self._one_way:
+            return False
+        src, dst = direction
+        if src is None:
+            return any(b == dst for _, b in self._one_way)
+        if dst is None:
+            return any(a == src for a, _ in self._one_way)
+        return direction in self._one_way
+
     async def _set_one_way(self, pairs) -> None:
         if pairs:
             self._log(f"one-way loss {sorted(pairs)}")
@@ -357,7 +370,7 @@ class FaultProxy:
                     except (OSError, RuntimeError):
                         return "error"
                     return "eof"
-                if conn.blackholed or direction in self._one_way:
+                if conn.blackholed or self._lost(direction):
                     conn.lossy = True
                     self._stats["bytes_dropped"] += len(data)
                     continue

@@ -52,6 +52,7 @@ def partition(c, rng, role) -> Fault:
     try:
         time.sleep(PARTITION_S)
     finally:
+        f.notes += f"; proxy {c.proxy.stats()}"
         c.proxy.heal()
     f.end = time.monotonic()
     return f
@@ -66,6 +67,7 @@ def one_way(c, rng, role) -> Fault:
     try:
         time.sleep(PARTITION_S)
     finally:
+        f.notes += f"; proxy {c.proxy.stats()}"
         c.proxy.heal()
     f.end = time.monotonic()
     return f

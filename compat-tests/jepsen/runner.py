@@ -15,7 +15,7 @@ from .clients import ClientError, Gateway, b64
 from .driver import EtcdctlWatcher, GatewayWatcher, KvWorker, LeaseWorker, _prefix_end
 from .durability import check_durability
 from .faults import FAULTS
-from .history import GET, History, Op, WatchStream
+from .history import GET, WRITES, History, Op, WatchStream
 from .lincheck import check_linearizable, check_revision_order, check_serializable_reads
 from .leasecheck import check_leases
 from .watchcheck import check_watches
@@ -146,6 +146,7 @@ def run_once(kind: str, seed: int, fault: str | None = None, duration: float = 4
         "ops": len(h.ops), "ops_ok": sum(o.status == "ok" for o in h.ops),
         "ops_unknown": sum(o.status == "unknown" for o in h.ops),
         "events": sum(len(w.events) for w in h.watches),
+        "longest_write_gap_s": longest_write_gap(h),
         "seconds": round(time.monotonic() - t_start, 1),
         "history": str(c.workdir / "history.json"),
         "verdicts": verdicts,
@@ -155,11 +156,22 @@ def run_once(kind: str, seed: int, fault: str | None = None, duration: float = 4
     return report
 
 
+def longest_write_gap(h: History) -> float:
+    """Seconds of the longest stretch without an acknowledged write while clients ran (a
+    liveness figure, not a checker: it shows how long a fault kept the cluster from
+    writing)."""
+    t = sorted(o.complete for o in h.ops if o.status == "ok" and o.kind in WRITES)
+    if len(t) < 2:
+        return 0.0
+    return round(max(b - a for a, b in zip(t, t[1:])), 2)
+
+
 def format_report(r: dict) -> str:
     lines = [f"run {r['kind']} seed={r['seed']} fault={r['fault']} "
              f"({'; '.join(f.get('notes') or f.get('target', '') for f in r['fault_detail'])})"
              f": {r['ops']} ops ({r['ops_ok']} ok, {r['ops_unknown']} unknown), "
-             f"{r['events']} watch events, {r['seconds']} s; history {r['history']}"]
+             f"{r['events']} watch events, longest time without a write "
+             f"{r['longest_write_gap_s']} s, {r['seconds']} s; history {r['history']}"]
     for name, v in r["verdicts"].items():
         lines.append(f"  {name:20s} {v['verdict'].upper():10s} {v['stats']}")
         lines += [f"      {d}" for d in v["details"][:8]]
