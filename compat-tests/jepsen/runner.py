@@ -11,7 +11,7 @@ import time
 
 from cluster import Cluster
 
-from .clients import ClientError, Gateway, b64
+from .clients import ClientError, Gateway, b64, unb64
 from .driver import EtcdctlWatcher, GatewayWatcher, KvWorker, LeaseWorker, _prefix_end
 from .durability import check_durability
 from .faults import FAULTS
@@ -39,7 +39,6 @@ def final_read(endpoint: str, prefix: str) -> dict:
         "key": b64(prefix), "range_end": b64(_prefix_end(prefix))})
     kvs = {}
     for kv in d.get("kvs") or []:
-        from .clients import unb64
         kvs[unb64(kv["key"])] = [unb64(kv.get("value", "")), int(kv["mod_revision"])]
     return {"revision": int(d["header"]["revision"]), "kvs": kvs}
 
