@@ -5,6 +5,7 @@ names one. Each run prints its history size, the fault and every checker's verdi
 status is 1 if any checker found a violation (2 if one could only say unknown)."""
 
 import argparse
+import json
 import os
 import sys
 
@@ -23,11 +24,15 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=6.0,
                    help="seconds of load around the fault (half before, half after)")
     p.add_argument("--election-ms", type=int, default=1000)
+    p.add_argument("--json-out", help="append each run's report as one JSON line to this file")
     a = p.parse_args()
     worst = 0
     totals = {"runs": 0, "ops": 0, "violations": 0, "unknown": 0}
     for i in range(a.runs):
         r = run_once(a.target, a.seed + i, a.fault, a.duration, a.election_ms)
+        if a.json_out:
+            with open(a.json_out, "a") as f:
+                f.write(json.dumps(r, default=str) + "\n")
         totals["runs"] += 1
         totals["ops"] += r["ops"]
         for v in r["verdicts"].values():
