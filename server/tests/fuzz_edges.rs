@@ -85,11 +85,12 @@ fn sample_messages() -> Vec<Message> {
         m.log_term = 4;
         m.commit = 9;
         for i in 0..n {
-            let mut e = Entry::default();
-            e.index = 11 + i;
-            e.term = 5;
-            e.data = vec![b'x'; 20 * (i as usize + 1)].into();
-            m.mut_entries().push(e);
+            m.mut_entries().push(Entry {
+                index: 11 + i,
+                term: 5,
+                data: vec![b'x'; 20 * (i as usize + 1)].into(),
+                ..Default::default()
+            });
         }
         out.push(m);
     }
