@@ -24,12 +24,13 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=6.0,
                    help="seconds of load around the fault (half before, half after)")
     p.add_argument("--election-ms", type=int, default=1000)
+    p.add_argument("--members", type=int, choices=(3, 5), default=3)
     p.add_argument("--json-out", help="append each run's report as one JSON line to this file")
     a = p.parse_args()
     worst = 0
     totals = {"runs": 0, "ops": 0, "violations": 0, "unknown": 0}
     for i in range(a.runs):
-        r = run_once(a.target, a.seed + i, a.fault, a.duration, a.election_ms)
+        r = run_once(a.target, a.seed + i, a.fault, a.duration, a.election_ms, a.members)
         if a.json_out:
             with open(a.json_out, "a") as f:
                 f.write(json.dumps(r, default=str) + "\n")

@@ -163,6 +163,28 @@ def test_unknown_cas_branches():
     assert verdict(h.ops) == "ok"
 
 
+def test_unknown_writes_settled_by_the_watch_streams():
+    """With streams holding every revision, an unknown write seen in an event took effect at
+    that revision, and one never seen did not take effect at all."""
+    h = H()
+    h.put(0, 1, "a", rev=2)
+    h.put(2, None, "x")
+    h.put(2, None, "y")
+    w = _stream([(2, "PUT", "k", "a"), (3, "PUT", "k", "x")])
+    h.get(5, 6, "x", 3, rev=3)
+    r = check_linearizable(h.ops, [w], upto=3)
+    assert r["verdict"] == "ok", r
+    assert (r["stats"]["patched_applied"], r["stats"]["patched_dropped"]) == (1, 1)
+    h.ops[-1].result["mod_revision"] = 4          # x is known to be at revision 3
+    assert verdict(h.ops, watches=[w], upto=3) == "violation"
+    h2 = H()
+    h2.put(0, 1, "a", rev=2)
+    h2.put(2, None, "y")
+    h2.get(5, 6, "y", 3, rev=3)                   # y never took effect: no event carries it
+    assert verdict(h2.ops) == "ok"                # without the streams, it may have
+    assert verdict(h2.ops, watches=[_stream([(2, "PUT", "k", "a")])], upto=2) == "violation"
+
+
 def test_search_bound_says_unknown():
     h = H()
     for i in range(12):                 # 12 concurrent unknown puts, then a read of none

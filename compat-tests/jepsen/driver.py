@@ -172,7 +172,8 @@ class GatewayWatcher(threading.Thread):
             try:
                 self.stream(m)
             except (OSError, ValueError) as e:
-                self.s.errors.append((time.monotonic(), m.name, repr(e)[:200]))
+                if not self.stop_ev.is_set():
+                    self.s.errors.append((time.monotonic(), m.name, repr(e)[:200]))
             if not self.stop_ev.is_set():
                 time.sleep(0.2)
 

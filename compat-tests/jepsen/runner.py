@@ -1,7 +1,8 @@
-"""One robustness run: a 3-member cluster (pgraftd or etcd) behind the fault proxy, clients
-and watchers recording a history, one fault chosen from the seed, then every member killed
-and restarted and a final linearizable read, and every checker over the history. The history
-is kept as JSON in the cluster's work dir (`history.json`) for a second look."""
+"""One robustness run: a 3-member (or 5-member) cluster (pgraftd or etcd) behind the fault
+proxy, clients and watchers recording a history, one fault chosen from the seed, then every
+member killed and restarted and a final linearizable read, and every checker over the
+history. The history is kept as JSON in the cluster's work dir (`history.json`) for a second
+look."""
 
 from __future__ import annotations
 
@@ -72,10 +73,10 @@ def check(h: History, election_s: float) -> dict:
 
 
 def run_once(kind: str, seed: int, fault: str | None = None, duration: float = 4.0,
-             election_ms: int = 1000, log=print) -> dict:
+             election_ms: int = 1000, members: int = 3, log=print) -> dict:
     rng = random.Random(seed)
     fault = fault or rng.choice(sorted(FAULTS))
-    c = Cluster(kind, 3, proxy=True, election_ms=election_ms, heartbeat_ms=100)
+    c = Cluster(kind, members, proxy=True, election_ms=election_ms, heartbeat_ms=100)
     h = History()
     t_start = time.monotonic()
     try:
@@ -84,8 +85,8 @@ def run_once(kind: str, seed: int, fault: str | None = None, duration: float = 4
         prefix = f"/jepsen/{seed}-{time.time_ns() % 10**9}/"
         keys = [f"{prefix}kv/{i}" for i in range(N_KEYS)]
         rev0 = _retry(lambda: Gateway(c.members[0].endpoint).get(prefix)["revision"], "start")
-        h.meta.update(kind=kind, seed=seed, fault=fault, prefix=prefix, kv_keys=keys,
-                      first_revision=rev0 + 1, election_ms=election_ms)
+        h.meta.update(kind=kind, members=members, seed=seed, fault=fault, prefix=prefix,
+                      kv_keys=keys, first_revision=rev0 + 1, election_ms=election_ms)
         stop, watch_stop = threading.Event(), threading.Event()
         targets = c.running
         watchers = []
@@ -124,12 +125,12 @@ def run_once(kind: str, seed: int, fault: str | None = None, duration: float = 4
                 t.close()
             t.join(10)
         # durability: every member down at once, then back
-        members = c.running()
-        for m in members:
+        alive = c.running()
+        for m in alive:
             c.kill(m)
-        for m in members:
+        for m in alive:
             c.start_member(m, wait=False)
-        for m in members:
+        for m in alive:
             m.wait_ready(30)
         leader = c.wait_leader(timeout=30)
         t_final = time.monotonic()
@@ -140,8 +141,8 @@ def run_once(kind: str, seed: int, fault: str | None = None, duration: float = 4
     (c.workdir / "history.json").write_text(h.to_json())
     verdicts = check(h, election_ms / 1000)
     report = {
-        "kind": kind, "seed": seed, "fault": fault, "fault_detail": [f.__dict__ for f in
-                                                                      h.faults],
+        "kind": kind, "members": members, "seed": seed, "fault": fault,
+        "fault_detail": [f.__dict__ for f in h.faults],
         "ops": len(h.ops), "ops_ok": sum(o.status == "ok" for o in h.ops),
         "ops_unknown": sum(o.status == "unknown" for o in h.ops),
         "events": sum(len(w.events) for w in h.watches),
@@ -166,7 +167,7 @@ def longest_write_gap(h: History) -> float:
 
 
 def format_report(r: dict) -> str:
-    lines = [f"run {r['kind']} seed={r['seed']} fault={r['fault']} "
+    lines = [f"run {r['kind']} x{r['members']} seed={r['seed']} fault={r['fault']} "
              f"({'; '.join(f.get('notes') or f.get('target', '') for f in r['fault_detail'])})"
              f": {r['ops']} ops ({r['ops_ok']} ok, {r['ops_unknown']} unknown), "
              f"{r['events']} watch events, longest time without a write "
