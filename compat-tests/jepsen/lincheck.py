@@ -197,7 +197,7 @@ def check_key(ops: list, init=(None, 0), max_steps: int = 200_000) -> dict:
     stack: list = []
     cache = set()
     steps = 0
-    best = (-1, None, [])
+    best = (-1, None, [], init)  # (depth, op that could not go next, ops before it, state)
     entry = head.next
     while head.next is not None:
         steps += 1
@@ -215,23 +215,22 @@ def check_key(ops: list, init=(None, 0), max_steps: int = 200_000) -> dict:
         # a return whose call is not linearized yet: backtrack
         if len(stack) > best[0]:
             best = (len(stack), entry.op, [s[0].op for s in stack[-6:]], state)
-        while True:
-            if not stack:
-                _, op, before, st = best
-                return _verdict("violation", [
-                    f"no linearization: at most {best[0]} of {len(ops)} ops ordered; "
-                    f"then {describe(op)} cannot take effect in state {st}",
-                    *[f"  after {describe(o)}" for o in before]], ops=len(ops), steps=steps)
-            e, st, alts, i, _ = stack.pop()
-            linearized &= ~e.bit
-            _unlift(e)
-            state = st
-            if _try(e, alts, i + 1, st, linearized, cache, stack):
-                state, linearized = stack[-1][4], linearized | e.bit
-                entry = head.next
-                break
+        if not stack:
+            _, op, before, st = best
+            return _verdict("violation", [
+                f"no linearization: at most {best[0]} of {len(ops)} ops ordered; "
+                f"then {describe(op)} cannot take effect in state {st}",
+                *[f"  after {describe(o)}" for o in before]], ops=len(ops), steps=steps)
+        # undo the last linearized call; try its next possible outcome, else move past it
+        e, st, alts, i, _ = stack.pop()
+        linearized &= ~e.bit
+        _unlift(e)
+        state = st
+        if _try(e, alts, i + 1, st, linearized, cache, stack):
+            state, linearized = stack[-1][4], linearized | e.bit
+            entry = head.next
+        else:
             entry = e.next
-            break
     return _verdict("ok", ops=len(ops), steps=steps)
 
 
