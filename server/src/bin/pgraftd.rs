@@ -13,6 +13,11 @@ use pgraft_server::{Config, Node};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
+    // `pgraftd snapshot save|status|restore ...`: etcdctl's and etcdutl's backup commands.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "snapshot") {
+        init_cli_logging();
+        return pgraft_server::snapshot::cli::main(std::env::args_os().skip(2));
+    }
     let cfg = Config::parse();
     let filter = EnvFilter::try_new(format!("pgraft_server={0},pgraftd={0}", cfg.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -48,6 +53,14 @@ fn main() -> std::process::ExitCode {
         tracing::info!("stopped");
         std::process::ExitCode::SUCCESS
     })
+}
+
+/// Warnings and errors of a one-shot command, as text on stderr.
+fn init_cli_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn wait_for_signal() {

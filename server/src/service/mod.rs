@@ -2,8 +2,12 @@
 //! writes are proposed through raft and answered once applied; linearizable reads wait for a
 //! ReadIndex, serializable reads are local. Faces only translate wire formats.
 
+mod backup;
 mod cluster;
+mod concurrency;
+mod election;
 mod idgen;
+mod lock;
 
 use crate::apply::{Applied, ApplyResult};
 use crate::backend::Backend;
@@ -159,6 +163,27 @@ impl EtcdServer {
         ))
     }
 
+    /// A read view of the store. While a snapshot install replaces the stored state (on a
+    /// member that fell behind), reads wait until it is done, within the request timeout.
+    async fn read_view(&self) -> Result<crate::mvcc::ReadTxn<'_>> {
+        let deadline = tokio::time::Instant::now() + self.cfg.request_timeout();
+        loop {
+            let index = match self.store.try_read() {
+                Ok(view) => return Ok(view),
+                Err(index) => index,
+            };
+            let wait = async {
+                self.raft.status.wait_applied(index).await;
+                // The applied index is raised once the views are reloaded; should it already
+                // be past the snapshot's, do not spin.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            if tokio::time::timeout_at(deadline, wait).await.is_err() {
+                return Err(Error::Timeout);
+            }
+        }
+    }
+
     /// Waits for a linearizable read point.
     async fn linearizable_barrier(&self) -> Result<()> {
         if local_reads_failpoint() {
@@ -176,7 +201,7 @@ impl EtcdServer {
             self.check_not_learner()?;
             self.linearizable_barrier().await?;
         }
-        let rr = self.store.read().range(&r)?;
+        let rr = self.read_view().await?.range(&r)?;
         Ok(RangeResponse {
             header: Some(self.header(rr.rev)),
             kvs: rr.kvs,
@@ -211,7 +236,7 @@ impl EtcdServer {
             }
             // A read-only txn runs locally, against one consistent view of the store, without
             // holding up the applier.
-            txn::apply(&mut self.store.read(), &self.lessor, &r)?
+            txn::apply(&mut self.read_view().await?, &self.lessor, &r)?
         } else {
             expect_applied!(self.propose(Op::Txn(r)).await?, Txn)?
         };

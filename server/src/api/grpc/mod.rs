@@ -2,8 +2,10 @@
 
 pub(crate) mod admin;
 pub(crate) mod cluster;
+pub(crate) mod election;
 pub(crate) mod kv;
 pub(crate) mod lease;
+pub(crate) mod lock;
 pub(crate) mod maintenance;
 pub mod metered;
 pub mod recv_limit;
@@ -17,6 +19,8 @@ use etcd_proto::etcdserverpb::{
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use etcd_proto::pgraftpb::admin_server::AdminServer;
+use etcd_proto::v3electionpb::election_server::ElectionServer;
+use etcd_proto::v3lockpb::lock_server::LockServer;
 use futures::{Stream, StreamExt};
 use std::sync::Arc;
 use tonic::service::Routes;
@@ -44,7 +48,14 @@ pub fn routes(server: Arc<EtcdServer>, stopping: tokio::sync::watch::Receiver<bo
                 .max_decoding_message_size(recv),
         )
         .add_service(
-            LeaseServer::new(lease::LeaseService(server.clone(), stopping))
+            LeaseServer::new(lease::LeaseService(server.clone(), stopping.clone()))
+                .max_decoding_message_size(recv),
+        )
+        .add_service(
+            LockServer::new(lock::LockService(server.clone())).max_decoding_message_size(recv),
+        )
+        .add_service(
+            ElectionServer::new(election::ElectionService(server.clone(), stopping))
                 .max_decoding_message_size(recv),
         )
         .add_service(
