@@ -32,7 +32,8 @@ def parse(help_text: str) -> list[tuple[str, str, str, str]]:
     lines = help_text.splitlines()
     i = 0
     while i < len(lines):
-        m = re.match(r"^\s+(?:-\w, )?(--[a-z0-9-]+)(?: [\[<].*)?$", lines[i])
+        # `--flag <VALUE>`, `--flag [<VALUE>]`, or a Go-style bool's `--flag[=<BOOL>]`.
+        m = re.match(r"^\s+(?:-\w, )?(--[a-z0-9-]+)(?: [\[<].*|\[=<.*)?$", lines[i])
         if not m:
             i += 1
             continue

@@ -863,14 +863,6 @@ async fn error_bodies_and_statuses() {
         2,
         "etcdserver: requested lease not found",
     );
-    // A server stream that fails before its first message: status and a stream error object.
-    let a = m.post("/v3/election/observe", r#"{"name":"bA=="}"#).await;
-    assert_eq!(a.status, StatusCode::NOT_IMPLEMENTED);
-    assert_eq!(
-        a.json(),
-        json!({"error": {"grpc_code": 12, "http_code": 501,
-               "message": "pgraft: Observe is not implemented yet", "http_status": "Not Implemented"}})
-    );
     // A server stream that works: the backup, one `{"result": ...}` line per message, as etcd's
     // gateway (no header; remaining_bytes as a string, left out at 0), the digest last.
     let a = m.post("/v3/maintenance/snapshot", "{}").await;

@@ -60,6 +60,8 @@ pub struct RaftConfig {
     pub catch_up_entries: u64,
     /// Compact the log once this many applied entries sit in it (etcd's `--snapshot-count`).
     pub snapshot_count: u64,
+    /// Raft pre-vote (`--pre-vote`).
+    pub pre_vote: bool,
 }
 
 /// What the rest of the server may read about consensus, updated by the loop.
@@ -267,7 +269,7 @@ pub fn start<S: StateMachine>(
         heartbeat_tick: 1,
         applied,
         check_quorum: true,
-        pre_vote: true,
+        pre_vote: cfg.pre_vote,
         max_size_per_msg: 1024 * 1024,
         max_inflight_msgs: 256,
         // Merge appends to a follower that are still queued into one message.
@@ -896,6 +898,9 @@ impl<S: StateMachine> Loop<S> {
         };
         self.sm.apply(normal)?;
         self.applied_ahead = last;
+        // Committed (raft's commit index is at or past it) before it is applied: the status
+        // never shows an applied index ahead of the commit index.
+        self.status.commit_index.fetch_max(last, Ordering::AcqRel);
         self.status.raise_applied(last);
         Ok(())
     }

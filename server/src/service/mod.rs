@@ -2,6 +2,7 @@
 //! writes are proposed through raft and answered once applied; linearizable reads wait for a
 //! ReadIndex, serializable reads are local. Faces only translate wire formats.
 
+pub mod autocompact;
 mod backup;
 mod cluster;
 mod concurrency;
