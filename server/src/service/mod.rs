@@ -40,6 +40,24 @@ pub struct EtcdServer {
     pub ids: IdGen,
 }
 
+/// A failpoint for the robustness tests (compat-tests/jepsen): with
+/// `PGRAFT_FAILPOINT_LOCAL_READS=1` in its environment a member answers linearizable reads
+/// from its own state, without a ReadIndex round: the stale-read bug their linearizability
+/// checker must catch under a partition. Read once; never set it outside those tests.
+fn local_reads_failpoint() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = std::env::var_os("PGRAFT_FAILPOINT_LOCAL_READS").is_some_and(|v| v == "1");
+        if on {
+            tracing::warn!(
+                "PGRAFT_FAILPOINT_LOCAL_READS=1: linearizable reads are served from local state \
+                 (a deliberate bug for tests)"
+            );
+        }
+        on
+    })
+}
+
 /// Unwraps the expected variant of an applied result.
 macro_rules! expect_applied {
     ($res:expr, $variant:ident) => {
@@ -169,6 +187,9 @@ impl EtcdServer {
 
     /// Waits for a linearizable read point.
     async fn linearizable_barrier(&self) -> Result<()> {
+        if local_reads_failpoint() {
+            return Ok(());
+        }
         match tokio::time::timeout(self.cfg.request_timeout(), self.raft.read_index()).await {
             Ok(r) => r.map(|_| ()),
             Err(_) => Err(Error::Timeout),
