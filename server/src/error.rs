@@ -81,6 +81,9 @@ pub enum Error {
     WatchCanceled,
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
+    /// The backend passed `--quota-backend-bytes`, or a NOSPACE alarm is raised.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     /// A feature pgraft does not offer yet: answered as gRPC `Unimplemented`, never faked.
     #[error("{0}")]
     Unimplemented(String),
@@ -120,6 +123,7 @@ impl Error {
             NoLeader | LeaderChanged | Stopped | Timeout | Unhealthy => Code::Unavailable,
             WatchCanceled => Code::Cancelled,
             Corrupt => Code::DataLoss,
+            NoSpace => Code::ResourceExhausted,
             Unimplemented(_) => Code::Unimplemented,
             Internal(_) => Code::Unknown,
         }

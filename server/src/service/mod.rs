@@ -5,9 +5,10 @@
 mod cluster;
 mod idgen;
 
+use crate::alarm::AlarmStore;
 use crate::apply::{Applied, ApplyResult};
 use crate::backend::Backend;
-use crate::config::{Config, ETCD_VERSION};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lease::{Lessor, MAX_LEASE_TTL};
 use crate::membership::Membership;
@@ -33,19 +34,22 @@ pub struct EtcdServer {
     pub raft: RaftHandle,
     pub wait: Arc<Wait<ApplyResult>>,
     pub ids: IdGen,
+    pub alarms: Arc<AlarmStore>,
 }
 
 /// Unwraps the expected variant of an applied result.
 macro_rules! expect_applied {
     ($res:expr, $variant:ident) => {
         match $res {
-            Applied::$variant(r) => Ok(r),
+            $crate::apply::Applied::$variant(r) => Ok(r),
             other => Err(Error::Internal(format!(
                 "pgraft: unexpected apply result {other:?}"
             ))),
         }
     };
 }
+
+mod maintenance;
 
 impl EtcdServer {
     pub fn member_id(&self) -> u64 {
@@ -167,6 +171,7 @@ impl EtcdServer {
     pub async fn put(&self, r: PutRequest) -> Result<PutResponse> {
         self.check_not_learner()?;
         txn::check_put_request(&r)?;
+        self.check_quota(&r).await?;
         let mut resp = expect_applied!(self.propose(Op::Put(r)).await?, Put)?;
         self.fill(&mut resp.header);
         Ok(resp)
@@ -192,6 +197,7 @@ impl EtcdServer {
             // holding up the applier.
             txn::apply(&mut self.store.read(), &self.lessor, &r)?
         } else {
+            self.check_quota(&r).await?;
             expect_applied!(self.propose(Op::Txn(r)).await?, Txn)?
         };
         self.fill(&mut resp.header);
@@ -216,6 +222,7 @@ impl EtcdServer {
         if r.ttl > MAX_LEASE_TTL {
             return Err(Error::LeaseTtlTooLarge);
         }
+        self.check_quota(&r).await?;
         if r.id == 0 {
             r.id = self.ids.next_lease_id();
         }
@@ -356,28 +363,6 @@ impl EtcdServer {
                 .map(|id| LeaseStatus { id })
                 .collect(),
         })
-    }
-
-    pub fn status(&self) -> StatusResponse {
-        let st = &self.raft.status;
-        let size = self.backend.disk_space() as i64;
-        StatusResponse {
-            header: Some(self.header(self.store.current_rev())),
-            version: ETCD_VERSION.to_string(),
-            db_size: size,
-            leader: st.leader(),
-            raft_index: st.commit_index(),
-            raft_term: st.term(),
-            raft_applied_index: st.applied_index(),
-            errors: if st.leader() == 0 {
-                vec![Error::NoLeader.to_string()]
-            } else {
-                Vec::new()
-            },
-            db_size_in_use: size,
-            is_learner: st.is_learner(),
-            ..Default::default()
-        }
     }
 
     /// The leader's lease expiry duty: propose a revoke for every expired lease, stamped with

@@ -5,8 +5,9 @@
 //!
 //! 1. the marker (the raft snapshot: metadata and the staged file's descriptor) is written and
 //!    synced before anything else changes;
-//! 2. the kv, lease and members keyspaces are cleared and refilled from the file, batch by
-//!    batch (not synced: fjall's journal recovers as a prefix, and the last batch is synced);
+//! 2. the kv, lease, members and alarm keyspaces are cleared and refilled from the file,
+//!    batch by batch (not synced: fjall's journal recovers as a prefix, and the last batch
+//!    is synced);
 //! 3. the last batch resets the raft log (the caller's batch from
 //!    `RaftStorage::stage_snapshot`), sets the applied index and revisions, removes the
 //!    marker, and is synced.
