@@ -107,7 +107,6 @@ impl EtcdServer {
             errors,
             db_size_in_use: self.backend.backend_size() as i64,
             is_learner: st.is_learner(),
-            db_size_quota: self.cfg.quota_bytes().unwrap_or(0) as i64,
             ..Default::default()
         }
     }
@@ -164,9 +163,8 @@ impl EtcdServer {
             after = self.backend.disk_space(),
             "finished defragmenting the backend"
         );
-        Ok(DefragmentResponse {
-            header: Some(self.header(self.store.current_rev())),
-        })
+        // etcd answers an empty message here, without a header.
+        Ok(DefragmentResponse { header: None })
     }
 
     /// One pass of the corruption check, on the leader (a follower does nothing). Members

@@ -11,7 +11,7 @@ use axum::extract::{Query, RawQuery};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use etcd_proto::etcdserverpb::RangeRequest;
+use etcd_proto::etcdserverpb::{AlarmType, RangeRequest};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -137,11 +137,20 @@ async fn read_check(s: &EtcdServer, serializable: bool) -> Result<(), Error> {
     .map(|_| ())
 }
 
-/// `GET /health` (etcd 3.5): no alarms (pgraft raises none), a leader unless
-/// `?serializable=true`, then a read, linearizable unless `?serializable=true`.
+/// `GET /health` (etcd 3.5): no raised alarm (but the one named by `?exclude=`), a leader
+/// unless `?serializable=true`, then a read, linearizable unless `?serializable=true`.
 async fn health(s: &EtcdServer, q: &HashMap<String, String>) -> Response {
     let serializable = q.get("serializable").map(String::as_str) == Some("true");
-    let reason = if !serializable && s.raft.status.leader() == 0 {
+    let excluded = q.get("exclude").map(String::as_str);
+    let alarm = s
+        .alarms
+        .get(AlarmType::None)
+        .into_iter()
+        .filter_map(|a| AlarmType::try_from(a.alarm).ok())
+        .find(|a| Some(a.as_str_name()) != excluded);
+    let reason = if let Some(a) = alarm {
+        Some(format!("ALARM {}", a.as_str_name()))
+    } else if !serializable && s.raft.status.leader() == 0 {
         Some("RAFT NO LEADER".to_string())
     } else {
         read_check(s, serializable)
@@ -202,8 +211,15 @@ impl Check {
 
     async fn run(self, s: &EtcdServer) -> Result<(), String> {
         match self {
-            // pgraft raises no CORRUPT alarm and has no learners (yet).
-            Check::DataCorruption | Check::NonLearner => Ok(()),
+            Check::DataCorruption => {
+                if s.alarms.get(AlarmType::Corrupt).is_empty() {
+                    Ok(())
+                } else {
+                    Err("the cluster has a CORRUPT alarm".to_string())
+                }
+            }
+            // pgraft has no learners (yet).
+            Check::NonLearner => Ok(()),
             Check::SerializableRead => read_check(s, true).await.map_err(|e| e.to_string()),
             Check::LinearizableRead => read_check(s, false).await.map_err(|e| e.to_string()),
         }
