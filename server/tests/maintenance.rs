@@ -512,3 +512,76 @@ async fn corruption_check_raises_corrupt_for_a_diverged_member() {
         n.stop().await;
     }
 }
+
+/// Alarms are part of the replicated state: a member that joins after one was raised, and
+/// catches up through a raft snapshot (the log before it is compacted), has it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_catching_up_by_snapshot_gets_the_alarms() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ua, ub) = (
+        format!("http://127.0.0.1:{}", free_port()),
+        format!("http://127.0.0.1:{}", free_port()),
+    );
+    let cfg = |name: &str, cluster: &str, state: &str, peer: &str| {
+        Config::parse_from([
+            "pgraftd".to_string(),
+            format!("--name={name}"),
+            format!("--data-dir={}", dir.path().join(name).display()),
+            "--listen-client-urls=http://127.0.0.1:0".into(),
+            "--advertise-client-urls=http://127.0.0.1:0".into(),
+            format!("--listen-peer-urls={peer}"),
+            format!("--initial-advertise-peer-urls={peer}"),
+            format!("--initial-cluster={cluster}"),
+            format!("--initial-cluster-state={state}"),
+            "--snapshot-count=1".into(),
+        ])
+    };
+    let a = Node::start(cfg("a", &format!("a={ua}"), "new", &ua))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.server.raft.status.leader() == 0 {
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let raised = a
+        .server
+        .alarm(alarm(AlarmAction::Activate, a.server.member_id(), AlarmType::Nospace))
+        .await
+        .unwrap();
+    assert_eq!(raised.alarms.len(), 1);
+    // Entries after the alarm (deletes: NOSPACE lets them through), so the log that held it
+    // is compacted away.
+    for i in 0..20 {
+        a.server
+            .delete_range(DeleteRangeRequest {
+                key: format!("nothing/{i}").into_bytes(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let before = pgraft_server::snapshot::stats().installed;
+    a.server
+        .member_add(etcd_proto::etcdserverpb::MemberAddRequest {
+            peer_ur_ls: vec![ub.clone()],
+            is_learner: true,
+        })
+        .await
+        .unwrap();
+    let b = Node::start(cfg("b", &format!("a={ua},b={ub}"), "existing", &ub))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.server.alarms.get(AlarmType::None).is_empty() {
+        assert!(Instant::now() < deadline, "the new member has no alarm");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pgraft_server::snapshot::stats().installed > before, "no snapshot installed");
+    assert_eq!(
+        b.server.alarms.get(AlarmType::None),
+        a.server.alarms.get(AlarmType::None)
+    );
+    b.stop().await;
+    a.stop().await;
+}
