@@ -154,7 +154,9 @@ mod tests {
         let mut b = backend.db.batch();
         let raised = store.activate(&mut b, 7, AlarmType::Nospace as i32);
         assert_eq!(raised.unwrap().member_id, 7);
-        assert!(store.activate(&mut b, 7, AlarmType::Nospace as i32).is_none());
+        assert!(store
+            .activate(&mut b, 7, AlarmType::Nospace as i32)
+            .is_none());
         b.commit().unwrap();
         assert_eq!(store.gate(WriteKind::TakesSpace), Err(Error::NoSpace));
         assert_eq!(store.gate(WriteKind::Frees), Ok(()));
@@ -168,7 +170,9 @@ mod tests {
         assert_eq!(again.get(AlarmType::Nospace).len(), 1);
         let mut b = backend.db.batch();
         again.activate(&mut b, 9, AlarmType::Corrupt as i32);
-        assert!(again.deactivate(&mut b, 7, AlarmType::Nospace as i32).is_some());
+        assert!(again
+            .deactivate(&mut b, 7, AlarmType::Nospace as i32)
+            .is_some());
         b.commit().unwrap();
         assert_eq!(again.gate(WriteKind::Frees), Err(Error::Corrupt));
         store.reload().unwrap();

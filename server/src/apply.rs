@@ -18,9 +18,10 @@ use crate::wait::Wait;
 use crate::watch::WatchHub;
 use etcd_proto::etcdserverpb::alarm_request::AlarmAction;
 use etcd_proto::etcdserverpb::{
-    AlarmRequest, AlarmResponse, AlarmType, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, Member,
-    PutRequest, PutResponse, ResponseHeader, TxnResponse,
+    AlarmRequest, AlarmResponse, AlarmType, CompactionRequest, CompactionResponse,
+    DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, Member, PutRequest, PutResponse, ResponseHeader,
+    TxnResponse,
 };
 use prost::Message;
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Snapshot};

@@ -3,8 +3,8 @@
 //! Conf change entries carry a [`ConfChangeContext`] instead.
 
 use etcd_proto::etcdserverpb::{
-    AlarmRequest, CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, Member,
-    PutRequest, TxnRequest,
+    AlarmRequest, CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest,
+    Member, PutRequest, TxnRequest,
 };
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -75,9 +75,16 @@ async fn status_reports_real_sizes_and_raft_position() {
     assert_eq!(s.leader, me);
     assert!(!s.is_learner);
     assert!(s.raft_term >= 1);
-    assert!(s.raft_index >= 2 && s.raft_applied_index == s.raft_index, "{s:?}");
+    assert!(
+        s.raft_index >= 2 && s.raft_applied_index == s.raft_index,
+        "{s:?}"
+    );
     assert!(s.errors.is_empty(), "{s:?}");
-    assert!(s.db_size > 0 && s.db_size < 16 << 20, "dbSize {}", s.db_size);
+    assert!(
+        s.db_size > 0 && s.db_size < 16 << 20,
+        "dbSize {}",
+        s.db_size
+    );
     assert!(s.db_size_in_use > 0 && s.db_size_in_use < 1 << 20, "{s:?}");
     assert_eq!(s.db_size_quota, 0, "etcd 3.5 has no quota field");
 }
@@ -89,18 +96,25 @@ async fn status_reports_real_sizes_and_raft_position() {
 /// disarmed, writes work again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nospace_alarm_lifecycle_with_a_tiny_quota() {
-    let mut n = TestNode::start_with(&["--quota-backend-bytes=1000000", "--snapshot-count=1"]).await;
+    let mut n =
+        TestNode::start_with(&["--quota-backend-bytes=1000000", "--snapshot-count=1"]).await;
     let me = n.node.as_ref().unwrap().server.member_id();
     let mut kv = n.kv();
     let mut stored = 0u64;
     let err = loop {
-        match kv.put(put(&format!("big/{stored:03}"), noise(60_000, stored))).await {
+        match kv
+            .put(put(&format!("big/{stored:03}"), noise(60_000, stored)))
+            .await
+        {
             Ok(_) => stored += 1,
             Err(e) => break e,
         }
         assert!(stored < 100, "the quota was never reached");
     };
-    assert_eq!((err.code(), err.message()), (Code::ResourceExhausted, NOSPACE));
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::ResourceExhausted, NOSPACE)
+    );
     assert!(stored >= 5, "refused after {stored} puts");
 
     let mut m = n.maintenance();
@@ -272,7 +286,10 @@ async fn hash_kv_of_a_revision_is_stable_and_checks_its_revision() {
     assert_ne!(mid.hash, at_cur.hash);
     assert_eq!(mid.hash_revision, cur - 3);
     n.put("k9", "later").await;
-    assert_eq!(m.hash_kv(hkv(cur)).await.unwrap().into_inner().hash, at_cur.hash);
+    assert_eq!(
+        m.hash_kv(hkv(cur)).await.unwrap().into_inner().hash,
+        at_cur.hash
+    );
 
     n.kv()
         .compact(CompactionRequest {
@@ -286,7 +303,10 @@ async fn hash_kv_of_a_revision_is_stable_and_checks_its_revision() {
     // The hash covers the revisions after the compaction and what it kept: the same on a
     // member that compacted and one that did not yet is what the cluster test shows; here,
     // compacting again at the same point changes nothing.
-    assert_eq!(m.hash_kv(hkv(cur)).await.unwrap().into_inner().hash, after.hash);
+    assert_eq!(
+        m.hash_kv(hkv(cur)).await.unwrap().into_inner().hash,
+        after.hash
+    );
     assert_status(
         m.hash_kv(hkv(cur - 5)).await,
         Code::OutOfRange,
@@ -355,7 +375,10 @@ async fn cluster(dir: &std::path::Path, extra: &[&str]) -> Vec<(Node, Channel)> 
 /// Waits until every member applied revision `rev`.
 async fn all_at(members: &[(Node, Channel)], rev: i64) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while members.iter().any(|(n, _)| n.server.store.current_rev() < rev) {
+    while members
+        .iter()
+        .any(|(n, _)| n.server.store.current_rev() < rev)
+    {
         assert!(Instant::now() < deadline, "members did not reach {rev}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -408,7 +431,10 @@ async fn hash_kv_and_alarms_agree_across_a_cluster() {
     .await
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while members.iter().any(|(n, _)| n.server.store.compact_rev() != rev - 10) {
+    while members
+        .iter()
+        .any(|(n, _)| n.server.store.compact_rev() != rev - 10)
+    {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -428,7 +454,11 @@ async fn hash_kv_and_alarms_agree_across_a_cluster() {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut m = MaintenanceClient::new(ch.clone());
         while alarms(&mut m).await.is_empty() {
-            assert!(Instant::now() < deadline, "{:x} lacks the alarm", n.server.member_id());
+            assert!(
+                Instant::now() < deadline,
+                "{:x} lacks the alarm",
+                n.server.member_id()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(alarms(&mut m).await[0].member_id, target);
@@ -467,7 +497,10 @@ async fn corruption_check_raises_corrupt_for_a_diverged_member() {
     // Let a few checks pass on the healthy cluster.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let mut m = MaintenanceClient::new(members[0].1.clone());
-    assert!(alarms(&mut m).await.is_empty(), "a healthy cluster is not corrupt");
+    assert!(
+        alarms(&mut m).await.is_empty(),
+        "a healthy cluster is not corrupt"
+    );
 
     // Damage one follower's stored value of `k` behind raft's back.
     let victim = members
@@ -502,12 +535,13 @@ async fn corruption_check_raises_corrupt_for_a_diverged_member() {
         Code::DataLoss,
         "etcdserver: corrupt cluster",
     );
-    assert!(kv.range(etcd_proto::etcdserverpb::RangeRequest {
-        key: b"k".to_vec(),
-        ..Default::default()
-    })
-    .await
-    .is_ok());
+    assert!(kv
+        .range(etcd_proto::etcdserverpb::RangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .is_ok());
     for (n, _) in members {
         n.stop().await;
     }
@@ -546,7 +580,11 @@ async fn a_member_catching_up_by_snapshot_gets_the_alarms() {
     }
     let raised = a
         .server
-        .alarm(alarm(AlarmAction::Activate, a.server.member_id(), AlarmType::Nospace))
+        .alarm(alarm(
+            AlarmAction::Activate,
+            a.server.member_id(),
+            AlarmType::Nospace,
+        ))
         .await
         .unwrap();
     assert_eq!(raised.alarms.len(), 1);
@@ -577,7 +615,10 @@ async fn a_member_catching_up_by_snapshot_gets_the_alarms() {
         assert!(Instant::now() < deadline, "the new member has no alarm");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(pgraft_server::snapshot::stats().installed > before, "no snapshot installed");
+    assert!(
+        pgraft_server::snapshot::stats().installed > before,
+        "no snapshot installed"
+    );
     assert_eq!(
         b.server.alarms.get(AlarmType::None),
         a.server.alarms.get(AlarmType::None)

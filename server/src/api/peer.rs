@@ -9,8 +9,8 @@ use crate::raft::transport::MEMBER_REMOVED;
 use crate::raft::wire::{self, Frame};
 use crate::service::EtcdServer;
 use etcd_proto::etcdserverpb::{
-    HashKvRequest, HashKvResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
-    MemberPromoteRequest, MemberPromoteResponse,
+    HashKvRequest, HashKvResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberPromoteRequest, MemberPromoteResponse,
 };
 use etcd_proto::pgraftpb::raft_peer_server::{RaftPeer, RaftPeerServer};
 use etcd_proto::pgraftpb::{MembersRequest, MembersResponse, SendAck, SnapshotChunk};
