@@ -329,8 +329,18 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Three members bootstrapped together, with extra flags.
+/// Three members bootstrapped together, with extra flags. Peer ports are picked before the
+/// members bind them, so another process may take one first: then it tries again.
 async fn cluster(dir: &std::path::Path, extra: &[&str]) -> Vec<(Node, Channel)> {
+    for attempt in 0..3 {
+        if let Some(members) = try_cluster(&dir.join(attempt.to_string()), extra).await {
+            return members;
+        }
+    }
+    panic!("could not start a cluster: peer ports kept being taken");
+}
+
+async fn try_cluster(dir: &std::path::Path, extra: &[&str]) -> Option<Vec<(Node, Channel)>> {
     let urls: Vec<String> = (0..3)
         .map(|_| format!("http://127.0.0.1:{}", free_port()))
         .collect();
@@ -353,10 +363,15 @@ async fn cluster(dir: &std::path::Path, extra: &[&str]) -> Vec<(Node, Channel)> 
         args.extend(extra.iter().map(|s| s.to_string()));
         Node::start(Config::parse_from(args))
     });
-    let nodes = futures::future::join_all(starts).await;
+    let results = futures::future::join_all(starts).await;
+    if results.iter().any(|r| r.is_err()) {
+        for node in results.into_iter().flatten() {
+            node.stop().await;
+        }
+        return None;
+    }
     let mut out = Vec::new();
-    for node in nodes {
-        let node = node.unwrap();
+    for node in results.into_iter().flatten() {
         let ch = Channel::from_shared(format!("http://{}", node.client_addrs[0]))
             .unwrap()
             .connect()
@@ -369,7 +384,7 @@ async fn cluster(dir: &std::path::Path, extra: &[&str]) -> Vec<(Node, Channel)> 
         assert!(Instant::now() < deadline, "no leader");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    out
+    Some(out)
 }
 
 /// Waits until every member applied revision `rev`.
