@@ -112,6 +112,7 @@ fn metrics_text(s: &EtcdServer) -> Response {
         committed_index: st.commit_index(),
         applied_index: st.applied_index(),
         db_size: s.backend.disk_space(),
+        db_size_in_use: s.backend.backend_size(),
         keys,
         current_rev: s.store.current_rev(),
         compact_rev: s.store.compact_rev(),
