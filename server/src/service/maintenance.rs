@@ -76,10 +76,12 @@ impl EtcdServer {
         if cost == 0 || self.backend.backend_size().saturating_add(cost) <= quota {
             return Ok(());
         }
-        if self.alarms.get(AlarmType::Nospace).is_empty() {
+        let me = self.member_id();
+        let raised = self.alarms.get(AlarmType::Nospace);
+        if !raised.iter().any(|a| a.member_id == me) {
             let raise = AlarmRequest {
                 action: AlarmAction::Activate as i32,
-                member_id: self.member_id(),
+                member_id: me,
                 alarm: AlarmType::Nospace as i32,
             };
             if let Err(e) = self.propose(Op::Alarm(raise)).await {
