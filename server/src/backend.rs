@@ -216,7 +216,13 @@ impl Backend {
     /// and shrinks when a defragmentation rewrites the tables without what compaction
     /// dropped. Reported as `dbSizeInUse` and held against `--quota-backend-bytes`.
     pub fn backend_size(&self) -> u64 {
-        let state = [&self.kv, &self.meta, &self.lease, &self.members, &self.alarm];
+        let state = [
+            &self.kv,
+            &self.meta,
+            &self.lease,
+            &self.members,
+            &self.alarm,
+        ];
         let tables: u64 = state.iter().map(|ks| ks.disk_space()).sum();
         tables + self.db.write_buffer_size()
     }
