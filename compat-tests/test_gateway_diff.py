@@ -359,7 +359,7 @@ step("keepalive_after_revoke", "/v3/lease/keepalive", {"ID": "1000"}, stream=Tru
 step("maintenance_status", "/v3/maintenance/status", {}, known=("status_version",))
 step("maintenance_alarm_get", "/v3/maintenance/alarm", {"action": "GET"},
      known=("alarm_header",))
-step("maintenance_defragment", "/v3/maintenance/defragment", {}, known=("unimplemented",))
+step("maintenance_defragment", "/v3/maintenance/defragment", {})
 step("auth_authenticate_disabled", "/v3/auth/authenticate", {"name": "u", "password": "p"},
      expect_status=412, known=("failed_precondition_412",))
 step("auth_role_list", "/v3/auth/role/list", {}, known=("unimplemented",))

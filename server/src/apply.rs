@@ -5,6 +5,7 @@
 //! One applied chunk is one fjall batch, carrying the applied index with its effects; then the
 //! watch hub hears the new revisions and waiting proposers get their results.
 
+use crate::alarm::{AlarmStore, WriteKind};
 use crate::backend::{meta_key, Backend};
 use crate::error::{Error, Result};
 use crate::lease::{Lessor, MAX_LEASE_TTL};
@@ -15,10 +16,12 @@ use crate::request::{ConfChangeContext, InternalRequest, Op};
 use crate::txn;
 use crate::wait::Wait;
 use crate::watch::WatchHub;
+use etcd_proto::etcdserverpb::alarm_request::AlarmAction;
 use etcd_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, Member,
-    PutRequest, PutResponse, ResponseHeader, TxnResponse,
+    AlarmRequest, AlarmResponse, AlarmType, CompactionRequest, CompactionResponse,
+    DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, Member, PutRequest, PutResponse, ResponseHeader,
+    TxnResponse,
 };
 use prost::Message;
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Snapshot};
@@ -36,6 +39,7 @@ pub enum Applied {
     LeaseRevoke(LeaseRevokeResponse),
     /// A membership change: the member list after it.
     Members(Vec<Member>),
+    Alarm(AlarmResponse),
 }
 
 pub type ApplyResult = Result<Applied>;
@@ -47,6 +51,7 @@ pub struct Applier {
     pub hub: Arc<WatchHub>,
     pub membership: Arc<Membership>,
     pub wait: Arc<Wait<ApplyResult>>,
+    pub alarms: Arc<AlarmStore>,
     /// Added to every lease's TTL when this member becomes leader.
     pub lease_extend: Duration,
 }
@@ -91,7 +96,9 @@ impl StateMachine for Applier {
                 Err(Error::LeaderChanged)
             } else {
                 w.begin_txn();
-                let res = check_op(&op).and_then(|()| self.apply_op(&mut w, op));
+                let res = check_op(&op)
+                    .and_then(|()| self.alarms.gate(write_kind(&op)))
+                    .and_then(|()| self.apply_op(&mut w, op));
                 w.end_txn();
                 res
             };
@@ -150,6 +157,7 @@ impl StateMachine for Applier {
         let store = self.store.clone();
         let lessor = self.lessor.clone();
         let membership = self.membership.clone();
+        let alarms = self.alarms.clone();
         let hub = self.hub.clone();
         Box::new(move |snapshot: &Snapshot| {
             let index = snapshot.get_metadata().index;
@@ -162,6 +170,7 @@ impl StateMachine for Applier {
             let leased_keys = store.reload()?;
             load_leases(&backend, &lessor, leased_keys)?;
             membership.reload()?;
+            alarms.reload()?;
             hub.reset();
             tracing::info!(
                 index,
@@ -212,9 +221,24 @@ fn check_op(op: &Op) -> Result<()> {
         Op::DeleteRange(r) => txn::check_delete(r),
         Op::Txn(r) => txn::check_txn_request(r, usize::MAX),
         Op::LeaseGrant(r) => check_lease_grant(r),
-        Op::Compaction(_) | Op::LeaseRevoke(_) | Op::MemberAttributes(_) | Op::MemberUpdate(_) => {
-            Ok(())
+        Op::Compaction(_)
+        | Op::LeaseRevoke(_)
+        | Op::MemberAttributes(_)
+        | Op::MemberUpdate(_)
+        | Op::Alarm(_) => Ok(()),
+    }
+}
+
+/// What an op does to the store, for the alarms' gate (etcd's capped applier refuses what
+/// costs quota: puts, txns holding a put, lease grants).
+fn write_kind(op: &Op) -> WriteKind {
+    match op {
+        Op::Put(_) | Op::LeaseGrant(_) => WriteKind::TakesSpace,
+        Op::Txn(t) if txn::has_put(t) => WriteKind::TakesSpace,
+        Op::Txn(_) | Op::DeleteRange(_) | Op::Compaction(_) | Op::LeaseRevoke(_) => {
+            WriteKind::Frees
         }
+        Op::MemberAttributes(_) | Op::MemberUpdate(_) | Op::Alarm(_) => WriteKind::None,
     }
 }
 
@@ -255,6 +279,35 @@ impl Applier {
                 }
                 Ok(Applied::Members(self.membership.members()))
             }
+            Op::Alarm(r) => Ok(Applied::Alarm(self.alarm(w, &r))),
+        }
+    }
+
+    /// etcd's `applierV3backend.Alarm`: ACTIVATE raises the alarm for the member named (a
+    /// known type only), DEACTIVATE clears it; the answer lists what changed. GET is served
+    /// from the store without the log.
+    fn alarm(&self, w: &mut Writer<'_>, r: &AlarmRequest) -> AlarmResponse {
+        let known = matches!(
+            AlarmType::try_from(r.alarm),
+            Ok(AlarmType::Nospace | AlarmType::Corrupt)
+        );
+        let changed = match r.action() {
+            AlarmAction::Activate if known => {
+                self.alarms.activate(&mut w.batch, r.member_id, r.alarm)
+            }
+            AlarmAction::Deactivate => self.alarms.deactivate(&mut w.batch, r.member_id, r.alarm),
+            _ => None,
+        };
+        if let Some(m) = &changed {
+            tracing::warn!(
+                alarm = %crate::alarm::describe(m),
+                action = ?r.action(),
+                "alarm changed"
+            );
+        }
+        AlarmResponse {
+            header: rev_header(w.current_rev()),
+            alarms: changed.into_iter().collect(),
         }
     }
 
@@ -419,12 +472,13 @@ mod tests {
         let (store, _) = Store::open(backend.clone()).unwrap();
         let store = Arc::new(store);
         let mut a = Applier {
-            backend,
+            backend: backend.clone(),
             hub: Arc::new(WatchHub::new(store.clone())),
             store,
             lessor: Arc::new(Lessor::new(1)),
             membership: Arc::new(membership),
             wait: Arc::new(Wait::default()),
+            alarms: Arc::new(AlarmStore::open(backend.clone()).unwrap()),
             lease_extend: Duration::from_secs(1),
         };
         a.leadership_changed(true);

@@ -9,6 +9,7 @@
 //! | `members`   | member ID BE                 | `etcdserverpb.Member`                   |
 //! | `raft_log`  | entry index BE               | `eraftpb.Entry` (protobuf)              |
 //! | `raft_meta` | name                         | hard state, conf state, log start       |
+//! | `alarm`     | member ID BE, alarm type BE  | empty (see [`crate::alarm`])            |
 //!
 //! Durability ([`Backend::sync_journal`]): fjall holds its journal lock through an fsync, which
 //! would stall every other write (the raft thread's next batch, the applier) for the length of
@@ -63,7 +64,12 @@ pub struct Backend {
     pub members: Keyspace,
     pub raft_log: Keyspace,
     pub raft_meta: Keyspace,
+    pub alarm: Keyspace,
+    /// The member's data directory (the database lives in its `db` subdirectory).
+    dir: PathBuf,
     journal: Arc<Mutex<ActiveJournal>>,
+    /// Held while a defragmentation runs: one at a time.
+    defrag: Arc<Mutex<()>>,
 }
 
 /// The journal file fjall appends to: `<db>/<id>.jnl`. fjall seals a journal by syncing it
@@ -151,7 +157,10 @@ impl Backend {
             members: ks("members")?,
             raft_log: ks("raft_log")?,
             raft_meta: ks("raft_meta")?,
+            alarm: ks("alarm")?,
             db,
+            dir: dir.to_path_buf(),
+            defrag: Arc::new(Mutex::new(())),
             journal: Arc::new(Mutex::new(ActiveJournal::find(db_dir))),
         })
     }
@@ -182,10 +191,74 @@ impl Backend {
         Ok(get_i64(&self.meta, key)?.map(|v| v as u64))
     }
 
-    /// Bytes on disk (etcd's `dbSize`).
-    pub fn disk_space(&self) -> u64 {
-        self.db.disk_space().unwrap_or(0)
+    fn keyspaces(&self) -> [&Keyspace; 7] {
+        [
+            &self.kv,
+            &self.meta,
+            &self.lease,
+            &self.members,
+            &self.raft_log,
+            &self.raft_meta,
+            &self.alarm,
+        ]
     }
+
+    /// Bytes the data directory takes on disk: allocated blocks, not apparent sizes (fjall's
+    /// journal is a sparse file whose apparent size is its 64 MB reservation). etcd's `dbSize`.
+    pub fn disk_space(&self) -> u64 {
+        allocated_bytes(&self.dir)
+    }
+
+    /// The state machine's size, as etcd's backend is apart from its WAL: the tables of the
+    /// replicated state (not the raft log's, nor the journal: pgraft's write-ahead log) plus
+    /// the memtables not yet flushed (fjall counts them for the whole database, raft log
+    /// included; a few MB at most). Like bbolt's file, it grows with writes and deletes alike
+    /// and shrinks when a defragmentation rewrites the tables without what compaction
+    /// dropped. Reported as `dbSizeInUse` and held against `--quota-backend-bytes`.
+    pub fn backend_size(&self) -> u64 {
+        let state = [
+            &self.kv,
+            &self.meta,
+            &self.lease,
+            &self.members,
+            &self.alarm,
+        ];
+        let tables: u64 = state.iter().map(|ks| ks.disk_space()).sum();
+        tables + self.db.write_buffer_size()
+    }
+
+    /// etcd's defragmentation: flushes every keyspace's memtable, then rewrites its tables in
+    /// one major compaction, which drops the versions no reader can see any more (deleted raft
+    /// log entries, MVCC history a compaction removed). Blocking (run it off the async
+    /// runtime); writes and reads go on meanwhile, as fjall compacts beside them. One at a
+    /// time: a second caller waits for the first.
+    pub fn defragment(&self) -> Result<()> {
+        let _one = self.defrag.lock();
+        for ks in self.keyspaces() {
+            ks.rotate_memtable_and_wait()?;
+            ks.major_compact()?;
+        }
+        Ok(())
+    }
+}
+
+/// Allocated bytes of the files under `dir`, recursively (unreadable entries count 0).
+fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(md) = entry.metadata() else { continue };
+            if md.is_dir() {
+                pending.push(entry.path());
+            } else {
+                // st_blocks counts 512-byte units whatever the filesystem's block size.
+                total += md.blocks() * 512;
+            }
+        }
+    }
+    total
 }
 
 pub fn get_i64(ks: &Keyspace, key: &str) -> Result<Option<i64>> {

@@ -203,6 +203,26 @@ pub struct Config {
     /// flag: tests shorten it.
     #[arg(skip)]
     pub auto_compaction_revision_interval: Option<Duration>,
+
+    // --- Maintenance: space quota and corruption check (etcd's names and defaults). ---
+    /// Raise a NOSPACE alarm when the backend exceeds this many bytes (0: etcd's default of
+    /// 2 GiB; negative: no quota).
+    #[arg(
+        long,
+        env = "ETCD_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    pub quota_backend_bytes: i64,
+
+    /// Duration of time between cluster corruption check passes (0: no check).
+    #[arg(
+        long = "experimental-corrupt-check-time",
+        env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME",
+        default_value = "0s",
+        value_parser = parse_duration
+    )]
+    pub corrupt_check_time: Duration,
 }
 
 /// `--auto-compaction-mode` and `--auto-compaction-retention`, read as etcd reads them.
@@ -213,6 +233,9 @@ pub enum AutoCompaction {
     /// Keep this many revisions.
     Revision(i64),
 }
+
+/// etcd's `DefaultQuotaBytes`: the backend quota when `--quota-backend-bytes` is 0.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 impl Default for Config {
     fn default() -> Self {
@@ -256,6 +279,16 @@ impl Config {
     }
 
     /// How long a proposal may wait (etcd's `ReqTimeout`: 5 s + 2 x election timeout).
+    /// The backend quota in bytes (`None`: no quota), as etcd's `NewBackendQuota` reads
+    /// `--quota-backend-bytes`.
+    pub fn quota_bytes(&self) -> Option<u64> {
+        match self.quota_backend_bytes {
+            0 => Some(DEFAULT_QUOTA_BYTES),
+            q if q < 0 => None,
+            q => Some(q as u64),
+        }
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(5) + 2 * self.election()
     }

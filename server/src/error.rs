@@ -96,6 +96,9 @@ pub enum Error {
     /// etcd's `concurrency.ErrSessionExpired` (a Lock whose lease ended while it waited).
     #[error("mutex: session is expired")]
     SessionExpired,
+    /// The backend passed `--quota-backend-bytes`, or a NOSPACE alarm is raised.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     /// A feature pgraft does not offer yet: answered as gRPC `Unimplemented`, never faked.
     #[error("{0}")]
     Unimplemented(String),
@@ -141,6 +144,7 @@ impl Error {
             }
             WatchCanceled => Code::Cancelled,
             Corrupt => Code::DataLoss,
+            NoSpace => Code::ResourceExhausted,
             Unimplemented(_) => Code::Unimplemented,
             Internal(_) => Code::Unknown,
         }

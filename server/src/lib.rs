@@ -2,6 +2,7 @@
 //! leases) changed only by applying the raft log, and faces (gRPC today) that translate wire
 //! formats to the [`service::EtcdServer`] pipeline. See `DESIGN.md` for the whole picture.
 
+pub mod alarm;
 pub mod api;
 pub mod apply;
 pub mod backend;

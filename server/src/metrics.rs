@@ -275,6 +275,7 @@ pub struct ServerGauges {
     pub committed_index: u64,
     pub applied_index: u64,
     pub db_size: u64,
+    pub db_size_in_use: u64,
     pub keys: i64,
     pub current_rev: i64,
     pub compact_rev: i64,
@@ -331,7 +332,7 @@ pub fn render(s: &ServerGauges) -> String {
         "etcd_mvcc_db_total_size_in_use_in_bytes",
         "gauge",
         "Total size of the underlying database logically in use in bytes.",
-        s.db_size,
+        s.db_size_in_use,
     );
     simple(
         o,

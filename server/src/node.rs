@@ -3,6 +3,7 @@
 //! the raft loop, the peer and client listeners, and the leader's lease duty. The `pgraftd`
 //! binary and the PostgreSQL extension's background worker both run a member through this.
 
+use crate::alarm::AlarmStore;
 use crate::apply::{load_leases, Applier};
 use crate::backend::{meta_key, Backend};
 use crate::config::{Config, ConfigError};
@@ -144,6 +145,7 @@ impl Node {
         load_leases(&backend, &lessor, leased_keys)?;
         let hub = Arc::new(WatchHub::new(store.clone()));
         let wait = Arc::new(Wait::default());
+        let alarms = Arc::new(AlarmStore::open(backend.clone())?);
         let applier = Applier {
             backend: backend.clone(),
             store: store.clone(),
@@ -151,6 +153,7 @@ impl Node {
             hub: hub.clone(),
             membership: membership.clone(),
             wait: wait.clone(),
+            alarms: alarms.clone(),
             lease_extend: cfg.election(),
         };
         let rc = RaftConfig {
@@ -187,6 +190,7 @@ impl Node {
             membership,
             raft,
             wait,
+            alarms,
         });
         tracing::info!(
             name = %cfg.name,
@@ -211,6 +215,25 @@ impl Node {
                 loop {
                     tokio::select! {
                         _ = tick.tick() => server.revoke_expired_leases(),
+                        _ = &mut stop => return,
+                    }
+                }
+            });
+        }
+        if !cfg.corrupt_check_time.is_zero() {
+            let server = server.clone();
+            let stop = stopped(shutdown.subscribe());
+            let period = cfg.corrupt_check_time;
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                tokio::pin!(stop);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => if let Err(e) = server.check_corruption().await {
+                            tracing::warn!(error = %e, "corruption check failed");
+                        },
                         _ = &mut stop => return,
                     }
                 }

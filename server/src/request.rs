@@ -3,15 +3,15 @@
 //! Conf change entries carry a [`ConfChangeContext`] instead.
 
 use etcd_proto::etcdserverpb::{
-    CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, Member,
-    PutRequest, TxnRequest,
+    AlarmRequest, CompactionRequest, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest,
+    Member, PutRequest, TxnRequest,
 };
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct InternalRequest {
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 11")]
     pub op: Option<Op>,
     /// Set on a write the leader proposes on its own (the revoke of a lease its clock saw
     /// expire): the term it led in when it decided. The entry takes effect only if it entered
@@ -43,6 +43,9 @@ pub enum Op {
     /// MemberUpdate: new peer URLs for an existing member (`id` and `peerURLs` used).
     #[prost(message, tag = "9")]
     MemberUpdate(Member),
+    /// Raises or clears an alarm (etcd's `AlarmRequest`, ACTIVATE or DEACTIVATE).
+    #[prost(message, tag = "11")]
+    Alarm(AlarmRequest),
 }
 
 /// The context of a conf change entry: who waits for it, and the member it adds or promotes.

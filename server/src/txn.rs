@@ -153,6 +153,18 @@ pub fn is_read_only(r: &TxnRequest) -> bool {
         })
 }
 
+/// True when an op in either branch (nested included) is a Put: the txn may take space.
+pub fn has_put(r: &TxnRequest) -> bool {
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .any(|op| match &op.request {
+            Some(Request::RequestPut(_)) => true,
+            Some(Request::RequestTxn(t)) => has_put(t),
+            _ => false,
+        })
+}
+
 /// True when every Range in the txn is serializable.
 pub fn is_serializable(r: &TxnRequest) -> bool {
     r.success

@@ -9,8 +9,8 @@ use crate::raft::transport::MEMBER_REMOVED;
 use crate::raft::wire::{self, Frame};
 use crate::service::EtcdServer;
 use etcd_proto::etcdserverpb::{
-    LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
-    MemberPromoteRequest, MemberPromoteResponse,
+    HashKvRequest, HashKvResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberPromoteRequest, MemberPromoteResponse,
 };
 use etcd_proto::pgraftpb::raft_peer_server::{RaftPeer, RaftPeerServer};
 use etcd_proto::pgraftpb::{MembersRequest, MembersResponse, SendAck, SnapshotChunk};
@@ -102,6 +102,17 @@ impl RaftPeer for PeerService {
             return Err(e.into());
         }
         Ok(Response::new(SendAck {}))
+    }
+
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        self.0
+            .hash_kv(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn lease_renew(

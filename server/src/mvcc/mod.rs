@@ -6,12 +6,14 @@
 //! in-memory [`index::KeyIndex`] maps each user key to its revisions, rebuilt at startup.
 
 mod compactor;
+mod hash;
 pub mod index;
 pub mod range;
 mod read;
 pub mod store;
 mod writer;
 
+pub use hash::KvHash;
 pub use index::KeyIndex;
 pub use range::KeyRange;
 pub use read::{IndexRead, KvRead, ReadTxn};

@@ -108,6 +108,15 @@ impl<'a> ReadTxn<'a> {
         }
     }
 
+    /// The storage snapshot the values are read from.
+    pub(super) fn snapshot(&self) -> &fjall::Snapshot {
+        &self.snap
+    }
+
+    pub(super) fn store(&self) -> &'a Store {
+        self.store
+    }
+
     fn registered_at_or_below(&self, at: i64) -> bool {
         self.registered.borrow().iter().any(|g| g.at() <= at)
     }

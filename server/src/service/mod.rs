@@ -10,9 +10,10 @@ mod election;
 mod idgen;
 mod lock;
 
+use crate::alarm::AlarmStore;
 use crate::apply::{Applied, ApplyResult};
 use crate::backend::Backend;
-use crate::config::{Config, ETCD_VERSION};
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lease::{Lessor, MAX_LEASE_TTL};
 use crate::membership::Membership;
@@ -38,6 +39,7 @@ pub struct EtcdServer {
     pub raft: RaftHandle,
     pub wait: Arc<Wait<ApplyResult>>,
     pub ids: IdGen,
+    pub alarms: Arc<AlarmStore>,
 }
 
 /// A failpoint for the robustness tests (compat-tests/jepsen): with
@@ -62,13 +64,15 @@ fn local_reads_failpoint() -> bool {
 macro_rules! expect_applied {
     ($res:expr, $variant:ident) => {
         match $res {
-            Applied::$variant(r) => Ok(r),
+            $crate::apply::Applied::$variant(r) => Ok(r),
             other => Err(Error::Internal(format!(
                 "pgraft: unexpected apply result {other:?}"
             ))),
         }
     };
 }
+
+mod maintenance;
 
 impl EtcdServer {
     pub fn member_id(&self) -> u64 {
@@ -214,6 +218,7 @@ impl EtcdServer {
     pub async fn put(&self, r: PutRequest) -> Result<PutResponse> {
         self.check_not_learner()?;
         txn::check_put_request(&r)?;
+        self.check_quota(&r).await?;
         let mut resp = expect_applied!(self.propose(Op::Put(r)).await?, Put)?;
         self.fill(&mut resp.header);
         Ok(resp)
@@ -239,6 +244,7 @@ impl EtcdServer {
             // holding up the applier.
             txn::apply(&mut self.read_view().await?, &self.lessor, &r)?
         } else {
+            self.check_quota(&r).await?;
             expect_applied!(self.propose(Op::Txn(r)).await?, Txn)?
         };
         self.fill(&mut resp.header);
@@ -263,6 +269,7 @@ impl EtcdServer {
         if r.ttl > MAX_LEASE_TTL {
             return Err(Error::LeaseTtlTooLarge);
         }
+        self.check_quota(&r).await?;
         if r.id == 0 {
             r.id = self.ids.next_lease_id();
         }
@@ -403,28 +410,6 @@ impl EtcdServer {
                 .map(|id| LeaseStatus { id })
                 .collect(),
         })
-    }
-
-    pub fn status(&self) -> StatusResponse {
-        let st = &self.raft.status;
-        let size = self.backend.disk_space() as i64;
-        StatusResponse {
-            header: Some(self.header(self.store.current_rev())),
-            version: ETCD_VERSION.to_string(),
-            db_size: size,
-            leader: st.leader(),
-            raft_index: st.commit_index(),
-            raft_term: st.term(),
-            raft_applied_index: st.applied_index(),
-            errors: if st.leader() == 0 {
-                vec![Error::NoLeader.to_string()]
-            } else {
-                Vec::new()
-            },
-            db_size_in_use: size,
-            is_learner: st.is_learner(),
-            ..Default::default()
-        }
     }
 
     /// The leader's lease expiry duty: propose a revoke for every expired lease, stamped with

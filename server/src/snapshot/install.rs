@@ -6,9 +6,9 @@
 //! 1. [`stage`], on the raft thread: the marker (the raft snapshot: metadata and the staged
 //!    file's descriptor) and the raft log's reset to the snapshot go in one synced batch. From
 //!    then on raft appends the entries that follow the snapshot, while
-//! 2. [`install_staged`], on an installer thread: the kv, lease and members keyspaces are
-//!    cleared and refilled from the file, batch by batch (not synced: fjall's journal recovers
-//!    as a prefix), and
+//! 2. [`install_staged`], on an installer thread: the kv, lease, members and alarm keyspaces
+//!    are cleared and refilled from the file, batch by batch (not synced: fjall's journal
+//!    recovers as a prefix), and
 //! 3. the last batch sets the applied index and revisions, removes the marker, and is synced.
 //!
 //! The raft thread goes on meanwhile (ticks, heartbeats, appends, acknowledgements) and applies

@@ -1,6 +1,6 @@
-//! Raft snapshots of the replicated state (MVCC revisions, leases, members, revisions), made
-//! when raft must bring a lagging or new member up to date, with memory bounded by a constant
-//! on both sides whatever the state's size:
+//! Raft snapshots of the replicated state (MVCC revisions, leases, members, alarms,
+//! revisions), made when raft must bring a lagging or new member up to date, with memory
+//! bounded by a constant on both sides whatever the state's size:
 //!
 //! - [`source`]: on the leader's raft thread, an O(1) capture: a fjall storage snapshot kept in
 //!   a slot, and a raft `Snapshot` whose data is only a [`Descriptor`]; the transport streams
@@ -107,13 +107,14 @@ impl Descriptor {
 }
 
 /// The replicated keyspaces a snapshot carries, by record tag.
-const TAGS: [u8; 3] = [1, 2, 3];
+const TAGS: [u8; 4] = [1, 2, 3, 4];
 
 fn keyspace(backend: &Backend, tag: u8) -> Option<&Keyspace> {
     match tag {
         1 => Some(&backend.kv),
         2 => Some(&backend.lease),
         3 => Some(&backend.members),
+        4 => Some(&backend.alarm),
         _ => None,
     }
 }

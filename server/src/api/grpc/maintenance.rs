@@ -1,9 +1,9 @@
-//! `etcdserverpb.Maintenance`: Status, Alarm (GET), Snapshot and MoveLeader are served; the rest answer `Unimplemented`
-//! until pgraft offers them.
+//! `etcdserverpb.Maintenance`: Status, Alarm, Hash, HashKV, Defragment, Snapshot and MoveLeader
+//! are served (see `service::maintenance` and `service::backup`); Downgrade answers
+//! `Unimplemented` until pgraft offers it.
 
 use super::unimplemented::unimplemented;
 use crate::service::EtcdServer;
-use etcd_proto::etcdserverpb::alarm_request::AlarmAction;
 use etcd_proto::etcdserverpb::maintenance_server::Maintenance;
 use etcd_proto::etcdserverpb::*;
 use futures::StreamExt;
@@ -16,15 +16,11 @@ pub struct MaintenanceService(pub Arc<EtcdServer>);
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        match req.into_inner().action() {
-            // pgraft raises no alarms (no space quota, no corruption check yet): the list is
-            // truly empty.
-            AlarmAction::Get => Ok(Response::new(AlarmResponse {
-                header: Some(self.0.header(self.0.store.current_rev())),
-                alarms: Vec::new(),
-            })),
-            _ => Err(unimplemented("Alarm ACTIVATE/DEACTIVATE")),
-        }
+        self.0
+            .alarm(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(super::status)
     }
 
     async fn status(
@@ -38,18 +34,30 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(unimplemented("Defragment"))
+        self.0
+            .defragment()
+            .await
+            .map(Response::new)
+            .map_err(super::status)
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(unimplemented("Hash"))
+        self.0
+            .hash()
+            .await
+            .map(Response::new)
+            .map_err(super::status)
     }
 
     async fn hash_kv(
         &self,
-        _req: Request<HashKvRequest>,
+        req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        Err(unimplemented("HashKV"))
+        self.0
+            .hash_kv(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(super::status)
     }
 
     type SnapshotStream =

@@ -10,7 +10,7 @@ use axum::extract::{Query, RawQuery};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use etcd_proto::etcdserverpb::RangeRequest;
+use etcd_proto::etcdserverpb::{AlarmType, RangeRequest};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -100,6 +100,7 @@ fn metrics_text(s: &EtcdServer) -> Response {
         committed_index: st.commit_index(),
         applied_index: st.applied_index(),
         db_size: s.backend.disk_space(),
+        db_size_in_use: s.backend.backend_size(),
         keys: i64::try_from(s.store.live_keys()).unwrap_or(i64::MAX),
         current_rev: s.store.current_rev(),
         compact_rev: s.store.compact_rev(),
@@ -125,11 +126,20 @@ async fn read_check(s: &EtcdServer, serializable: bool) -> Result<(), Error> {
     .map(|_| ())
 }
 
-/// `GET /health` (etcd 3.5): no alarms (pgraft raises none), a leader unless
-/// `?serializable=true`, then a read, linearizable unless `?serializable=true`.
+/// `GET /health` (etcd 3.5): no raised alarm (but the one named by `?exclude=`), a leader
+/// unless `?serializable=true`, then a read, linearizable unless `?serializable=true`.
 async fn health(s: &EtcdServer, q: &HashMap<String, String>) -> Response {
     let serializable = q.get("serializable").map(String::as_str) == Some("true");
-    let reason = if !serializable && s.raft.status.leader() == 0 {
+    let excluded = q.get("exclude").map(String::as_str);
+    let alarm = s
+        .alarms
+        .get(AlarmType::None)
+        .into_iter()
+        .filter_map(|a| AlarmType::try_from(a.alarm).ok())
+        .find(|a| Some(a.as_str_name()) != excluded);
+    let reason = if let Some(a) = alarm {
+        Some(format!("ALARM {}", a.as_str_name()))
+    } else if !serializable && s.raft.status.leader() == 0 {
         Some("RAFT NO LEADER".to_string())
     } else {
         read_check(s, serializable)
@@ -190,8 +200,15 @@ impl Check {
 
     async fn run(self, s: &EtcdServer) -> Result<(), String> {
         match self {
-            // pgraft raises no CORRUPT alarm and has no learners (yet).
-            Check::DataCorruption | Check::NonLearner => Ok(()),
+            Check::DataCorruption => {
+                if s.alarms.get(AlarmType::Corrupt).is_empty() {
+                    Ok(())
+                } else {
+                    Err("the cluster has a CORRUPT alarm".to_string())
+                }
+            }
+            // pgraft has no learners (yet).
+            Check::NonLearner => Ok(()),
             Check::SerializableRead => read_check(s, true).await.map_err(|e| e.to_string()),
             Check::LinearizableRead => read_check(s, false).await.map_err(|e| e.to_string()),
         }
