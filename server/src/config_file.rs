@@ -132,7 +132,7 @@ pub fn from_yaml(text: &str, path: &Path) -> Result<Loaded, LoadError> {
     Ok(Loaded { config, notes })
 }
 
-/// etcd's defaults for the keys pgraftd does not parse yet (TLS, auth, quota): a file that
+/// etcd's defaults for the keys pgraftd does not parse yet (TLS, auth): a file that
 /// gives them their default asks for nothing pgraftd lacks.
 const ETCD_DEFAULTS: &[(&str, &str)] = &[
     ("self-signed-cert-validity", "1"),
@@ -140,7 +140,6 @@ const ETCD_DEFAULTS: &[(&str, &str)] = &[
     ("bcrypt-cost", "10"),
     ("auth-token-ttl", "300"),
     ("tls-min-version", "TLS1.2"),
-    ("experimental-corrupt-check-time", "0s"),
 ];
 
 /// The flag a key of a nested section stands for (etcd's `configYAML` mapping).
@@ -279,7 +278,7 @@ mod tests {
         let given: Vec<&str> = c.compat.given.iter().map(|(f, _)| f.name).collect();
         assert!(given.contains(&"enable-v2"), "{given:?}");
         assert!(given.contains(&"max-wals"), "{given:?}");
-        assert!(l.notes.iter().any(|n| n.contains("quota-backend-bytes")));
+        assert_eq!(c.quota_backend_bytes, 0);
     }
 
     #[test]

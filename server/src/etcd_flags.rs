@@ -408,8 +408,7 @@ mod tests {
         "wal-dir",
     ];
 
-    /// etcd flags served by other parts of the code base (TLS, auth, quota, corruption check),
-    /// not yet here.
+    /// etcd flags pgraftd does not accept yet (TLS, auth: they come with those features).
     const ELSEWHERE: &[&str] = &[
         "auth-token",
         "auth-token-ttl",
@@ -422,7 +421,6 @@ mod tests {
         "client-cert-file",
         "client-crl-file",
         "client-key-file",
-        "experimental-corrupt-check-time",
         "experimental-peer-skip-client-san-verification",
         "key-file",
         "peer-auto-tls",
@@ -435,7 +433,6 @@ mod tests {
         "peer-crl-file",
         "peer-key-file",
         "peer-trusted-ca-file",
-        "quota-backend-bytes",
         "self-signed-cert-validity",
         "tls-max-version",
         "tls-min-version",
