@@ -5,6 +5,8 @@
 //! One applied chunk is one fjall batch, carrying the applied index with its effects; then the
 //! watch hub hears the new revisions and waiting proposers get their results.
 
+use crate::auth::store::AuthApplied;
+use crate::auth::{AuthStore, Caller};
 use crate::backend::{meta_key, Backend};
 use crate::error::{Error, Result};
 use crate::lease::{Lessor, MAX_LEASE_TTL};
@@ -36,6 +38,8 @@ pub enum Applied {
     LeaseRevoke(LeaseRevokeResponse),
     /// A membership change: the member list after it.
     Members(Vec<Member>),
+    /// An auth change (with the token of an Authenticate).
+    Auth(AuthApplied),
 }
 
 pub type ApplyResult = Result<Applied>;
@@ -46,6 +50,7 @@ pub struct Applier {
     pub lessor: Arc<Lessor>,
     pub hub: Arc<WatchHub>,
     pub membership: Arc<Membership>,
+    pub auth: Arc<AuthStore>,
     pub wait: Arc<Wait<ApplyResult>>,
     /// Added to every lease's TTL when this member becomes leader.
     pub lease_extend: Duration,
@@ -90,8 +95,11 @@ impl StateMachine for Applier {
                 );
                 Err(Error::LeaderChanged)
             } else {
+                let caller = caller_of(&req.username, req.auth_revision, req.proposer_term);
                 w.begin_txn();
-                let res = check_op(&op).and_then(|()| self.apply_op(&mut w, op));
+                let res = check_op(&op)
+                    .and_then(|()| crate::auth::check::op(&self.auth, &self.lessor, &caller, &op))
+                    .and_then(|()| self.apply_op(&mut w, op, &caller, e.index));
                 w.end_txn();
                 res
             };
@@ -151,6 +159,7 @@ impl StateMachine for Applier {
         let leased_keys = self.store.reload()?;
         load_leases(&self.backend, &self.lessor, leased_keys)?;
         self.membership.reload()?;
+        self.auth.reload()?;
         self.hub.reset();
         tracing::info!(
             index,
@@ -189,9 +198,11 @@ fn check_op(op: &Op) -> Result<()> {
         Op::DeleteRange(r) => txn::check_delete(r),
         Op::Txn(r) => txn::check_txn_request(r, usize::MAX),
         Op::LeaseGrant(r) => check_lease_grant(r),
-        Op::Compaction(_) | Op::LeaseRevoke(_) | Op::MemberAttributes(_) | Op::MemberUpdate(_) => {
-            Ok(())
-        }
+        Op::Compaction(_)
+        | Op::LeaseRevoke(_)
+        | Op::MemberAttributes(_)
+        | Op::MemberUpdate(_)
+        | Op::Auth(_) => Ok(()),
     }
 }
 
@@ -207,9 +218,29 @@ fn check_lease_grant(r: &LeaseGrantRequest) -> Result<()> {
     Ok(())
 }
 
+/// Who proposed a logged request: the member itself for its own proposals (a proposer term),
+/// else the user the serving member stamped on it, if any.
+fn caller_of(username: &str, auth_revision: u64, proposer_term: u64) -> Caller {
+    if proposer_term != 0 {
+        Caller::Internal
+    } else if username.is_empty() {
+        Caller::Anonymous
+    } else {
+        Caller::User {
+            name: username.to_string(),
+            revision: auth_revision,
+        }
+    }
+}
+
 impl Applier {
-    fn apply_op(&self, w: &mut Writer<'_>, op: Op) -> ApplyResult {
+    fn apply_op(&self, w: &mut Writer<'_>, op: Op, caller: &Caller, index: u64) -> ApplyResult {
         match op {
+            Op::Auth(a) => {
+                let req = a.request.ok_or(Error::InvalidAuthMgmt)?;
+                let done = self.auth.apply(&mut w.batch, caller, req, index)?;
+                Ok(Applied::Auth(done))
+            }
             Op::Put(r) => put(w, &self.lessor, &r).map(Applied::Put),
             Op::DeleteRange(r) => Ok(Applied::DeleteRange(delete_range(w, &self.lessor, &r)?)),
             Op::Txn(r) => txn::apply(w, &self.lessor, &r).map(Applied::Txn),
@@ -395,12 +426,14 @@ mod tests {
         let membership = Membership::bootstrap(backend.clone(), "a", &initial, "t").unwrap();
         let (store, _) = Store::open(backend.clone()).unwrap();
         let store = Arc::new(store);
+        let backend_for_auth = backend.clone();
         let mut a = Applier {
             backend,
             hub: Arc::new(WatchHub::new(store.clone())),
             store,
             lessor: Arc::new(Lessor::new(1)),
             membership: Arc::new(membership),
+            auth: Arc::new(AuthStore::open(&backend_for_auth, Duration::from_secs(300)).unwrap()),
             wait: Arc::new(Wait::default()),
             lease_extend: Duration::from_secs(1),
         };
@@ -422,6 +455,7 @@ mod tests {
                 id: self.next_id,
                 op: Some(op),
                 proposer_term,
+                ..Default::default()
             };
             let mut rx = self.a.wait.register(req.id);
             self.apply_raw(term, req.encode_to_vec());

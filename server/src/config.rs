@@ -120,6 +120,29 @@ pub struct Config {
     /// Log level: debug, info, warn, error.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    // --- Auth (see `crate::auth`) ---
+    /// Auth token type: "simple" (jwt is not offered yet and is refused at start).
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple", value_parser = parse_auth_token)]
+    pub auth_token: String,
+
+    /// Seconds a simple token stays valid without being used.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+
+    /// bcrypt cost of password hashes (4 to 31).
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
+}
+
+/// `--auth-token`: etcd's `simple`, or `jwt,<options>`, which pgraft does not offer yet.
+fn parse_auth_token(s: &str) -> Result<String, String> {
+    match s.split(',').next().unwrap_or_default() {
+        "simple" => Ok(s.to_string()),
+        "jwt" => Err("jwt tokens are not implemented in pgraft yet; use \"simple\"".into()),
+        other => Err(format!("unknown token type {other:?} (\"simple\" or \"jwt\")")),
+    }
 }
 
 impl Default for Config {

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod apply;
+pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod error;

@@ -140,7 +140,12 @@ impl Node {
         load_leases(&backend, &lessor, leased_keys)?;
         let hub = Arc::new(WatchHub::new(store.clone()));
         let wait = Arc::new(Wait::default());
+        let auth = Arc::new(crate::auth::AuthStore::open(
+            &backend,
+            Duration::from_secs(cfg.auth_token_ttl),
+        )?);
         let applier = Applier {
+            auth: auth.clone(),
             backend: backend.clone(),
             store: store.clone(),
             lessor: lessor.clone(),
@@ -180,6 +185,7 @@ impl Node {
             lessor,
             hub,
             membership,
+            auth,
             raft,
             wait,
         });

@@ -1,4 +1,4 @@
-//! Raft snapshots of the replicated state (MVCC revisions, leases, members, revisions), made
+//! Raft snapshots of the replicated state (MVCC revisions, leases, members, auth, revisions), made
 //! when raft must bring a lagging or new member up to date, with memory bounded by a constant
 //! on both sides whatever the state's size:
 //!
@@ -100,13 +100,14 @@ impl Descriptor {
 }
 
 /// The replicated keyspaces a snapshot carries, by record tag.
-const TAGS: [u8; 3] = [1, 2, 3];
+const TAGS: [u8; 4] = [1, 2, 3, 4];
 
 fn keyspace(backend: &Backend, tag: u8) -> Option<&Keyspace> {
     match tag {
         1 => Some(&backend.kv),
         2 => Some(&backend.lease),
         3 => Some(&backend.members),
+        4 => Some(&backend.auth),
         _ => None,
     }
 }

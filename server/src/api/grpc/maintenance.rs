@@ -66,6 +66,9 @@ impl Maintenance for MaintenanceService {
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
         self.0
+            .check_admin(&super::caller(&self.0, &req).await?)
+            .map_err(super::status)?;
+        self.0
             .move_leader(req.into_inner())
             .await
             .map(Response::new)

@@ -5,7 +5,7 @@
 
 use super::body::{self, Splitter, TooLarge};
 use super::{decode_body, decode_error, error_response, http_status, method_not_allowed};
-use crate::api::grpc::{self, cluster, kv, lease, maintenance, unimplemented};
+use crate::api::grpc::{self, auth, cluster, kv, lease, maintenance, unimplemented};
 use crate::metrics::{GrpcCall, GrpcMethod};
 use crate::service::EtcdServer;
 use axum::body::{Body, Bytes};
@@ -154,7 +154,7 @@ fn unary_routes(
     let kv = Arc::new(kv::KvService(server.clone()));
     let lease = Arc::new(lease::LeaseService(server.clone(), stopping.clone()));
     let cluster = Arc::new(cluster::ClusterService(server.clone()));
-    let auth = Arc::new(unimplemented::AuthService);
+    let auth = Arc::new(auth::AuthService(server.clone()));
     let mut r = axum::Router::new();
     unary!(r, max, kv, Kv::range, "etcdserverpb.KV", "Range", "/kv/range");
     unary!(r, max, kv, Kv::put, "etcdserverpb.KV", "Put", "/kv/put");
@@ -503,7 +503,11 @@ async fn watch(
         Ok(r) => r,
         Err(refusal) => return refusal,
     };
-    let rx = grpc::watch::open(&server, requests);
+    let token = match grpc::token(&grpc_request(&headers, ())) {
+        Ok(t) => t,
+        Err(s) => return forward(futures::stream::iter([Err::<(), _>(s)]).boxed(), None).await,
+    };
+    let rx = grpc::watch::open(&server, token, requests);
     let responses = grpc::until_stopped(rx.map(Ok), stopping);
     forward(
         grpc::until(Box::pin(responses), refused).boxed(),
