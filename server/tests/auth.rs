@@ -902,3 +902,102 @@ async fn the_auth_store_survives_a_restart() {
     assert!(st.enabled);
     assert!(st.auth_revision > 1);
 }
+
+/// The JSON gateway as Patroni uses it with `username`/`password`: `/v3/auth/authenticate`,
+/// then the token in `Authorization` on reads, writes, leases and watches; errors as etcd's
+/// gateway JSON with its HTTP statuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_takes_tokens_in_authorization() {
+    use base64::Engine as _;
+    use serde_json::{json, Value};
+    let n = TestNode::start_with(ARGS).await;
+    let _root = setup(&n).await;
+    let addr = n.node.as_ref().unwrap().client_addrs[0];
+    let http = reqwest::Client::builder().timeout(TIMEOUT).build().unwrap();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let call = |path: &str, body: Value, token: Option<&str>| {
+        let mut req = http.post(format!("http://{addr}{path}")).body(body.to_string());
+        if let Some(t) = token {
+            req = req.header("authorization", t);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            (status, serde_json::from_str::<Value>(&text).unwrap())
+        }
+    };
+    let err = |msg: &str, code: i32| json!({"error": msg, "message": msg, "code": code});
+
+    let (st, body) = call(
+        "/v3/auth/authenticate",
+        json!({"name": "alice", "password": "alicepw"}),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let token = body["token"].as_str().unwrap().to_string();
+    let t = Some(token.as_str());
+    let (st, body) = call("/v3/kv/range", json!({"key": b64("a/1")}), t).await;
+    assert_eq!((st, &body["count"]), (200, &json!("1")), "{body}");
+    let (st, _) = call("/v3/kv/put", json!({"key": b64("w/1"), "value": b64("v")}), t).await;
+    assert_eq!(st, 200);
+    let (st, body) = call("/v3/lease/grant", json!({"TTL": "30"}), t).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = call("/v3/kv/range", json!({"key": b64("c")}), t).await;
+    assert_eq!(
+        (st, body),
+        (403, err("etcdserver: permission denied", 7))
+    );
+    let (st, body) = call("/v3/kv/range", json!({"key": b64("a/1")}), None).await;
+    assert_eq!(
+        (st, body),
+        (400, err("etcdserver: user name is empty", 3))
+    );
+    let (st, body) = call("/v3/kv/range", json!({"key": b64("a/1")}), Some("bogus.1")).await;
+    assert_eq!(
+        (st, body),
+        (401, err("etcdserver: invalid auth token", 16))
+    );
+    let (st, body) = call(
+        "/v3/auth/authenticate",
+        json!({"name": "alice", "password": "nope"}),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (st, body),
+        (
+            400,
+            err(
+                "etcdserver: authentication failed, invalid user ID or password",
+                3
+            )
+        )
+    );
+    let (st, body) = call("/v3/auth/user/list", json!({}), t).await;
+    assert_eq!(
+        (st, body),
+        (403, err("etcdserver: permission denied", 7))
+    );
+    // A watch on the gateway is checked with the request's token.
+    let resp = http
+        .post(format!("http://{addr}/v3/watch"))
+        .header("authorization", &token)
+        .body(json!({"create_request": {"key": b64("c")}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let mut resp = resp;
+    let chunk = tokio::time::timeout(TIMEOUT, resp.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let line: Value = serde_json::from_slice(&chunk).unwrap();
+    assert_eq!(line["result"]["canceled"], json!(true), "{line}");
+    assert_eq!(
+        line["result"]["cancel_reason"],
+        json!("rpc error: code = PermissionDenied desc = etcdserver: permission denied")
+    );
+}
