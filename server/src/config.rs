@@ -141,7 +141,9 @@ fn parse_auth_token(s: &str) -> Result<String, String> {
     match s.split(',').next().unwrap_or_default() {
         "simple" => Ok(s.to_string()),
         "jwt" => Err("jwt tokens are not implemented in pgraft yet; use \"simple\"".into()),
-        other => Err(format!("unknown token type {other:?} (\"simple\" or \"jwt\")")),
+        other => Err(format!(
+            "unknown token type {other:?} (\"simple\" or \"jwt\")"
+        )),
     }
 }
 

@@ -147,7 +147,11 @@ async fn setup(n: &TestNode) -> As {
 async fn enabling_needs_root_with_the_root_role() {
     let n = TestNode::start_with(ARGS).await;
     let mut a = AuthClient::new(n.channel.clone());
-    let st = a.auth_status(AuthStatusRequest {}).await.unwrap().into_inner();
+    let st = a
+        .auth_status(AuthStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!st.enabled);
     assert_eq!(st.auth_revision, 1, "a new store is at auth revision 1");
     assert_status(
@@ -222,7 +226,11 @@ async fn enabling_needs_root_with_the_root_role() {
         "etcdserver: invalid auth management",
     );
     root.auth.auth_disable(AuthDisableRequest {}).await.unwrap();
-    let st = a.auth_status(AuthStatusRequest {}).await.unwrap().into_inner();
+    let st = a
+        .auth_status(AuthStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!st.enabled);
     assert_eq!(st.auth_revision, 4, "disabling moves the revision");
     // Tokens die with auth.
@@ -238,9 +246,17 @@ async fn user_and_role_rpcs_answer_as_etcd() {
     let n = TestNode::start_with(ARGS).await;
     let mut root = setup(&n).await;
     let a = &mut root.auth;
-    let users = a.user_list(AuthUserListRequest {}).await.unwrap().into_inner();
+    let users = a
+        .user_list(AuthUserListRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(users.users, vec!["alice", "root"]);
-    let roles = a.role_list(AuthRoleListRequest {}).await.unwrap().into_inner();
+    let roles = a
+        .role_list(AuthRoleListRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(roles.roles, vec!["reader", "root", "writer"]);
     let alice = a
         .user_get(AuthUserGetRequest {
@@ -447,7 +463,11 @@ async fn user_and_role_rpcs_answer_as_etcd() {
         .into_inner()
         .auth_revision;
     assert_eq!(after, rev, "refused changes change nothing");
-    let users = a.user_list(AuthUserListRequest {}).await.unwrap().into_inner();
+    let users = a
+        .user_list(AuthUserListRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(users.users, vec!["alice", "root"]);
 
     // Granting a role twice is a no-op; the same permission again updates its type.
@@ -569,7 +589,15 @@ async fn key_permissions_are_enforced_on_every_kv_operation() {
     );
 
     // Range: READ on the key or the whole range.
-    assert_eq!(al.kv.range(range("a/1", "")).await.unwrap().into_inner().count, 1);
+    assert_eq!(
+        al.kv
+            .range(range("a/1", ""))
+            .await
+            .unwrap()
+            .into_inner()
+            .count,
+        1
+    );
     assert!(al.kv.range(range("a/", "a0")).await.is_ok());
     denied(al.kv.range(range("a/", "b")).await.map(drop));
     denied(al.kv.range(range("c", "")).await.map(drop));
@@ -841,8 +869,10 @@ async fn bad_tokens_and_passwords_get_etcds_errors() {
     }
     // A token not valid as text at all (binary metadata is not a token).
     let mut req = tonic::Request::new(range("a/1", ""));
-    req.metadata_mut()
-        .insert_bin("token-bin", tonic::metadata::MetadataValue::from_bytes(&[0xff, 0]));
+    req.metadata_mut().insert_bin(
+        "token-bin",
+        tonic::metadata::MetadataValue::from_bytes(&[0xff, 0]),
+    );
     req.metadata_mut()
         .insert("authorization", MetadataValue::from_static("not-a-token"));
     assert_status(
@@ -886,7 +916,15 @@ async fn the_auth_store_survives_a_restart() {
         "etcdserver: invalid auth token",
     );
     let mut al = as_user(&n, "alice", "alicepw").await;
-    assert_eq!(al.kv.range(range("a/1", "")).await.unwrap().into_inner().count, 1);
+    assert_eq!(
+        al.kv
+            .range(range("a/1", ""))
+            .await
+            .unwrap()
+            .into_inner()
+            .count,
+        1
+    );
     assert_status(
         al.kv.range(range("c", "")).await,
         Code::PermissionDenied,
@@ -916,7 +954,9 @@ async fn the_gateway_takes_tokens_in_authorization() {
     let http = reqwest::Client::builder().timeout(TIMEOUT).build().unwrap();
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let call = |path: &str, body: Value, token: Option<&str>| {
-        let mut req = http.post(format!("http://{addr}{path}")).body(body.to_string());
+        let mut req = http
+            .post(format!("http://{addr}{path}"))
+            .body(body.to_string());
         if let Some(t) = token {
             req = req.header("authorization", t);
         }
@@ -940,25 +980,21 @@ async fn the_gateway_takes_tokens_in_authorization() {
     let t = Some(token.as_str());
     let (st, body) = call("/v3/kv/range", json!({"key": b64("a/1")}), t).await;
     assert_eq!((st, &body["count"]), (200, &json!("1")), "{body}");
-    let (st, _) = call("/v3/kv/put", json!({"key": b64("w/1"), "value": b64("v")}), t).await;
+    let (st, _) = call(
+        "/v3/kv/put",
+        json!({"key": b64("w/1"), "value": b64("v")}),
+        t,
+    )
+    .await;
     assert_eq!(st, 200);
     let (st, body) = call("/v3/lease/grant", json!({"TTL": "30"}), t).await;
     assert_eq!(st, 200, "{body}");
     let (st, body) = call("/v3/kv/range", json!({"key": b64("c")}), t).await;
-    assert_eq!(
-        (st, body),
-        (403, err("etcdserver: permission denied", 7))
-    );
+    assert_eq!((st, body), (403, err("etcdserver: permission denied", 7)));
     let (st, body) = call("/v3/kv/range", json!({"key": b64("a/1")}), None).await;
-    assert_eq!(
-        (st, body),
-        (400, err("etcdserver: user name is empty", 3))
-    );
+    assert_eq!((st, body), (400, err("etcdserver: user name is empty", 3)));
     let (st, body) = call("/v3/kv/range", json!({"key": b64("a/1")}), Some("bogus.1")).await;
-    assert_eq!(
-        (st, body),
-        (401, err("etcdserver: invalid auth token", 16))
-    );
+    assert_eq!((st, body), (401, err("etcdserver: invalid auth token", 16)));
     let (st, body) = call(
         "/v3/auth/authenticate",
         json!({"name": "alice", "password": "nope"}),
@@ -976,10 +1012,7 @@ async fn the_gateway_takes_tokens_in_authorization() {
         )
     );
     let (st, body) = call("/v3/auth/user/list", json!({}), t).await;
-    assert_eq!(
-        (st, body),
-        (403, err("etcdserver: permission denied", 7))
-    );
+    assert_eq!((st, body), (403, err("etcdserver: permission denied", 7)));
     // A watch on the gateway is checked with the request's token.
     let resp = http
         .post(format!("http://{addr}/v3/watch"))
@@ -1000,4 +1033,111 @@ async fn the_gateway_takes_tokens_in_authorization() {
         line["result"]["cancel_reason"],
         json!("rpc error: code = PermissionDenied desc = etcdserver: permission denied")
     );
+}
+
+/// A member that catches up through a raft snapshot gets the auth store with it: users, roles,
+/// permissions, the enabled flag and the auth revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_raft_snapshot_carries_the_auth_store() {
+    use clap::Parser;
+    use pgraft_server::auth::{Caller, Need};
+    use pgraft_server::{Config, Node};
+    use std::time::{Duration, Instant};
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let config = |dir: &std::path::Path, name: &str, peer: &str, cluster: &str, state: &str| {
+        Config::parse_from([
+            "pgraftd".to_string(),
+            format!("--name={name}"),
+            format!("--data-dir={}", dir.display()),
+            "--listen-client-urls=http://127.0.0.1:0".into(),
+            "--advertise-client-urls=http://127.0.0.1:0".into(),
+            format!("--listen-peer-urls={peer}"),
+            format!("--initial-advertise-peer-urls={peer}"),
+            format!("--initial-cluster={cluster}"),
+            format!("--initial-cluster-state={state}"),
+            "--snapshot-count=50".into(),
+            "--bcrypt-cost=4".into(),
+        ])
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (ua, ub) = (
+        format!("http://127.0.0.1:{}", free_port()),
+        format!("http://127.0.0.1:{}", free_port()),
+    );
+    let a = Node::start(config(
+        &dir.path().join("a"),
+        "a",
+        &ua,
+        &format!("a={ua}"),
+        "new",
+    ))
+    .await
+    .unwrap();
+    let channel = Channel::from_shared(format!("http://{}", a.client_addrs[0]))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let tn = TestNode {
+        node: None,
+        dir: tempfile::tempdir().unwrap(),
+        channel,
+        extra_args: vec![],
+    };
+    let mut root = setup(&tn).await;
+    // Enough entries after the auth changes that the log before them is compacted away.
+    for i in 0..120 {
+        root.kv.put(put(&format!("k/{i}"), "v")).await.unwrap();
+    }
+    let before = pgraft_server::snapshot::stats().installed;
+    a.server
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![ub.clone()],
+            is_learner: true,
+        })
+        .await
+        .unwrap();
+    let b = Node::start(config(
+        &dir.path().join("b"),
+        "b",
+        &ub,
+        &format!("a={ua},b={ub}"),
+        "existing",
+    ))
+    .await
+    .unwrap();
+    let want = a.server.auth.revision();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(b.server.auth.is_enabled() && b.server.auth.revision() == want) {
+        assert!(
+            Instant::now() < deadline,
+            "the new member has no auth store"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        pgraft_server::snapshot::stats().installed > before,
+        "no snapshot installed"
+    );
+    let alice = Caller::User {
+        name: "alice".into(),
+        revision: want,
+    };
+    let auth = &b.server.auth;
+    assert_eq!(auth.check(&alice, Need::Read, b"a/1", b""), Ok(()));
+    assert_eq!(auth.check(&alice, Need::Write, b"w/3", b""), Ok(()));
+    assert!(auth.check(&alice, Need::Read, b"c", b"").is_err());
+    assert_eq!(
+        auth.user_get(&Caller::Internal, "alice").unwrap(),
+        vec!["reader", "writer"]
+    );
+    assert!(auth.password_hash("root").is_ok());
+    b.stop().await;
+    a.stop().await;
 }

@@ -50,10 +50,7 @@ impl Caller {
 /// Passwords never travel: the serving member hashes them first.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AuthOp {
-    #[prost(
-        oneof = "AuthRequest",
-        tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12"
-    )]
+    #[prost(oneof = "AuthRequest", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12")]
     pub request: Option<AuthRequest>,
 }
 

@@ -108,7 +108,10 @@ mod tests {
         let perms = [p(Type::Read, "a", ""), p(Type::Readwrite, "b", "d")];
         assert!(permitted(&perms, Need::Read, b"a", b""));
         assert!(!permitted(&perms, Need::Write, b"a", b""));
-        assert!(!permitted(&perms, Need::Read, b"a", b"b"), "a\\0.. is not granted");
+        assert!(
+            !permitted(&perms, Need::Read, b"a", b"b"),
+            "a\\0.. is not granted"
+        );
         assert!(permitted(&perms, Need::Write, b"b", b"d"));
         assert!(permitted(&perms, Need::Read, b"bz", b""));
         assert!(!permitted(&perms, Need::Read, b"b", b"e"));

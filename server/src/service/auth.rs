@@ -25,10 +25,7 @@ const MAX_PASSWORD: usize = 72;
 const AUTHENTICATE_TRIES: usize = 3;
 
 async fn bcrypt_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let _slot = BCRYPT_SLOTS
-        .acquire()
-        .await
-        .map_err(|_| Error::Stopped)?;
+    let _slot = BCRYPT_SLOTS.acquire().await.map_err(|_| Error::Stopped)?;
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Internal(format!("pgraft: bcrypt task failed: {e}")))
@@ -191,7 +188,11 @@ impl EtcdServer {
         })
     }
 
-    pub async fn user_get(&self, who: &Caller, r: AuthUserGetRequest) -> Result<AuthUserGetResponse> {
+    pub async fn user_get(
+        &self,
+        who: &Caller,
+        r: AuthUserGetRequest,
+    ) -> Result<AuthUserGetResponse> {
         self.linearizable_barrier().await?;
         Ok(AuthUserGetResponse {
             roles: self.auth.user_get(who, &r.name)?,
@@ -223,7 +224,8 @@ impl EtcdServer {
         who: &Caller,
         r: AuthUserGrantRoleRequest,
     ) -> Result<AuthUserGrantRoleResponse> {
-        self.propose_auth(who, AuthRequest::UserGrantRole(r)).await?;
+        self.propose_auth(who, AuthRequest::UserGrantRole(r))
+            .await?;
         Ok(AuthUserGrantRoleResponse {
             header: self.auth_header(),
         })
@@ -234,20 +236,29 @@ impl EtcdServer {
         who: &Caller,
         r: AuthUserRevokeRoleRequest,
     ) -> Result<AuthUserRevokeRoleResponse> {
-        self.propose_auth(who, AuthRequest::UserRevokeRole(r)).await?;
+        self.propose_auth(who, AuthRequest::UserRevokeRole(r))
+            .await?;
         Ok(AuthUserRevokeRoleResponse {
             header: self.auth_header(),
         })
     }
 
-    pub async fn role_add(&self, who: &Caller, r: AuthRoleAddRequest) -> Result<AuthRoleAddResponse> {
+    pub async fn role_add(
+        &self,
+        who: &Caller,
+        r: AuthRoleAddRequest,
+    ) -> Result<AuthRoleAddResponse> {
         self.propose_auth(who, AuthRequest::RoleAdd(r)).await?;
         Ok(AuthRoleAddResponse {
             header: self.auth_header(),
         })
     }
 
-    pub async fn role_get(&self, who: &Caller, r: AuthRoleGetRequest) -> Result<AuthRoleGetResponse> {
+    pub async fn role_get(
+        &self,
+        who: &Caller,
+        r: AuthRoleGetRequest,
+    ) -> Result<AuthRoleGetResponse> {
         self.linearizable_barrier().await?;
         Ok(AuthRoleGetResponse {
             perm: self.auth.role_get(who, &r.role)?,

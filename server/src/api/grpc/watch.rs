@@ -1,10 +1,10 @@
 //! `etcdserverpb.Watch`: bridges the gRPC stream to a [`crate::watch::stream`] task.
 
 use super::{leader_lost, require_leader, until, until_stopped, wants_leader};
+use crate::auth::Need;
 use crate::error::Error;
 use crate::service::EtcdServer;
 use crate::watch::outbox::{self, Responses};
-use crate::auth::Need;
 use crate::watch::stream::{self, HeaderFn, PermitFn, StreamConfig};
 use etcd_proto::etcdserverpb::watch_server::Watch;
 use etcd_proto::etcdserverpb::{WatchRequest, WatchResponse};
