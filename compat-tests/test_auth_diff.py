@@ -17,7 +17,7 @@ import pytest
 
 from conftest import candidate_kind, session_cache
 from harness import Server
-from test_etcdctl_diff import Step, compare_step, run_session
+from test_etcdctl_diff import V, Step, compare_step, lease_id, run_session
 
 TOKEN_TTL = 3
 WATCH_SECONDS = 2.0
@@ -115,8 +115,17 @@ step("root_delete_root_role_denied", ROOT, "role", "delete", "root", expect_rc=1
 step("alice_watch", ALICE, "watch", "a/", "--prefix", "--rev=1", seconds=WATCH_SECONDS,
      expect_rc="killed")
 step("alice_watch_denied", ALICE, "watch", "c", "--rev=1", seconds=WATCH_SECONDS, expect_rc=5)
-# Compaction checks no permission in etcd (any user may compact).
+# Compaction checks no permission in etcd (any user may compact), nor do these.
 step("alice_compact", ALICE, "compaction", "2")
+step("alice_member_list", ALICE, "member", "list", "-w", "json")
+step("alice_endpoint_status", ALICE, "endpoint", "status", "-w", "json")
+step("alice_alarm_list", ALICE, "alarm", "list")
+step("alice_lease_grant", ALICE, "lease", "grant", "100", capture=lease_id("alice_lease"))
+step("alice_put_leased", ALICE, "put", "w/1", "leased", V("--lease={alice_lease}"))
+step("root_put_leased", ROOT, "put", "c", "leased", V("--lease={alice_lease}"))
+step("alice_lease_revoke_denied", ALICE, "lease", "revoke", V("{alice_lease}"), expect_rc=1)
+step("alice_lease_timetolive", ALICE, "lease", "timetolive", V("{alice_lease}"))
+step("root_lease_revoke", ROOT, "lease", "revoke", V("{alice_lease}"))
 
 
 def gateway(server: Server, path: str, body: dict, token: str | None = None):
