@@ -288,8 +288,6 @@ async fn user_and_role_rpcs_answer_as_etcd() {
         .auth_revision;
 
     // Every refusal: etcd's error, and the auth revision does not move.
-    let e = |r: Result<tonic::Response<_>, tonic::Status>| r.map(|_: tonic::Response<()>| ());
-    let _ = e;
     let cases: Vec<(Result<(), tonic::Status>, Code, &str)> = vec![
         (
             a.user_add(AuthUserAddRequest {
@@ -562,6 +560,21 @@ async fn user_and_role_rpcs_answer_as_etcd() {
             .member_remove(MemberRemoveRequest { id: 1 })
             .await
             .map(drop),
+        {
+            // pgraft's own member add on the client port is a membership change too.
+            let mut admin = etcd_proto::pgraftpb::admin_client::AdminClient::with_interceptor(
+                n.channel.clone(),
+                Token(Some(login(&n, "alice", "alicepw").await.unwrap())),
+            );
+            admin
+                .member_add_with_id(etcd_proto::pgraftpb::MemberAddWithIdRequest {
+                    id: 77,
+                    peer_ur_ls: vec!["http://127.0.0.1:1".into()],
+                    is_learner: true,
+                })
+                .await
+                .map(drop)
+        },
     ] {
         assert_status(r, Code::PermissionDenied, "etcdserver: permission denied");
     }
