@@ -433,7 +433,15 @@ mod tests {
             store,
             lessor: Arc::new(Lessor::new(1)),
             membership: Arc::new(membership),
-            auth: Arc::new(AuthStore::open(&backend_for_auth, Duration::from_secs(300)).unwrap()),
+            auth: Arc::new(
+                AuthStore::open(
+                    &backend_for_auth,
+                    crate::auth::Tokens::Simple(crate::auth::SimpleTokens::new(
+                        Duration::from_secs(300),
+                    )),
+                )
+                .unwrap(),
+            ),
             wait: Arc::new(Wait::default()),
             lease_extend: Duration::from_secs(1),
         };

@@ -122,7 +122,8 @@ pub struct Config {
     pub log_level: String,
 
     // --- Auth (see `crate::auth`) ---
-    /// Auth token type: "simple" (jwt is not offered yet and is refused at start).
+    /// Auth token type: "simple", or "jwt,pub-key=<file>,priv-key=<file>,sign-method=<alg>
+    /// [,ttl=<duration>]" (RS256/384/512, PS256/384/512, ES256/384).
     #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple", value_parser = parse_auth_token)]
     pub auth_token: String,
 
@@ -136,11 +137,10 @@ pub struct Config {
     pub bcrypt_cost: u32,
 }
 
-/// `--auth-token`: etcd's `simple`, or `jwt,<options>`, which pgraft does not offer yet.
+/// `--auth-token`: etcd's `simple` or `jwt,<options>` (the key files are read at start).
 fn parse_auth_token(s: &str) -> Result<String, String> {
     match s.split(',').next().unwrap_or_default() {
-        "simple" => Ok(s.to_string()),
-        "jwt" => Err("jwt tokens are not implemented in pgraft yet; use \"simple\"".into()),
+        "simple" | "jwt" => Ok(s.to_string()),
         other => Err(format!(
             "unknown token type {other:?} (\"simple\" or \"jwt\")"
         )),

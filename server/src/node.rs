@@ -140,10 +140,12 @@ impl Node {
         load_leases(&backend, &lessor, leased_keys)?;
         let hub = Arc::new(WatchHub::new(store.clone()));
         let wait = Arc::new(Wait::default());
-        let auth = Arc::new(crate::auth::AuthStore::open(
-            &backend,
+        let tokens = crate::auth::Tokens::from_flag(
+            &cfg.auth_token,
             Duration::from_secs(cfg.auth_token_ttl),
-        )?);
+        )
+        .map_err(Error::Internal)?;
+        let auth = Arc::new(crate::auth::AuthStore::open(&backend, tokens)?);
         let applier = Applier {
             auth: auth.clone(),
             backend: backend.clone(),

@@ -1,11 +1,12 @@
 //! etcd's authentication and authorization (`server/auth`): users with bcrypt password hashes
 //! and roles, roles with key permissions, the enabled flag and the auth revision, all changed
 //! only by applying the raft log ([`store`]); the permission check ([`perms`]); and the simple
-//! tokens clients authenticate with ([`token`]). The service layer resolves every request's
+//! tokens clients authenticate with ([`token`], [`jwt`]). The service layer resolves every request's
 //! token into a [`Caller`] and checks it before serving; the applier checks again, as etcd
 //! does, so a permission revoked between the two still refuses the write.
 
 pub mod check;
+pub mod jwt;
 pub mod perms;
 pub mod store;
 pub mod token;
@@ -13,6 +14,28 @@ pub mod token;
 pub use perms::Need;
 pub use store::AuthStore;
 pub use token::SimpleTokens;
+
+use std::time::Duration;
+
+/// The token provider of `--auth-token`.
+pub enum Tokens {
+    /// `simple`: random tokens held in memory, refreshed on use (`--auth-token-ttl`).
+    Simple(SimpleTokens),
+    /// `jwt,<options>`: signed, stateless tokens.
+    Jwt(jwt::JwtTokens),
+}
+
+impl Tokens {
+    /// The provider `--auth-token` names (`simple`, or `jwt,` and etcd's options).
+    pub fn from_flag(flag: &str, simple_ttl: Duration) -> Result<Self, String> {
+        let (kind, options) = flag.split_once(',').unwrap_or((flag, ""));
+        match kind {
+            "simple" => Ok(Tokens::Simple(SimpleTokens::new(simple_ttl))),
+            "jwt" => Ok(Tokens::Jwt(jwt::JwtTokens::from_options(options)?)),
+            other => Err(format!("--auth-token: unknown token type {other:?}")),
+        }
+    }
+}
 
 use etcd_proto::etcdserverpb::{
     AuthDisableRequest, AuthEnableRequest, AuthRoleAddRequest, AuthRoleDeleteRequest,

@@ -14,8 +14,7 @@
 //! refused at apply with `revision of auth store is old`.
 
 use super::perms::{self, Need};
-use super::token::SimpleTokens;
-use super::{AuthRequest, Caller, ROOT};
+use super::{AuthRequest, Caller, Tokens, ROOT};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use etcd_proto::authpb::{Permission, Role, User, UserAddOptions};
@@ -23,7 +22,6 @@ use fjall::{Keyspace, OwnedWriteBatch};
 use parking_lot::RwLock;
 use prost::Message;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 const ENABLED: &str = "enabled";
 const REVISION: &str = "revision";
@@ -114,16 +112,16 @@ pub enum AuthApplied {
 pub struct AuthStore {
     ks: Keyspace,
     state: RwLock<State>,
-    pub tokens: SimpleTokens,
+    tokens: Tokens,
 }
 
 impl AuthStore {
     /// Loads the stored auth state.
-    pub fn open(backend: &Backend, token_ttl: Duration) -> Result<Self> {
+    pub fn open(backend: &Backend, tokens: Tokens) -> Result<Self> {
         let s = AuthStore {
             ks: backend.auth.clone(),
             state: RwLock::new(State::default()),
-            tokens: SimpleTokens::new(token_ttl),
+            tokens,
         };
         s.reload()?;
         Ok(s)
@@ -159,9 +157,20 @@ impl AuthStore {
         let was_enabled = self.state.read().enabled;
         *self.state.write() = st;
         if was_enabled {
-            self.tokens.clear();
+            self.forget_tokens(None);
         }
         Ok(())
+    }
+
+    /// Forgets the simple tokens of `user`, or all (JWTs cannot be taken back: their
+    /// revision goes stale instead).
+    fn forget_tokens(&self, user: Option<&str>) {
+        if let Tokens::Simple(t) = &self.tokens {
+            match user {
+                Some(u) => t.invalidate_user(u),
+                None => t.clear(),
+            }
+        }
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -189,11 +198,16 @@ impl AuthStore {
         let Some(token) = token else {
             return Ok(Caller::Anonymous);
         };
-        let name = self.tokens.user(token).ok_or(Error::InvalidAuthToken)?;
-        Ok(Caller::User {
-            name,
-            revision: self.revision(),
-        })
+        let (name, revision) = match &self.tokens {
+            // A simple token stands for its user at the current revision (etcd's).
+            Tokens::Simple(t) => (t.user(token), self.revision()),
+            Tokens::Jwt(t) => match t.verify(token) {
+                Some((name, revision)) => (Some(name), revision),
+                None => (None, 0),
+            },
+        };
+        let name = name.ok_or(Error::InvalidAuthToken)?;
+        Ok(Caller::User { name, revision })
     }
 
     /// The password hash to check an Authenticate against, and the revision it was read at
@@ -299,7 +313,7 @@ impl AuthStore {
                 }
                 st.enabled = false;
                 batch.insert(&self.ks, ENABLED, [0u8]);
-                self.tokens.clear();
+                self.forget_tokens(None);
             }
             AuthRequest::Authenticate(a) => {
                 if !enabled {
@@ -309,8 +323,19 @@ impl AuthStore {
                 if user.options.as_ref().is_some_and(|o| o.no_password) {
                     return Err(Error::AuthFailed);
                 }
-                let token = format!("{}.{}", a.simple_token, index);
-                self.tokens.assign(token.clone(), &a.name);
+                let token = match &self.tokens {
+                    Tokens::Simple(t) => {
+                        let token = format!("{}.{}", a.simple_token, index);
+                        t.assign(token.clone(), &a.name);
+                        token
+                    }
+                    // Signed by each member as it applies; the proposer's is the answer.
+                    Tokens::Jwt(t) => t.sign(&a.name, st.revision).ok_or_else(|| {
+                        Error::Internal(
+                            "pgraft: no jwt priv-key on this member to sign with".into(),
+                        )
+                    })?,
+                };
                 return Ok(AuthApplied::Token(token));
             }
             AuthRequest::UserAdd(r) => {
@@ -341,13 +366,13 @@ impl AuthStore {
                     return Err(Error::UserNotFound);
                 }
                 batch.remove(&self.ks, user_key(&r.name));
-                self.tokens.invalidate_user(&r.name);
+                self.forget_tokens(Some(&r.name));
             }
             AuthRequest::UserChangePassword(r) => {
                 let mut user = st.users.get(&r.name).ok_or(Error::UserNotFound)?.clone();
                 user.password = r.hashed_password.into_bytes();
                 self.put_user(batch, &mut st, user);
-                self.tokens.invalidate_user(&r.name);
+                self.forget_tokens(Some(&r.name));
             }
             AuthRequest::UserGrantRole(r) => {
                 let mut user = st.users.get(&r.user).ok_or(Error::UserNotFound)?.clone();
