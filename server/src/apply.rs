@@ -471,6 +471,22 @@ mod tests {
                 .expect("the applier answers every decoded entry")
         }
 
+        /// Applies one client entry (term 1) stamped with `user` at auth revision `rev`.
+        fn apply_as(&mut self, op: Op, user: &str, rev: u64) -> ApplyResult {
+            self.next_id += 1;
+            let req = InternalRequest {
+                id: self.next_id,
+                op: Some(op),
+                username: user.to_string(),
+                auth_revision: rev,
+                ..Default::default()
+            };
+            let mut rx = self.a.wait.register(req.id);
+            self.apply_raw(1, req.encode_to_vec());
+            rx.try_recv()
+                .expect("the applier answers every decoded entry")
+        }
+
         fn apply_raw(&mut self, term: u64, data: Vec<u8>) {
             self.index += 1;
             let e = Entry {
@@ -623,5 +639,112 @@ mod tests {
         let client_revoke = Op::LeaseRevoke(LeaseRevokeRequest { id: 10 });
         assert!(log.apply(3, client_revoke, 0).is_ok());
         assert!(!log.a.lessor.exists(10));
+    }
+    use crate::auth::{AuthOp, AuthRequest};
+    use etcd_proto::authpb::{permission::Type, Permission};
+    use etcd_proto::etcdserverpb::{
+        AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
+        AuthUserGrantRoleRequest,
+    };
+
+    fn auth(r: AuthRequest) -> Op {
+        Op::Auth(AuthOp { request: Some(r) })
+    }
+
+    /// A logged write is checked again where it applies, with the user and revision stamped on
+    /// it: whatever reached the log (a forged entry, or one checked before an auth change)
+    /// cannot write what its user may not, and a refused entry writes nothing.
+    #[test]
+    fn writes_are_checked_again_at_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log {
+            a: applier(dir.path()),
+            index: 1,
+            next_id: 0,
+        };
+        let admin = |log: &mut Log, r| log.apply_as(auth(r), "", 0).unwrap();
+        for name in ["root", "alice"] {
+            admin(
+                &mut log,
+                AuthRequest::UserAdd(AuthUserAddRequest {
+                    name: name.into(),
+                    hashed_password: "x".into(),
+                    ..Default::default()
+                }),
+            );
+        }
+        admin(
+            &mut log,
+            AuthRequest::RoleAdd(AuthRoleAddRequest { name: "w".into() }),
+        );
+        admin(
+            &mut log,
+            AuthRequest::RoleGrantPermission(AuthRoleGrantPermissionRequest {
+                name: "w".into(),
+                perm: Some(Permission {
+                    perm_type: Type::Write as i32,
+                    key: b"w".to_vec(),
+                    range_end: vec![],
+                }),
+            }),
+        );
+        for (user, role) in [("root", "root"), ("alice", "w")] {
+            admin(
+                &mut log,
+                AuthRequest::UserGrantRole(AuthUserGrantRoleRequest {
+                    user: user.into(),
+                    role: role.into(),
+                }),
+            );
+        }
+        admin(&mut log, AuthRequest::Enable(AuthEnableRequest {}));
+        let rev = log.a.auth.revision();
+        let kv_rev = log.a.store.current_rev();
+
+        let put = |k: &[u8]| {
+            Op::Put(PutRequest {
+                key: k.to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+        };
+        let cases = [
+            (put(b"w"), "", 0, Error::UserEmpty),
+            (put(b"w"), "alice", rev - 1, Error::AuthOldRevision),
+            (put(b"other"), "alice", rev, Error::PermissionDenied),
+            (put(b"w"), "mallory", rev, Error::PermissionDenied),
+            (
+                auth(AuthRequest::RoleAdd(AuthRoleAddRequest {
+                    name: "x".into(),
+                })),
+                "alice",
+                rev,
+                Error::PermissionDenied,
+            ),
+            (
+                auth(AuthRequest::RoleAdd(AuthRoleAddRequest {
+                    name: "x".into(),
+                })),
+                "",
+                0,
+                Error::UserEmpty,
+            ),
+            (
+                Op::Auth(AuthOp { request: None }),
+                "root",
+                rev,
+                Error::InvalidAuthMgmt,
+            ),
+        ];
+        for (op, user, r, want) in cases {
+            let what = format!("{op:?} as {user:?}@{r}");
+            assert_eq!(log.apply_as(op, user, r).unwrap_err(), want, "{what}");
+        }
+        assert_eq!(log.a.store.current_rev(), kv_rev, "nothing was written");
+        assert_eq!(log.a.auth.revision(), rev, "the auth store did not change");
+        // The same write with the right user and revision applies; root may do anything.
+        log.apply_as(put(b"w"), "alice", rev).unwrap();
+        log.apply_as(put(b"other"), "root", rev).unwrap();
+        assert_eq!(log.a.store.current_rev(), kv_rev + 2);
     }
 }
