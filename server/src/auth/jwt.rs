@@ -1,7 +1,8 @@
 //! etcd's JWT tokens (`jwt.go`), chosen with `--auth-token jwt,pub-key=<file>,priv-key=<file>,
 //! sign-method=<alg>[,ttl=<duration>]`: a signed `{username, revision, exp}` claim set, so any
 //! member holding the public key verifies it without state. The revision in the token is the
-//! auth revision it was issued at: once the auth store moves on, key checks answer `revision of
+//! auth revision it was issued at (signed by the member that served the Authenticate, off the
+//! raft thread): once the auth store moves on, key checks answer `revision of
 //! auth store is old` and clients log in again, as with etcd.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};

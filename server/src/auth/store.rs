@@ -106,7 +106,14 @@ impl State {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthApplied {
     Done,
+    /// A simple token, registered on every member.
     Token(String),
+    /// An Authenticate under JWT: the proposer signs the token for this user and auth
+    /// revision itself, off the raft thread ([`AuthStore::sign`]).
+    Sign {
+        user: String,
+        revision: u64,
+    },
 }
 
 pub struct AuthStore {
@@ -208,6 +215,16 @@ impl AuthStore {
         };
         let name = name.ok_or(Error::InvalidAuthToken)?;
         Ok(Caller::User { name, revision })
+    }
+
+    /// A JWT for `user` at auth `revision` (see [`AuthApplied::Sign`]).
+    pub fn sign(&self, user: &str, revision: u64) -> Result<String> {
+        match &self.tokens {
+            Tokens::Jwt(t) => t.sign(user, revision).ok_or_else(|| {
+                Error::Internal("pgraft: no jwt priv-key on this member to sign with".into())
+            }),
+            Tokens::Simple(_) => Err(Error::Internal("pgraft: not a jwt member".into())),
+        }
     }
 
     /// The password hash to check an Authenticate against, and the revision it was read at

@@ -31,6 +31,18 @@ async fn bcrypt_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'stat
         .map_err(|e| Error::Internal(format!("pgraft: bcrypt task failed: {e}")))
 }
 
+/// Signs a JWT on a blocking thread (RSA signing takes milliseconds).
+async fn sign_jwt(
+    auth: &std::sync::Arc<crate::auth::AuthStore>,
+    user: String,
+    revision: u64,
+) -> Result<String> {
+    let auth = auth.clone();
+    tokio::task::spawn_blocking(move || auth.sign(&user, revision))
+        .await
+        .map_err(|e| Error::Internal(format!("pgraft: jwt task failed: {e}")))?
+}
+
 fn auth_op(r: AuthRequest) -> Op {
     Op::Auth(AuthOp { request: Some(r) })
 }
@@ -128,8 +140,14 @@ impl EtcdServer {
             });
             let applied = self.propose_auth(&Caller::Anonymous, req).await?;
             if checked_rev == self.auth.revision() {
-                let AuthApplied::Token(token) = applied else {
-                    return Err(Error::Internal("pgraft: no token applied".into()));
+                let token = match applied {
+                    AuthApplied::Token(token) => token,
+                    AuthApplied::Sign { user, revision } => {
+                        sign_jwt(&self.auth, user, revision).await?
+                    }
+                    AuthApplied::Done => {
+                        return Err(Error::Internal("pgraft: no token applied".into()))
+                    }
                 };
                 return Ok(AuthenticateResponse {
                     header: self.auth_header(),
