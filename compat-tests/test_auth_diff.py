@@ -2,7 +2,8 @@
 permissions, enabling, reads/writes/txns/watches as users with and without the permission,
 wrong and missing passwords, revocations, a token that expired, disabling), run against real
 etcd and against pgraftd, each on a fresh data dir, compared step by step after masking, as
-test_etcdctl_diff.py does (whose runner and masking it reuses).
+test_etcdctl_diff.py does (whose runner and masking it reuses). The session runs twice: with
+simple tokens (`test_step`) and with etcd's JWT tokens, RS256 (`test_step_jwt`).
 """
 
 from __future__ import annotations
@@ -190,3 +191,16 @@ _session = session_cache(
 @pytest.mark.parametrize("st", STEPS, ids=[s.name for s in STEPS])
 def test_step(st: Step):
     compare_step(_session, STEPS, st)
+
+
+# The same session with etcd's JWT tokens (RS256, the test keys of server/tests/keys).
+KEYS = __import__("pathlib").Path(__file__).resolve().parent.parent / "server" / "tests" / "keys"
+JWT_FLAG = (f"--auth-token=jwt,pub-key={KEYS}/rsa.pub,priv-key={KEYS}/rsa.key,"
+            "sign-method=RS256,ttl=5s")
+_jwt_session = session_cache(
+    lambda kind: run_session(kind, STEPS, extra_args=(JWT_FLAG,)))
+
+
+@pytest.mark.parametrize("st", STEPS, ids=[s.name for s in STEPS])
+def test_step_jwt(st: Step):
+    compare_step(_jwt_session, STEPS, st)
