@@ -1,38 +1,51 @@
 #!/usr/bin/env bash
 # Run all tests: the Rust build and tests, then the etcd compatibility tests in compat-tests/.
+# First installs whatever the tests need and the machine lacks (scripts/test-deps.sh: Debian
+# packages, cargo-pgrx, the .venv); on a machine that has it all, that step installs nothing.
 #
-#   ./test.sh                 cargo build --bins, cargo test, pytest compat-tests
+#   ./test.sh                 set up, cargo build --bins, cargo test, pytest compat-tests
+#   ./test.sh --no-setup      do not install anything (fail where something is missing)
 #   ./test.sh --lint          also cargo fmt --check and cargo clippy (before the tests)
 #   ./test.sh --no-cargo      only the compat tests (uses the pgraftd binary already built)
 #   ./test.sh --no-pgext      skip the PostgreSQL extension (its pgrx tests, its install,
 #                             and the compat tests that need it)
 #   ./test.sh -- ARGS...      extra arguments for pytest (e.g. -- -k crash -x)
 #
-# Needs: /usr/bin/etcd and /usr/bin/etcdctl (apt-get install -y etcd-server etcd-client),
-# for the extension: PostgreSQL 15 with its server headers, clang, sudo and cargo-pgrx 0.18.0
-# (`cargo pgrx init --pg15 /usr/lib/postgresql/15/bin/pg_config`); .ci/run installs them all.
-# and pytest, from .venv (python3 -m venv .venv && .venv/bin/pip install -r
-# compat-tests/requirements.txt) or from the python3 on PATH.
+# Needs (scripts/test-deps.sh installs them on Debian 12, as root or with sudo): the Rust
+# toolchain; /usr/bin/etcd and /usr/bin/etcdctl; for the extension PostgreSQL 15 with its
+# server headers, clang, sudo and cargo-pgrx 0.18.0; pytest and the rest of
+# compat-tests/requirements.txt in .venv.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 lint=0
 cargo=1
 pgext=1
+setup=1
 pytest_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --lint) lint=1 ;;
     --no-cargo) cargo=0 ;;
     --no-pgext) pgext=0 ;;
+    --no-setup) setup=0 ;;
     --) shift; pytest_args=("$@"); break ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "test.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 
 step() { echo; echo "==== [test.sh] $* ===="; }
+
+if [ "$setup" = 1 ]; then
+  step "set up: install what is missing (scripts/test-deps.sh)"
+  if [ "$pgext" = 1 ]; then
+    bash scripts/test-deps.sh
+  else
+    bash scripts/test-deps.sh --no-pgext
+  fi
+fi
 
 if [ "$lint" = 1 ]; then
   step "cargo fmt --check"

@@ -18,6 +18,10 @@ Faults:
   fault began are swallowed from then on, and closed at ``heal()`` so both sides reconnect.
 * ``mode="refuse"``: blocked connections are reset at once, new ones right after accept
   (senders see connection errors).
+* ``one_way(senders, receivers)``: a one-way partition. Every byte a member in ``senders``
+  sends to a member in ``receivers`` is swallowed, on any connection whichever side opened it;
+  bytes the other way still flow. The connections that lost bytes are closed at ``heal()``.
+  A connection whose sender is unknown loses the bytes that could be a sender's.
 * ``heal()``: everything flows again.
 
 Safety: it listens on 127.0.0.1 only and forwards only to 127.0.0.1 ports given to
@@ -56,6 +60,7 @@ class _Conn:
     client_w: asyncio.StreamWriter
     upstream_w: asyncio.StreamWriter | None = None
     blackholed: bool = False
+    lossy: bool = False  # a one-way fault swallowed some of its bytes
     tasks: list = field(default_factory=list)
 
     def abort(self) -> None:
@@ -118,6 +123,7 @@ class FaultProxy:
         self._pids: dict[str, int] = {}
         self._groups: list[set[str]] | None = None
         self._mode = "drop"
+        self._one_way: set[tuple[str, str]] = set()
         self._conns: set[_Conn] = set()
         self._stats = {"accepted": 0, "blocked": 0, "unknown_source": 0, "bytes": 0,
                        "bytes_dropped": 0}
@@ -152,7 +158,13 @@ class FaultProxy:
         others = set(self._routes) - set(names)
         self.partition([set(names), others], mode)
 
+    def one_way(self, senders, receivers) -> None:
+        """Swallows every byte from a member of `senders` to a member of `receivers`."""
+        pairs = {(a, b) for a in senders for b in receivers if a != b}
+        self._call(self._set_one_way(pairs))
+
     def heal(self) -> None:
+        self._call(self._set_one_way(set()))
         self._call(self._set_fault(None, self._mode))
 
     def stats(self) -> dict:
@@ -238,6 +250,28 @@ class FaultProxy:
             return True
         return not any(src in g and dst in g for g in self._groups)
 
+    def _lost(self, direction) -> bool:
+        """Whether a one-way fault swallows bytes going `direction` (from, to). A connection
+        whose sender is unknown counts as from any sender, as partitions block it."""
+        if not self._one_way:
+            return False
+        src, dst = direction
+        if src is None:
+            return any(b == dst for _, b in self._one_way)
+        if dst is None:
+            return any(a == src for a, _ in self._one_way)
+        return direction in self._one_way
+
+    async def _set_one_way(self, pairs) -> None:
+        if pairs:
+            self._log(f"one-way loss {sorted(pairs)}")
+        elif self._one_way:
+            self._log("heal one-way loss")
+            for c in list(self._conns):
+                if c.lossy:
+                    c.abort()
+        self._one_way = set(pairs)
+
     async def _set_fault(self, groups, mode) -> None:
         old_mode = self._mode
         self._groups = groups
@@ -285,8 +319,8 @@ class FaultProxy:
             if self._blocked(src, route.name):  # a fault began while connecting
                 conn.abort()
                 return
-            t1 = asyncio.ensure_future(self._pump(conn, reader, up_w))
-            t2 = asyncio.ensure_future(self._pump(conn, up_r, writer))
+            t1 = asyncio.ensure_future(self._pump(conn, reader, up_w, (src, route.name)))
+            t2 = asyncio.ensure_future(self._pump(conn, up_r, writer, (route.name, src)))
             conn.tasks = [t1, t2]
             done, pending = await asyncio.wait([t1, t2], return_when=asyncio.FIRST_COMPLETED)
             # One way ended. On an EOF (half close, passed on) wait for the other way; on an
@@ -322,8 +356,9 @@ class FaultProxy:
             self._stats["bytes_dropped"] += len(data)
 
     async def _pump(self, conn: _Conn, reader: asyncio.StreamReader,
-                    writer: asyncio.StreamWriter) -> str:
-        """Copies one way until EOF ("eof") or an error ("error")."""
+                    writer: asyncio.StreamWriter, direction=(None, None)) -> str:
+        """Copies one way (`direction` = (from member, to member)) until EOF ("eof") or an
+        error ("error")."""
         try:
             while True:
                 data = await reader.read(CHUNK)
@@ -335,7 +370,8 @@ class FaultProxy:
                     except (OSError, RuntimeError):
                         return "error"
                     return "eof"
-                if conn.blackholed:
+                if conn.blackholed or self._lost(direction):
+                    conn.lossy = True
                     self._stats["bytes_dropped"] += len(data)
                     continue
                 self._stats["bytes"] += len(data)

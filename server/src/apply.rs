@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::lease::{Lessor, MAX_LEASE_TTL};
 use crate::membership::Membership;
 use crate::mvcc::{KeyRange, KvRead, Store, Writer};
-use crate::raft::StateMachine;
+use crate::raft::{Installer, StateMachine};
 use crate::request::{ConfChangeContext, InternalRequest, Op};
 use crate::txn;
 use crate::wait::Wait;
@@ -153,20 +153,34 @@ impl StateMachine for Applier {
         Ok(())
     }
 
-    fn restore(&mut self, snapshot: &Snapshot, batch: fjall::OwnedWriteBatch) -> Result<()> {
-        let index = snapshot.get_metadata().index;
-        crate::snapshot::install::install(&self.backend, snapshot, batch)?;
-        let leased_keys = self.store.reload()?;
-        load_leases(&self.backend, &self.lessor, leased_keys)?;
-        self.membership.reload()?;
-        self.auth.reload()?;
-        self.hub.reset();
-        tracing::info!(
-            index,
-            revision = self.store.current_rev(),
-            "installed snapshot"
-        );
-        Ok(())
+    fn installer(&self) -> Installer {
+        let backend = self.backend.clone();
+        let store = self.store.clone();
+        let lessor = self.lessor.clone();
+        let membership = self.membership.clone();
+        let hub = self.hub.clone();
+        let auth = self.auth.clone();
+        Box::new(move |snapshot: &Snapshot| {
+            let index = snapshot.get_metadata().index;
+            let started = std::time::Instant::now();
+            store.begin_install(index);
+            if let Some(delay) = test_install_delay() {
+                std::thread::sleep(delay);
+            }
+            crate::snapshot::install::install_staged(&backend, snapshot)?;
+            let leased_keys = store.reload()?;
+            load_leases(&backend, &lessor, leased_keys)?;
+            membership.reload()?;
+            auth.reload()?;
+            hub.reset();
+            tracing::info!(
+                index,
+                revision = store.current_rev(),
+                took = ?started.elapsed(),
+                "installed snapshot"
+            );
+            Ok(())
+        })
     }
 
     fn peers(&self) -> Vec<(u64, String)> {
@@ -184,6 +198,16 @@ impl StateMachine for Applier {
             self.lessor.demote();
         }
     }
+}
+
+/// A test hook: `PGRAFT_TEST_INSTALL_DELAY_MS` makes every snapshot install wait that long
+/// before it writes, so that tests can watch a member while it installs one.
+fn test_install_delay() -> Option<Duration> {
+    std::env::var("PGRAFT_TEST_INSTALL_DELAY_MS")
+        .ok()?
+        .parse()
+        .ok()
+        .map(Duration::from_millis)
 }
 
 /// Checks an entry's request again, as the service layer did before proposing it: a log entry

@@ -1,6 +1,8 @@
 //! pgraftd's configuration: etcd's flag names and `ETCD_*` environment variables, with etcd's
 //! defaults, in one place, so pgraftd drops in wherever etcd runs.
 
+pub use crate::etcd_flags::parse_go_bool;
+use crate::etcd_flags::CompatFlags;
 use clap::Parser;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -101,9 +103,11 @@ pub struct Config {
     #[arg(
         long,
         env = "ETCD_STRICT_RECONFIG_CHECK",
-        default_value_t = true,
+        default_value = "true",
         num_args = 0..=1,
+        require_equals = true,
         default_missing_value = "true",
+        value_parser = parse_go_bool,
         action = clap::ArgAction::Set
     )]
     pub strict_reconfig_check: bool,
@@ -117,9 +121,88 @@ pub struct Config {
     )]
     pub watch_progress_notify_interval: Duration,
 
-    /// Log level: debug, info, warn, error.
+    /// Log level: debug, info, warn, error, panic or fatal (the last two log errors only).
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// etcd's YAML configuration file. When given, every other flag and `ETCD_*` variable is
+    /// ignored, as in etcd.
+    #[arg(long, env = "ETCD_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+
+    /// Logger: "zap" (JSON lines) or "capnslog" (etcd 3.4's default, same JSON lines here).
+    #[arg(long, env = "ETCD_LOGGER", default_value = "zap")]
+    pub logger: String,
+
+    /// Where logs go, comma separated: "default" or "stderr", "stdout", or file paths (appended).
+    #[arg(long, env = "ETCD_LOG_OUTPUTS", default_value = "default")]
+    pub log_outputs: String,
+
+    /// URLs to serve /metrics and /health (and /version, /livez, /readyz) on too, plain HTTP.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
+
+    /// Raft pre-vote: a member checks it could win before starting an election (etcd 3.5's
+    /// default).
+    #[arg(
+        long,
+        env = "ETCD_PRE_VOTE",
+        default_value = "true",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = parse_go_bool,
+        action = clap::ArgAction::Set
+    )]
+    pub pre_vote: bool,
+
+    /// Maximum concurrent gRPC streams each client connection can open.
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
+
+    /// How often the server pings an idle client connection (0 turns pings off).
+    #[arg(
+        long,
+        env = "ETCD_GRPC_KEEPALIVE_INTERVAL",
+        default_value = "2h",
+        value_parser = parse_duration
+    )]
+    pub grpc_keepalive_interval: Duration,
+
+    /// How long a ping may go unanswered before the connection is closed.
+    #[arg(
+        long,
+        env = "ETCD_GRPC_KEEPALIVE_TIMEOUT",
+        default_value = "20s",
+        value_parser = parse_duration
+    )]
+    pub grpc_keepalive_timeout: Duration,
+
+    /// How --auto-compaction-retention is read: "periodic" (a duration, or hours) or
+    /// "revision" (a number of revisions).
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+
+    /// History the leader keeps before compacting it on its own; "0" turns that off.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+
+    /// Raft entries kept after a log compaction for slow followers to catch up from.
+    #[arg(
+        long = "experimental-snapshot-catchup-entries",
+        env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
+        default_value_t = 5000
+    )]
+    pub snapshot_catchup_entries: u64,
+
+    /// etcd's flags that mean nothing here (accepted, logged once at startup).
+    #[command(flatten)]
+    pub compat: CompatFlags,
+
+    /// How often revision-mode auto-compaction looks at the revision (etcd: 5 minutes). Not a
+    /// flag: tests shorten it.
+    #[arg(skip)]
+    pub auto_compaction_revision_interval: Option<Duration>,
 
     // --- Auth (see `crate::auth`) ---
     /// Auth token type: "simple", or "jwt,pub-key=<file>,priv-key=<file>,sign-method=<alg>
@@ -147,11 +230,23 @@ fn parse_auth_token(s: &str) -> Result<String, String> {
     }
 }
 
+/// `--auto-compaction-mode` and `--auto-compaction-retention`, read as etcd reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Keep this much time of history.
+    Periodic(Duration),
+    /// Keep this many revisions.
+    Revision(i64),
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config::parse_from(["pgraftd"])
     }
 }
+
+/// etcd's log levels (zap's names).
+const LOG_LEVELS: &[&str] = &["debug", "info", "warn", "error", "dpanic", "panic", "fatal"];
 
 /// A flag value that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +337,27 @@ impl Config {
         if self.max_txn_ops == 0 {
             return Err(ConfigError("--max-txn-ops must be positive".into()));
         }
+        if self.logger != "zap" && self.logger != "capnslog" {
+            return Err(ConfigError(format!(
+                "unknown logger option {:?}",
+                self.logger
+            )));
+        }
+        if !LOG_LEVELS.contains(&self.log_level.as_str()) {
+            return Err(ConfigError(format!("unknown level {:?}", self.log_level)));
+        }
+        let outputs = self.log_outputs();
+        if outputs.is_empty() {
+            return Err(ConfigError("--log-outputs is empty".into()));
+        }
+        if self.logger == "capnslog" && outputs.len() > 1 {
+            return Err(ConfigError(format!(
+                "--logger=capnslog supports only 1 value in '--log-outputs', got {outputs:?}"
+            )));
+        }
+        self.auto_compaction()?;
+        self.compat.validate()?;
+        self.metrics_listen_addrs()?;
         self.initial_members()?;
         self.client_listen_addrs()?;
         self.peer_listen_addrs()?;
@@ -249,6 +365,66 @@ impl Config {
             parse_url(&u)?;
         }
         Ok(())
+    }
+
+    /// `--log-outputs`, split.
+    pub fn log_outputs(&self) -> Vec<String> {
+        split_urls(&self.log_outputs)
+    }
+
+    /// Auto-compaction as configured; `None` when off (retention 0). etcd's
+    /// `parseCompactionRetention`: a bare number is hours (periodic) or revisions (revision),
+    /// anything else a Go duration.
+    pub fn auto_compaction(&self) -> Result<Option<AutoCompaction>, ConfigError> {
+        let mode = self.auto_compaction_mode.as_str();
+        if mode != "periodic" && mode != "revision" {
+            return Err(ConfigError(format!(
+                "unknown auto-compaction-mode {mode:?}"
+            )));
+        }
+        let retention = self.auto_compaction_retention.trim();
+        let parsed = match retention.parse::<i64>() {
+            Ok(n) if n >= 0 => {
+                if n == 0 {
+                    return Ok(None);
+                }
+                if mode == "revision" {
+                    AutoCompaction::Revision(n)
+                } else {
+                    let hours = u64::try_from(n).ok().and_then(|h| h.checked_mul(3600));
+                    match hours {
+                        Some(s) => AutoCompaction::Periodic(Duration::from_secs(s)),
+                        None => {
+                            return Err(ConfigError(format!(
+                                "error parsing CompactionRetention: {retention:?} hours is out of range"
+                            )))
+                        }
+                    }
+                }
+            }
+            _ => {
+                let d = parse_duration(retention)
+                    .map_err(|e| ConfigError(format!("error parsing CompactionRetention: {e}")))?;
+                if d.is_zero() {
+                    return Ok(None);
+                }
+                if mode == "revision" {
+                    // etcd takes the duration's nanoseconds as the revision count.
+                    AutoCompaction::Revision(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+                } else {
+                    AutoCompaction::Periodic(d)
+                }
+            }
+        };
+        Ok(Some(parsed))
+    }
+
+    /// Addresses of `--listen-metrics-urls`.
+    pub fn metrics_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        split_urls(&self.listen_metrics_urls)
+            .iter()
+            .map(|u| parse_url(u))
+            .collect()
     }
 
     pub fn peer_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -394,6 +570,65 @@ mod tests {
         assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
         assert!(parse_duration("99999999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn auto_compaction_retention_is_read_as_etcd_reads_it() {
+        let ac = |mode: &str, ret: &str| {
+            Config::parse_from([
+                "pgraftd",
+                &format!("--auto-compaction-mode={mode}"),
+                &format!("--auto-compaction-retention={ret}"),
+            ])
+            .auto_compaction()
+        };
+        assert_eq!(ac("periodic", "0").unwrap(), None);
+        assert_eq!(
+            ac("periodic", "1").unwrap(),
+            Some(AutoCompaction::Periodic(Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            ac("periodic", "30m").unwrap(),
+            Some(AutoCompaction::Periodic(Duration::from_secs(1800)))
+        );
+        assert_eq!(
+            ac("periodic", "2s").unwrap(),
+            Some(AutoCompaction::Periodic(Duration::from_secs(2)))
+        );
+        assert_eq!(
+            ac("revision", "1000").unwrap(),
+            Some(AutoCompaction::Revision(1000))
+        );
+        assert!(ac("revision", "abc")
+            .unwrap_err()
+            .0
+            .starts_with("error parsing CompactionRetention"));
+        assert_eq!(
+            ac("hourly", "1").unwrap_err().0,
+            "unknown auto-compaction-mode \"hourly\""
+        );
+    }
+
+    #[test]
+    fn logging_flags_are_checked() {
+        let v = |args: &[&str]| {
+            Config::parse_from(std::iter::once("pgraftd").chain(args.iter().copied())).validate()
+        };
+        v(&["--logger=capnslog"]).unwrap();
+        v(&["--log-outputs=stderr,stdout,/tmp/x.log", "--log-level=warn"]).unwrap();
+        assert_eq!(
+            v(&["--logger=foo"]).unwrap_err().0,
+            "unknown logger option \"foo\""
+        );
+        assert_eq!(
+            v(&["--log-level=bogus"]).unwrap_err().0,
+            "unknown level \"bogus\""
+        );
+        assert!(v(&["--logger=capnslog", "--log-outputs=stderr,stdout"]).is_err());
+        assert!(v(&["--listen-metrics-urls=ftp://x:1"]).is_err());
+        assert!(v(&["--force-new-cluster"]).is_err());
+        v(&["--force-new-cluster=false"]).unwrap();
+        assert!(v(&["--discovery-srv=example.com"]).is_err());
     }
 
     #[test]

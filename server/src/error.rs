@@ -25,6 +25,9 @@ pub enum Error {
     Compacted,
     #[error("etcdserver: mvcc: required revision is a future revision")]
     FutureRev,
+    /// The store is being replaced by a snapshot install; internal: readers wait it out.
+    #[error("etcdserver: snapshot install in progress")]
+    SnapshotInstalling,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
     #[error("etcdserver: lease already exists")]
@@ -81,6 +84,18 @@ pub enum Error {
     WatchCanceled,
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
+    /// etcd's `concurrency.ErrElectionNotLeader` (Proclaim by a key that no longer leads).
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    /// etcd's `concurrency.ErrElectionNoLeader` (Leader of an election nobody entered).
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    /// etcd's `v3election.ErrMissingLeaderKey` (Proclaim or Resign without a leader key).
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
+    /// etcd's `concurrency.ErrSessionExpired` (a Lock whose lease ended while it waited).
+    #[error("mutex: session is expired")]
+    SessionExpired,
     // Auth (etcd's `auth.Err*`, as their `ErrGRPC*` messages).
     #[error("etcdserver: root user does not exist")]
     RootUserNotExist,
@@ -155,10 +170,16 @@ impl Error {
             | NotEnoughStartedMembers => Code::FailedPrecondition,
             NotSupportedForLearner => Code::Unavailable,
             LeaderTransferTimeout | NotPrimary => Code::Unknown,
+            // Plain Go errors in etcd's lock and election servers: grpc-go sends Unknown.
+            ElectionNotLeader | ElectionNoLeader | MissingLeaderKey | SessionExpired => {
+                Code::Unknown
+            }
             Remote(code, _) => *code,
             // etcd maps this one to a client-side error type, so grpc-go sends Unknown.
             TooManyRequests => Code::Unknown,
-            NoLeader | LeaderChanged | Stopped | Timeout | Unhealthy => Code::Unavailable,
+            NoLeader | LeaderChanged | Stopped | Timeout | Unhealthy | SnapshotInstalling => {
+                Code::Unavailable
+            }
             WatchCanceled => Code::Cancelled,
             Corrupt => Code::DataLoss,
             Unimplemented(_) => Code::Unimplemented,

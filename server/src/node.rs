@@ -31,6 +31,8 @@ pub struct Node {
     pub client_addrs: Vec<SocketAddr>,
     /// The peer addresses actually bound.
     pub peer_addrs: Vec<SocketAddr>,
+    /// The `--listen-metrics-urls` addresses actually bound.
+    pub metrics_addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     raft_thread: Option<std::thread::JoinHandle<()>>,
@@ -98,6 +100,8 @@ impl Node {
         let peer_listeners = bind_all(cfg.peer_listen_addrs().map_err(cfg_err)?, "peer").await?;
         let client_listeners =
             bind_all(cfg.client_listen_addrs().map_err(cfg_err)?, "client").await?;
+        let metrics_listeners =
+            bind_all(cfg.metrics_listen_addrs().map_err(cfg_err)?, "metrics").await?;
 
         let backend = Backend::open(&cfg.data_dir())?;
         // Before anything reads the state: a snapshot install a stop interrupted is redone.
@@ -161,8 +165,9 @@ impl Node {
             cluster_id: membership.cluster_id,
             heartbeat: cfg.heartbeat(),
             election_ticks: (cfg.election_timeout / cfg.heartbeat_interval) as usize,
-            catch_up_entries: 5000.min(cfg.snapshot_count),
+            catch_up_entries: cfg.snapshot_catchup_entries.min(cfg.snapshot_count),
             snapshot_count: cfg.snapshot_count,
+            pre_vote: cfg.pre_vote,
         };
         let (raft, raft_thread) = raft::node::start(
             rc,
@@ -234,6 +239,27 @@ impl Node {
                 }
             });
         }
+        if let Some(policy) = cfg.auto_compaction().map_err(cfg_err)? {
+            let server = server.clone();
+            let stop = stopped(shutdown.subscribe());
+            let interval = cfg
+                .auto_compaction_revision_interval
+                .unwrap_or(crate::service::autocompact::REVISION_INTERVAL);
+            tasks.spawn(crate::service::autocompact::run(
+                server, policy, interval, stop,
+            ));
+        }
+        let mut metrics_addrs = Vec::new();
+        for l in metrics_listeners {
+            metrics_addrs.push(l.local_addr().map_err(Error::internal)?);
+            let app = crate::api::http::metrics_router(server.clone());
+            let stop = stopped(shutdown.subscribe());
+            tasks.spawn(async move {
+                if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            });
+        }
         let mut peer_addrs = Vec::new();
         for l in peer_listeners {
             peer_addrs.push(l.local_addr().map_err(Error::internal)?);
@@ -266,6 +292,7 @@ impl Node {
             server,
             client_addrs,
             peer_addrs,
+            metrics_addrs,
             shutdown,
             tasks,
             raft_thread: Some(raft_thread),

@@ -855,20 +855,34 @@ async fn error_bodies_and_statuses() {
         5,
         "etcdserver: member not found",
     );
+    // The lock service answers as etcd's does (its errors leave as Unknown, HTTP 500).
     assert_error(
-        &m.post("/v3/lock/lock", r#"{"name":"bA=="}"#).await,
-        501,
-        12,
-        "pgraft: Lock is not implemented yet",
+        &m.post("/v3/lock/lock", r#"{"name":"bA==","lease":"999"}"#)
+            .await,
+        500,
+        2,
+        "etcdserver: requested lease not found",
     );
-    // A server stream that fails before its first message: status and a stream error object.
+    // A server stream that works: the backup, one `{"result": ...}` line per message, as etcd's
+    // gateway (no header; remaining_bytes as a string, left out at 0), the digest last.
     let a = m.post("/v3/maintenance/snapshot", "{}").await;
-    assert_eq!(a.status, StatusCode::NOT_IMPLEMENTED);
-    assert_eq!(
-        a.json(),
-        json!({"error": {"grpc_code": 12, "http_code": 501,
-               "message": "pgraft: Snapshot is not implemented yet", "http_status": "Not Implemented"}})
-    );
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let lines: Vec<Value> = a
+        .text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["result"].clone())
+        .collect();
+    assert!(lines.len() >= 2, "{}", a.text);
+    for l in &lines {
+        let keys: Vec<&String> = l.as_object().unwrap().keys().collect();
+        assert!(
+            keys.iter().all(|k| *k == "blob" || *k == "remaining_bytes"),
+            "{l}"
+        );
+    }
+    let last = lines.last().unwrap();
+    assert_eq!(last.get("remaining_bytes"), None);
+    assert_eq!(last["blob"].as_str().unwrap().len(), 44, "a base64 SHA-256");
     // A malformed first keepalive request: Unknown, as etcd's gateway answers it.
     assert_error(
         &m.post("/v3/lease/keepalive", r#"{"ID":"#).await,
@@ -1210,9 +1224,9 @@ async fn metrics_are_present_and_move() {
     let after = m.metrics().await;
     let grew = |name: &str, by: f64| {
         assert!(
-            after.get(name) >= before.get(name) + by,
+            after.get(name) >= before.or_zero(name) + by,
             "{name}: {} -> {}",
-            before.get(name),
+            before.or_zero(name),
             after.get(name)
         );
     };

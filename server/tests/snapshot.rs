@@ -220,3 +220,109 @@ async fn oversized_chunks_and_snapshots_off_the_snapshot_stream_are_refused() {
     }
     assert!(n.put("k", "v").await > 0);
 }
+
+/// A member installing a snapshot goes on with raft: it follows the leader's commit index
+/// (appending and acknowledging the entries after the snapshot) while the install runs on its
+/// own thread; its reads wait for the install and then see the whole state; the entries held
+/// back are applied afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn raft_goes_on_while_a_snapshot_installs() {
+    // The installer waits this long before it writes (a test hook), so that the member can be
+    // watched while it installs.
+    std::env::set_var("PGRAFT_TEST_INSTALL_DELAY_MS", "3000");
+    let dir = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let (ua, ub) = (
+        format!("http://127.0.0.1:{pa}"),
+        format!("http://127.0.0.1:{pb}"),
+    );
+    let cluster_a = format!("a={ua}");
+    let a = Node::start(config(&dir.path().join("a"), "a", &ua, &cluster_a, "new"))
+        .await
+        .unwrap();
+    let mut kva = client(&a).await;
+    let put = |i: u32| PutRequest {
+        key: format!("k/{i:04}").into_bytes(),
+        value: vec![b'v'; 100],
+        ..Default::default()
+    };
+    for i in 0..300 {
+        kva.put(put(i)).await.unwrap();
+    }
+    a.server
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec![ub.clone()],
+            is_learner: true,
+        })
+        .await
+        .unwrap();
+    let cluster_ab = format!("a={ua},b={ub}");
+    let b = Node::start(config(
+        &dir.path().join("b"),
+        "b",
+        &ub,
+        &cluster_ab,
+        "existing",
+    ))
+    .await
+    .unwrap();
+    let mut kvb = client(&b).await;
+
+    // The install begins: reads on b wait for it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let snap_index = loop {
+        if let Err(index) = b.server.store.try_read() {
+            break index;
+        }
+        assert!(Instant::now() < deadline, "no snapshot install began");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let read = tokio::spawn(async move { everything(&mut kvb).await });
+
+    // Meanwhile the leader commits more, and b follows its commit index (it appends and
+    // acknowledges them) without applying them.
+    for i in 300..350 {
+        kva.put(put(i)).await.unwrap();
+    }
+    let leader_commit = a.server.status().raft_index;
+    assert!(leader_commit > snap_index);
+    loop {
+        let st = b.server.status();
+        assert!(
+            b.server.store.try_read().is_err(),
+            "the install ended before b followed the leader"
+        );
+        assert!(
+            st.raft_applied_index < snap_index,
+            "applied during the install"
+        );
+        if st.raft_index >= leader_commit {
+            assert_eq!(st.leader, a.server.member_id());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!read.is_finished(), "a read was served during the install");
+
+    // Once installed, the read sees the whole snapshot at least, and b catches up fully.
+    let got = read.await.unwrap().expect("read after the install");
+    assert!(got.kvs.len() >= 300, "{} keys", got.kvs.len());
+    let want = everything(&mut kva).await.unwrap();
+    let mut kvb = client(&b).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(got) = everything(&mut kvb).await.filter(|g| g.kvs == want.kvs) {
+            assert_eq!(got.header.unwrap().revision, want.header.unwrap().revision);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b did not apply the held-back entries"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(b.server.status().raft_applied_index >= leader_commit);
+    std::env::remove_var("PGRAFT_TEST_INSTALL_DELAY_MS");
+    b.stop().await;
+    a.stop().await;
+}

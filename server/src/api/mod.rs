@@ -35,8 +35,13 @@ pub async fn serve_client(
         .into_axum_router()
         .merge(http::router(server.clone(), stopping))
         .fallback(http::fallback);
+    let cfg = &server.cfg;
+    let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
     tonic::transport::Server::builder()
         .accept_http1(true)
+        .max_concurrent_streams(cfg.max_concurrent_streams)
+        .http2_keepalive_interval(nonzero(cfg.grpc_keepalive_interval))
+        .http2_keepalive_timeout(nonzero(cfg.grpc_keepalive_timeout))
         .layer(grpc::metered::MeteredLayer)
         .layer(grpc::recv_limit::RecvLimitLayer(grpc::max_recv(&server)))
         .add_routes(Routes::from(app))

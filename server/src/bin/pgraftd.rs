@@ -8,23 +8,36 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::Parser;
-use pgraft_server::{Config, Node};
-use tracing_subscriber::EnvFilter;
+use pgraft_server::config_file::{self, LoadError};
+use pgraft_server::{logging, Node};
 
 fn main() -> std::process::ExitCode {
-    let cfg = Config::parse();
-    let filter = EnvFilter::try_new(format!("pgraft_server={0},pgraftd={0}", cfg.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // `pgraftd snapshot save|status|restore ...`: etcdctl's and etcdutl's backup commands.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "snapshot") {
+        init_cli_logging();
+        return pgraft_server::snapshot::cli::main(std::env::args_os().skip(2));
+    }
+    let loaded = match config_file::load(std::env::args_os()) {
+        Ok(l) => l,
+        Err(LoadError::Flags(e)) => e.exit(),
+        Err(LoadError::File(e)) => {
+            eprintln!("pgraftd: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cfg = loaded.config;
     if let Err(e) = cfg.validate() {
+        eprintln!("pgraftd: error verifying flags, {e}. See 'pgraftd --help'.");
+        return std::process::ExitCode::from(2);
+    }
+    if let Err(e) = logging::init(&cfg) {
         eprintln!("pgraftd: {e}");
         return std::process::ExitCode::from(2);
     }
+    for note in &loaded.notes {
+        tracing::warn!("{note}");
+    }
+    cfg.compat.log();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,6 +61,14 @@ fn main() -> std::process::ExitCode {
         tracing::info!("stopped");
         std::process::ExitCode::SUCCESS
     })
+}
+
+/// Warnings and errors of a one-shot command, as text on stderr.
+fn init_cli_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn wait_for_signal() {

@@ -33,6 +33,9 @@ pub struct Latest {
 #[derive(Debug, Default)]
 pub struct KeyIndex {
     keys: BTreeMap<Vec<u8>, History>,
+    /// Keys whose newest change is a put (etcd's `keysGauge`), kept as changes are pushed so
+    /// that a metrics scrape does not walk the index.
+    live: usize,
 }
 
 impl KeyIndex {
@@ -49,6 +52,11 @@ impl KeyIndex {
         self.keys.is_empty()
     }
 
+    /// Number of live keys (those whose newest change is a put).
+    pub fn live(&self) -> usize {
+        self.live
+    }
+
     /// Records a put of `key`: `latest` describes the new value (its `rev` included).
     pub fn put(&mut self, key: &[u8], latest: Latest) {
         self.push(key, latest.rev, Some(latest));
@@ -63,13 +71,21 @@ impl KeyIndex {
             rev,
             tombstone: latest.is_none(),
         };
+        let now_live = latest.is_some();
         match self.keys.get_mut(key) {
             Some(h) => {
                 debug_assert!(h.changes.last().is_none_or(|c| c.rev < rev));
+                let was_live = h.latest.is_some();
                 h.changes.push(change);
                 h.latest = latest;
+                match (was_live, now_live) {
+                    (false, true) => self.live += 1,
+                    (true, false) => self.live -= 1,
+                    _ => {}
+                }
             }
             None => {
+                self.live += usize::from(now_live);
                 self.keys.insert(
                     key.to_vec(),
                     History {
@@ -241,6 +257,26 @@ mod tests {
         assert_eq!(ix.get(b"a", 5), Some(Revision::new(5, 0)));
         let (dropped, _) = ix.compact_chunk(5, None, usize::MAX, usize::MAX);
         assert_eq!(dropped, vec![Revision::new(4, 0)]);
+    }
+
+    #[test]
+    fn live_key_count() {
+        let mut ix = KeyIndex::new();
+        put(&mut ix, b"a", Revision::new(2, 0));
+        put(&mut ix, b"a", Revision::new(3, 0));
+        put(&mut ix, b"b", Revision::new(4, 0));
+        assert_eq!(ix.live(), 2);
+        ix.tombstone(b"b", Revision::new(5, 0));
+        assert_eq!(ix.live(), 1);
+        put(&mut ix, b"b", Revision::new(6, 0));
+        ix.tombstone(b"b", Revision::new(7, 0));
+        ix.tombstone(b"a", Revision::new(8, 0));
+        put(&mut ix, b"c", Revision::new(9, 0));
+        assert_eq!(ix.live(), 1);
+        // Compaction forgets deleted keys; the count of live ones stays.
+        ix.compact_chunk(9, None, usize::MAX, usize::MAX);
+        assert_eq!(ix.len(), 1);
+        assert_eq!(ix.live(), 1);
     }
 
     /// A walk and a compaction in steps resume where they stopped and see every key once.

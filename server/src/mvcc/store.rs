@@ -57,6 +57,10 @@ pub(super) struct Inner {
     /// Changes when the whole state is replaced (snapshot install), so that a compaction pass
     /// over the old index stops.
     pub(super) generation: u64,
+    /// The index of a snapshot being installed in place of the stored state (0: none). Until
+    /// the install is done and the store reloaded, the stored values are half replaced: new
+    /// reads wait (see [`Store::try_read`]).
+    pub(super) installing: u64,
 }
 
 pub struct Store {
@@ -112,9 +116,34 @@ impl Store {
         self.inner.read().compact_rev
     }
 
+    /// Number of live keys at the current revision, kept by the index (no walk).
+    pub fn live_keys(&self) -> usize {
+        self.inner.read().index.live()
+    }
+
     /// Starts a read-only transaction at the current revision.
     pub fn read(&self) -> ReadTxn<'_> {
         ReadTxn::open(self)
+    }
+
+    /// Starts a read-only transaction, unless a snapshot install is replacing the stored
+    /// state: then the snapshot's index, which the member's applied index reaches once the
+    /// install is done (wait for that, then try again). Checked under the index lock that
+    /// [`Store::begin_install`] takes, so no read starts on a half-replaced state.
+    pub fn try_read(&self) -> std::result::Result<ReadTxn<'_>, u64> {
+        match self.inner.read().installing {
+            0 => Ok(ReadTxn::open(self)),
+            index => Err(index),
+        }
+    }
+
+    /// A snapshot install (of the snapshot at raft index `index`) is about to replace the
+    /// stored state: new reads wait until [`Store::reload`], and the compactor stops its pass
+    /// over the old index. Reads that began before go on from their own storage snapshot.
+    pub fn begin_install(&self, index: u64) {
+        let mut inner = self.inner.write();
+        inner.installing = index;
+        inner.generation += 1;
     }
 
     /// Starts the exclusive write side for one applied chunk.
@@ -133,6 +162,9 @@ impl Store {
     pub fn events(&self, from: i64, to: i64) -> Result<Vec<RevEvents>> {
         let (snap, _reader) = {
             let inner = self.inner.read();
+            if inner.installing != 0 {
+                return Err(Error::SnapshotInstalling);
+            }
             if from < inner.compact_rev {
                 return Err(Error::Compacted);
             }
@@ -224,6 +256,7 @@ fn load(backend: &Backend, generation: u64) -> Result<(Inner, Vec<LeasedKey>)> {
         current_rev,
         compact_rev,
         generation,
+        installing: 0,
     };
     Ok((inner, leases.into_iter().collect()))
 }

@@ -12,6 +12,6 @@ mod syncer;
 pub mod transport;
 pub mod wire;
 
-pub use node::{RaftConfig, RaftHandle, RaftStatus, StateMachine};
+pub use node::{Installer, RaftConfig, RaftHandle, RaftStatus, StateMachine};
 pub use storage::RaftStorage;
 pub use transport::Transport;

@@ -29,6 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
+/// Installs a staged snapshot (see [`StateMachine::installer`]).
+pub type Installer = Box<dyn FnOnce(&Snapshot) -> Result<()> + Send>;
+
 /// Applies committed entries; implemented by the server's applier.
 pub trait StateMachine: Send + 'static {
     /// Applies committed normal entries, in order, with the applied index in the same batch.
@@ -36,9 +39,10 @@ pub trait StateMachine: Send + 'static {
     /// Applies the membership effect of a committed conf change at `index` (raft's own view
     /// already changed to `cs`).
     fn apply_conf_change(&mut self, index: u64, cc: &ConfChangeV2, cs: &ConfState) -> Result<()>;
-    /// Replaces the whole state with a snapshot's: adds it to `batch` (which resets the raft
-    /// log) and commits both at once.
-    fn restore(&mut self, snapshot: &Snapshot, batch: fjall::OwnedWriteBatch) -> Result<()>;
+    /// What replaces the whole state with a staged snapshot's (once the raft log was reset to
+    /// it: `snapshot::install::stage`), run on an installer thread while the raft loop goes
+    /// on; it reloads every in-memory view before it returns.
+    fn installer(&self) -> Installer;
     /// A proposal could not enter the log (no leader): fail its waiter now.
     fn proposal_dropped(&mut self, id: u64, err: Error);
     /// This member became leader (`true`) or stopped being leader (`false`).
@@ -56,6 +60,8 @@ pub struct RaftConfig {
     pub catch_up_entries: u64,
     /// Compact the log once this many applied entries sit in it (etcd's `--snapshot-count`).
     pub snapshot_count: u64,
+    /// Raft pre-vote (`--pre-vote`).
+    pub pre_vote: bool,
 }
 
 /// What the rest of the server may read about consensus, updated by the loop.
@@ -170,6 +176,8 @@ pub enum Command {
     Persisted(u64),
     /// A peer refused our traffic: this member was removed while it was not listening.
     Removed,
+    /// The snapshot installer thread is done (see [`Loop::progress_install`]).
+    InstallDone,
     Stop,
 }
 
@@ -261,11 +269,15 @@ pub fn start<S: StateMachine>(
         heartbeat_tick: 1,
         applied,
         check_quorum: true,
-        pre_vote: true,
+        pre_vote: cfg.pre_vote,
         max_size_per_msg: 1024 * 1024,
         max_inflight_msgs: 256,
         // Merge appends to a follower that are still queued into one message.
         batch_append: true,
+        // As etcd (MaxUncommittedEntriesSize): a leader whose followers fall behind stops
+        // taking proposals once this many bytes of entries wait to commit, rather than grow
+        // its log without bound in memory.
+        max_uncommitted_size: MAX_UNCOMMITTED_BYTES,
         ..Default::default()
     };
     rc.validate().map_err(Error::internal)?;
@@ -316,6 +328,9 @@ pub fn start<S: StateMachine>(
         read_seq: read_seq_seed(),
         pending_reads: Vec::new(),
         read_waiters: HashMap::new(),
+        installing: None,
+        deferred: None,
+        wake: tx.clone(),
         removed: false,
         compacting: false,
         was_leader: false,
@@ -350,6 +365,13 @@ pub fn start<S: StateMachine>(
     ))
 }
 
+/// A snapshot install under way on its own thread.
+struct Installing {
+    index: u64,
+    conf_state: ConfState,
+    thread: std::thread::JoinHandle<Result<()>>,
+}
+
 struct Loop<S> {
     raw: RawNode<RaftStorage>,
     storage: RaftStorage,
@@ -376,6 +398,14 @@ struct Loop<S> {
     compacting: bool,
     /// ReadIndex requests in flight: context -> (last sent, callers).
     read_waiters: HashMap<Vec<u8>, (Instant, Vec<ReadWaiter>)>,
+    /// A snapshot being installed by its own thread (see [`Loop::start_install`]).
+    installing: Option<Installing>,
+    /// Committed entries held back by a snapshot install: the next index to apply and the
+    /// last committed one raft handed out. They are in the log; once the install is done they
+    /// are applied from it, a bounded step per turn ([`Loop::progress_install`]).
+    deferred: Option<(u64, u64)>,
+    /// For the installer thread, to wake the loop when it is done.
+    wake: Sender<Command>,
     was_leader: bool,
     /// Role and term seen at the last status update (to count elections).
     last_role: StateRole,
@@ -436,6 +466,11 @@ pub(super) fn poll_recv<T>(
 /// Log entries dropped per applied chunk while compacting: a 100k-entry compaction in one
 /// batch held the loop (and every put) for tens of milliseconds.
 const COMPACT_STEP: u64 = 2048;
+/// Bytes of entries a leader holds uncommitted before it refuses proposals (etcd: 1 GiB).
+const MAX_UNCOMMITTED_BYTES: u64 = 1 << 30;
+/// Entries (and bytes) applied per turn from the log after a snapshot install.
+const DEFERRED_STEP: u64 = 1024;
+const DEFERRED_STEP_BYTES: u64 = 4 * 1024 * 1024;
 /// Upper bound of commands taken in one turn, so a flood cannot starve ticks.
 const MAX_COMMANDS: usize = 4096;
 
@@ -452,6 +487,10 @@ impl<S: StateMachine> Loop<S> {
                     for cmd in std::iter::once(cmd).chain(more) {
                         if matches!(cmd, Command::Stop) {
                             self.on_ready()?;
+                            if let Some(inst) = self.installing.take() {
+                                // Not left writing behind a stopped member's back.
+                                let _ = inst.thread.join();
+                            }
                             return Ok(());
                         }
                         self.handle(cmd);
@@ -469,7 +508,7 @@ impl<S: StateMachine> Loop<S> {
                 }
             }
             self.issue_read_index();
-            if self.removed || self.drain_ready()? {
+            if self.removed || self.drain_ready()? || self.progress_install()? {
                 tracing::warn!("this member was removed from the cluster; raft stopped");
                 self.status.removed.store(true, Ordering::Release);
                 self.status.leader.store(0, Ordering::Release);
@@ -481,11 +520,22 @@ impl<S: StateMachine> Loop<S> {
         }
     }
 
+    /// Why raft refused a proposal: no leader to take it (or leadership moving away), or, on
+    /// a leader, too many bytes of entries waiting to commit.
+    fn drop_reason(&self) -> Error {
+        let raft = &self.raw.raft;
+        if raft.state == StateRole::Leader && raft.lead_transferee.is_none() {
+            Error::TooManyRequests
+        } else {
+            Error::NoLeader
+        }
+    }
+
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Propose { id, data, .. } => {
                 if self.raw.propose(Vec::new(), data).is_err() {
-                    self.sm.proposal_dropped(id, Error::NoLeader);
+                    self.sm.proposal_dropped(id, self.drop_reason());
                 }
             }
             Command::ProposeConfChange { id, cc } => {
@@ -494,6 +544,8 @@ impl<S: StateMachine> Loop<S> {
                 }
             }
             Command::ReadIndex(tx) => self.pending_reads.push(tx),
+            // Only wakes the loop: the turn looks at the installer.
+            Command::InstallDone => {}
             Command::Step(m) => {
                 if let Err(e) = self.raw.step(m) {
                     tracing::debug!(error = %e, "dropped a peer message");
@@ -624,22 +676,16 @@ impl<S: StateMachine> Loop<S> {
         // The leader's appends leave in parallel with its own fsync.
         self.transport.send(rd.take_messages());
         if !rd.snapshot().is_empty() {
-            // Installed synchronously from the staged file, in bounded batches; the last one
-            // (with the log's reset) is fsync'ed. In order with the writes before.
-            let snap = rd.snapshot().clone();
-            let batch = self.storage.stage_snapshot(&snap)?;
-            self.sm.restore(&snap, batch)?;
-            self.storage.snapshot_installed(&snap);
-            self.after_membership_change(snap.get_metadata().get_conf_state());
-            self.status.applied.send_replace(snap.get_metadata().index);
-            // Sent only to a member missing entries before the snapshot: nothing was applied
-            // past it here.
-            self.applied_ahead = 0;
-            self.compacting = false;
+            self.start_install(rd.snapshot().clone())?;
         }
-        if !rd.committed_entries().is_empty() && self.apply(rd.take_committed_entries())? {
-            // Removed: raft no longer tracks this member's own progress; stop here.
-            return Ok(true);
+        if !rd.committed_entries().is_empty() {
+            if let Some((_, last)) = self.deferred.as_mut() {
+                // Behind a snapshot install: applied from the log once it is done.
+                *last = rd.committed_entries().last().map_or(*last, |e| e.index);
+            } else if self.apply(rd.take_committed_entries())? {
+                // Removed: raft no longer tracks this member's own progress; stop here.
+                return Ok(true);
+            }
         }
         let hs = rd.hs().cloned();
         if !rd.entries().is_empty() || hs.is_some() {
@@ -680,12 +726,104 @@ impl<S: StateMachine> Loop<S> {
                 self.raw.on_persist_ready(number);
             }
         }
-        self.raw.advance_apply();
+        match self.deferred {
+            // Raft's applied index is the state machine's: a conf change still held back
+            // keeps this member from campaigning, as raft requires.
+            Some((next, _)) => self.raw.advance_apply_to(next - 1),
+            None => self.raw.advance_apply(),
+        }
         self.status
             .commit_index
             .store(self.raw.raft.raft_log.committed, Ordering::Release);
         self.update_status();
         Ok(false)
+    }
+
+    /// A snapshot from the leader (this member's log is behind the leader's compacted log):
+    /// the raft log is reset to it and made durable here (with the install's marker), then
+    /// the state machine's keyspaces are replaced by an installer thread, which takes seconds
+    /// for a big state. The loop goes on meanwhile: it ticks, answers heartbeats, appends and
+    /// acknowledges the entries that follow the snapshot, and holds back applying them
+    /// ([`Loop::deferred`]); reads on this member wait for the install.
+    fn start_install(&mut self, snap: Snapshot) -> Result<()> {
+        if let Some(inst) = self.installing.take() {
+            // Another snapshot while one installs (rare: the leader sends one only to a member
+            // its log cannot serve): the first one finishes first.
+            self.finish_install(inst)?;
+        }
+        crate::snapshot::install::stage(self.storage.backend(), &self.storage, &snap)?;
+        let meta = snap.get_metadata();
+        let (index, conf_state) = (meta.index, meta.get_conf_state().clone());
+        let job = self.sm.installer();
+        let wake = self.wake.clone();
+        let thread = std::thread::Builder::new()
+            .name("snapshot-install".into())
+            .spawn(move || {
+                let done = job(&snap);
+                let _ = wake.send(Command::InstallDone);
+                done
+            })
+            .map_err(Error::internal)?;
+        self.installing = Some(Installing {
+            index,
+            conf_state,
+            thread,
+        });
+        // Sent only to a member missing entries before the snapshot: nothing was applied
+        // past it here.
+        self.deferred = Some((index + 1, index));
+        self.applied_ahead = 0;
+        self.compacting = false;
+        Ok(())
+    }
+
+    /// Waits for the installer (at once when it is done) and makes its state current.
+    fn finish_install(&mut self, inst: Installing) -> Result<()> {
+        inst.thread
+            .join()
+            .map_err(|_| Error::internal("the snapshot installer panicked"))??;
+        self.after_membership_change(&inst.conf_state);
+        self.status.raise_applied(inst.index);
+        Ok(())
+    }
+
+    /// Once the installer is done: applies the entries held back meanwhile, from the log, a
+    /// bounded step per turn. True when applying removed this member.
+    fn progress_install(&mut self) -> Result<bool> {
+        if self
+            .installing
+            .as_ref()
+            .is_some_and(|inst| !inst.thread.is_finished())
+        {
+            return Ok(false);
+        }
+        if let Some(inst) = self.installing.take() {
+            self.finish_install(inst)?;
+        }
+        let Some((next, last)) = self.deferred else {
+            return Ok(false);
+        };
+        if next > last {
+            self.deferred = None;
+            return Ok(false);
+        }
+        let high = last.min(next + DEFERRED_STEP - 1) + 1;
+        let entries = self
+            .storage
+            .entries(
+                next,
+                high,
+                DEFERRED_STEP_BYTES,
+                GetEntriesContext::empty(false),
+            )
+            .map_err(Error::internal)?;
+        let Some(got) = entries.last().map(|e| e.index) else {
+            return Err(Error::internal("held-back entries missing from the log"));
+        };
+        self.deferred = (got < last).then_some((got + 1, last));
+        let removed = self.apply(entries)?;
+        self.raw.advance_apply_to(got);
+        Ok(removed)
     }
 
     /// Applies committed entries: runs of normal entries go to the state machine in one batch;
@@ -739,6 +877,9 @@ impl<S: StateMachine> Loop<S> {
     /// fjall worker, which both seals and flushes, no memtable can be sealed in between
     /// (`backend::FJALL_WORKERS`, checked at compile time there).
     fn apply_ahead(&mut self) -> Result<()> {
+        if self.deferred.is_some() {
+            return Ok(());
+        }
         let log = &self.raw.raft.raft_log;
         let from = self.applied_ahead.max(log.applied) + 1;
         let to = log.committed.min(log.last_index());
@@ -757,6 +898,9 @@ impl<S: StateMachine> Loop<S> {
         };
         self.sm.apply(normal)?;
         self.applied_ahead = last;
+        // Committed (raft's commit index is at or past it) before it is applied: the status
+        // never shows an applied index ahead of the commit index.
+        self.status.commit_index.fetch_max(last, Ordering::AcqRel);
         self.status.raise_applied(last);
         Ok(())
     }

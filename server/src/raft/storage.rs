@@ -431,6 +431,18 @@ impl Storage for RaftStorage {
         // and the header's conf state is the one of the applied index (conf changes are applied
         // in order, never ahead).
         let start = self.header.read().start.0;
+        // A snapshot being installed here leaves the stored state half replaced until it is
+        // done: nothing can be captured from it meanwhile.
+        let installing = self
+            .backend
+            .raft_meta
+            .contains_key(crate::snapshot::install::MARKER)
+            .map_err(pb_err)?;
+        if installing {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
         if let Some(c) = self.snapshots.reusable(request_index.max(start)) {
             return Ok(c.raft_snapshot());
         }

@@ -3,16 +3,18 @@
 //! state. The state cannot change in one atomic batch then, so the install is made crash-safe
 //! by a durable marker in `raft_meta`:
 //!
-//! 1. the marker (the raft snapshot: metadata and the staged file's descriptor) is written and
-//!    synced before anything else changes;
-//! 2. the kv, lease and members keyspaces are cleared and refilled from the file, batch by
-//!    batch (not synced: fjall's journal recovers as a prefix, and the last batch is synced);
-//! 3. the last batch resets the raft log (the caller's batch from
-//!    `RaftStorage::stage_snapshot`), sets the applied index and revisions, removes the
-//!    marker, and is synced.
+//! 1. [`stage`], on the raft thread: the marker (the raft snapshot: metadata and the staged
+//!    file's descriptor) and the raft log's reset to the snapshot go in one synced batch. From
+//!    then on raft appends the entries that follow the snapshot, while
+//! 2. [`install_staged`], on an installer thread: the kv, lease and members keyspaces are
+//!    cleared and refilled from the file, batch by batch (not synced: fjall's journal recovers
+//!    as a prefix), and
+//! 3. the last batch sets the applied index and revisions, removes the marker, and is synced.
 //!
-//! A member that stops between 1 and 3 finds the marker at its next start and redoes the
-//! install from the file before anything reads the state ([`recover`]).
+//! The raft thread goes on meanwhile (ticks, heartbeats, appends, acknowledgements) and applies
+//! the entries after the snapshot once the install is done. A member that stops between 1 and
+//! 3 finds the marker at its next start and redoes 2 and 3 from the file before anything reads
+//! the state ([`recover`]); the log, with whatever raft appended after the snapshot, stays.
 
 use super::{keyspace, parse_header, staging_dir, Descriptor, RECORD_HEADER, TAGS};
 use crate::backend::{meta_key, Backend};
@@ -20,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::raft::RaftStorage;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::Snapshot;
+use raft::Storage as _;
 use sha1::{Digest, Sha1};
 use std::io::{BufReader, Read};
 use std::path::Path;
@@ -38,12 +41,41 @@ fn corrupt(what: impl std::fmt::Display) -> Error {
 
 /// Replaces the state with the staged snapshot `snap` names, `last` (the raft log's reset)
 /// going in the final, synced batch. The caller reloads every in-memory view afterwards.
+/// In one go, for a member that is not running raft yet (tests, an old marker at startup).
 pub fn install(backend: &Backend, snap: &Snapshot, last: fjall::OwnedWriteBatch) -> Result<()> {
     let desc = Descriptor::decode_from(&snap.data)?;
     let file = open_staged(&desc)?;
     write_marker(backend, snap)?;
     clear(backend)?;
     fill(backend, &desc, file, last)?;
+    remove_staged(Path::new(&desc.file), desc.index);
+    super::INSTALLED.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Step 1, on the raft thread: checks the staged file is there and whole, then writes the
+/// marker and resets the raft log to `snap` in one synced batch, and tells the raft storage.
+/// Quick: the log holds at most what raft keeps between compactions.
+pub fn stage(backend: &Backend, storage: &RaftStorage, snap: &Snapshot) -> Result<()> {
+    let desc = Descriptor::decode_from(&snap.data)?;
+    open_staged(&desc)?;
+    let mut batch = storage.stage_snapshot(snap)?;
+    let bytes = snap.write_to_bytes().map_err(Error::internal)?;
+    batch.insert(&backend.raft_meta, MARKER, bytes);
+    batch
+        .durability(Some(fjall::PersistMode::SyncData))
+        .commit()?;
+    storage.snapshot_installed(snap);
+    Ok(())
+}
+
+/// Steps 2 and 3, on an installer thread, after [`stage`]: replaces the state machine's
+/// keyspaces with the file's content. The caller reloads every in-memory view afterwards.
+pub fn install_staged(backend: &Backend, snap: &Snapshot) -> Result<()> {
+    let desc = Descriptor::decode_from(&snap.data)?;
+    let file = open_staged(&desc)?;
+    clear(backend)?;
+    fill(backend, &desc, file, backend.db.batch())?;
     remove_staged(Path::new(&desc.file), desc.index);
     super::INSTALLED.fetch_add(1, Ordering::Relaxed);
     Ok(())
@@ -182,9 +214,16 @@ pub fn recover(backend: &Backend, data_dir: &Path) -> Result<()> {
         }
         tracing::warn!(index = desc.index, file = %desc.file, "redoing an interrupted snapshot install");
         let storage = RaftStorage::open(backend.clone())?;
-        let batch = storage.stage_snapshot(&snap)?;
-        install(backend, &snap, batch)?;
-        storage.snapshot_installed(&snap);
+        if storage.first_index().map_err(Error::internal)? > desc.index {
+            // Staged (step 1 done): the log already starts after the snapshot, and may hold
+            // entries raft appended (and acknowledged) since; it stays as it is.
+            install_staged(backend, &snap)?;
+        } else {
+            // A marker written before the log's reset (an install in one go): reset it too.
+            let batch = storage.stage_snapshot(&snap)?;
+            install(backend, &snap, batch)?;
+            storage.snapshot_installed(&snap);
+        }
     }
     let dir = staging_dir(data_dir);
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {

@@ -10,11 +10,18 @@
 //! - [`install`]: the staged file replaces the state in batches of bounded size, crash-safe
 //!   through a durable marker that startup honours ([`install::recover`]).
 //!
+//! - [`backup`], [`restore`], [`cli`]: backups (etcd's `Maintenance.Snapshot`) stream from the
+//!   same kind of storage snapshot into a file of their own format; `pgraftd snapshot restore`
+//!   builds a new cluster's member from one.
+//!
 //! The state travels as a byte stream of records: keyspace tag (1 byte), key length and value
 //! length (4 bytes each, big-endian), key, value.
 
+pub mod backup;
+pub mod cli;
 pub mod install;
 pub mod receive;
+pub mod restore;
 pub mod source;
 
 use crate::backend::Backend;
@@ -157,5 +164,7 @@ pub fn staging_dir(data_dir: &Path) -> PathBuf {
     data_dir.join(STAGING_DIR)
 }
 
+#[cfg(test)]
+mod backup_tests;
 #[cfg(test)]
 mod tests;

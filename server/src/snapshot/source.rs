@@ -17,10 +17,19 @@ use raft::eraftpb::{Snapshot, SnapshotMetadata};
 use sha1::{Digest, Sha1};
 use std::sync::Arc;
 
-/// One captured state: a storage snapshot and the raft metadata that matches it.
-pub struct Captured {
+/// A point-in-time view of the applied state: a fjall storage snapshot (O(1) to take), and
+/// the applied index and revisions read from it. The applier writes the applied index in the
+/// same batch as an entry's effects, so the view is always of whole entries, whichever thread
+/// takes it. Raft snapshots and backups ([`super::backup`]) both stream from one.
+pub struct StateView {
     backend: Backend,
     view: fjall::Snapshot,
+    pub descriptor: Descriptor,
+}
+
+/// One captured state: a storage snapshot and the raft metadata that matches it.
+pub struct Captured {
+    state: StateView,
     pub descriptor: Descriptor,
     pub metadata: SnapshotMetadata,
 }
@@ -58,26 +67,11 @@ impl SnapshotSource {
         backend: &Backend,
         metadata: impl FnOnce(u64) -> Result<SnapshotMetadata>,
     ) -> Result<Arc<Captured>> {
-        let view = backend.db.snapshot();
-        let meta_i64 = |key: &str| -> Result<Option<i64>> {
-            match view.get(&backend.meta, key)? {
-                Some(v) => Ok(Some(i64::from_be_bytes(
-                    v.as_ref().try_into().map_err(Error::internal)?,
-                ))),
-                None => Ok(None),
-            }
-        };
-        let descriptor = Descriptor {
-            index: meta_i64(meta_key::APPLIED_INDEX)?.unwrap_or(0) as u64,
-            current_rev: meta_i64(meta_key::CURRENT_REV)?.unwrap_or(1),
-            compact_rev: meta_i64(meta_key::COMPACT_REV)?.unwrap_or(-1),
-            ..Default::default()
-        };
+        let state = StateView::take(backend)?;
         let captured = Arc::new(Captured {
-            metadata: metadata(descriptor.index)?,
-            backend: backend.clone(),
-            view,
-            descriptor,
+            metadata: metadata(state.descriptor.index)?,
+            descriptor: state.descriptor.clone(),
+            state,
         });
         *self.slot.lock() = Some(captured.clone());
         Ok(captured)
@@ -109,56 +103,110 @@ impl Captured {
         snap
     }
 
+    /// Streams the captured state: see [`StateView::stream`].
+    pub fn stream(&self, chunk: usize, emit: impl FnMut(Vec<u8>) -> bool) -> Result<Streamed> {
+        self.state.stream(chunk, emit)
+    }
+}
+
+impl StateView {
+    /// Takes a view of the applied state now.
+    pub fn take(backend: &Backend) -> Result<Self> {
+        let view = backend.db.snapshot();
+        let meta_i64 = |key: &str| -> Result<Option<i64>> {
+            match view.get(&backend.meta, key)? {
+                Some(v) => Ok(Some(i64::from_be_bytes(
+                    v.as_ref().try_into().map_err(Error::internal)?,
+                ))),
+                None => Ok(None),
+            }
+        };
+        let descriptor = Descriptor {
+            index: meta_i64(meta_key::APPLIED_INDEX)?.unwrap_or(0) as u64,
+            current_rev: meta_i64(meta_key::CURRENT_REV)?.unwrap_or(1),
+            compact_rev: meta_i64(meta_key::COMPACT_REV)?.unwrap_or(-1),
+            ..Default::default()
+        };
+        Ok(StateView {
+            backend: backend.clone(),
+            view,
+            descriptor,
+        })
+    }
+
+    /// Every record of the view, in stream order (by tag, then key): (tag, key, value).
+    /// Blocking (fjall reads).
+    pub fn records(&self) -> impl Iterator<Item = Result<(u8, fjall::Slice, fjall::Slice)>> + '_ {
+        TAGS.into_iter().flat_map(move |tag| {
+            let ks = super::keyspace(&self.backend, tag).expect("known tag");
+            self.view.iter(ks).map(move |item| {
+                let (k, v) = item.into_inner()?;
+                Ok((tag, k, v))
+            })
+        })
+    }
+
     /// Reads the captured state as records and hands them to `emit` in pieces of exactly
     /// `chunk` bytes (the last one shorter), stopping early when `emit` returns false. Blocking
     /// (fjall reads): run it off the raft thread and off async workers. Holds one chunk.
     pub fn stream(&self, chunk: usize, emit: impl FnMut(Vec<u8>) -> bool) -> Result<Streamed> {
-        let mut out = Chunker {
-            buf: Vec::with_capacity(chunk),
-            chunk,
-            emit,
-            length: 0,
-            sha1: Sha1::new(),
-            open: true,
-        };
-        for tag in TAGS {
-            let ks = super::keyspace(&self.backend, tag).expect("known tag");
-            for item in self.view.iter(ks) {
-                let (k, v) = item.into_inner()?;
-                out.push(&record_header(tag, &k, &v));
-                out.push(&k);
-                out.push(&v);
-                if !out.open {
-                    return Err(Error::Internal("snapshot stream closed".into()));
-                }
-            }
-        }
-        out.flush();
-        if !out.open {
-            return Err(Error::Internal("snapshot stream closed".into()));
-        }
+        let mut sha1 = Sha1::new();
+        let mut out = Chunker::new(chunk, emit, |b: &[u8]| sha1.update(b));
+        self.write_records(&mut out)?;
+        out.finish()?;
+        let length = out.length;
+        drop(out);
         Ok(Streamed {
-            length: out.length,
-            sha1: out.sha1.finalize().to_vec(),
+            length,
+            sha1: sha1.finalize().to_vec(),
         })
+    }
+
+    /// Pushes every record of the view into `out`.
+    pub(crate) fn write_records<F, T>(&self, out: &mut Chunker<F, T>) -> Result<()>
+    where
+        F: FnMut(Vec<u8>) -> bool,
+        T: FnMut(&[u8]),
+    {
+        for record in self.records() {
+            let (tag, k, v) = record?;
+            out.push(&record_header(tag, &k, &v));
+            out.push(&k);
+            out.push(&v);
+            out.check_open()?;
+        }
+        Ok(())
     }
 }
 
-/// Cuts a byte stream into chunks of a fixed size.
-struct Chunker<F> {
+/// Cuts a byte stream into chunks of a fixed size, showing every byte to `tap` (a checksum)
+/// on its way.
+pub(crate) struct Chunker<F, T> {
     buf: Vec<u8>,
     chunk: usize,
     emit: F,
-    length: u64,
-    sha1: Sha1,
+    tap: T,
+    /// Bytes pushed so far.
+    pub length: u64,
     /// False once `emit` refused a chunk.
     open: bool,
 }
 
-impl<F: FnMut(Vec<u8>) -> bool> Chunker<F> {
-    fn push(&mut self, mut bytes: &[u8]) {
+impl<F: FnMut(Vec<u8>) -> bool, T: FnMut(&[u8])> Chunker<F, T> {
+    pub fn new(chunk: usize, emit: F, tap: T) -> Self {
+        Chunker {
+            buf: Vec::with_capacity(chunk),
+            chunk,
+            emit,
+            tap,
+            length: 0,
+            open: true,
+        }
+    }
+
+    pub fn push(&mut self, mut bytes: &[u8]) {
         self.length += bytes.len() as u64;
-        self.sha1.update(bytes);
+        (self.tap)(bytes);
         while !bytes.is_empty() && self.open {
             let n = (self.chunk - self.buf.len()).min(bytes.len());
             self.buf.extend_from_slice(&bytes[..n]);
@@ -174,5 +222,20 @@ impl<F: FnMut(Vec<u8>) -> bool> Chunker<F> {
             let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk));
             self.open = (self.emit)(full);
         }
+    }
+
+    /// An error once the receiving end refused a chunk.
+    pub fn check_open(&self) -> Result<()> {
+        if self.open {
+            Ok(())
+        } else {
+            Err(Error::Internal("snapshot stream closed".into()))
+        }
+    }
+
+    /// Emits the last, partial, chunk.
+    pub fn finish(&mut self) -> Result<()> {
+        self.flush();
+        self.check_open()
     }
 }

@@ -256,6 +256,53 @@ async fn install_interrupted_after_its_marker_is_redone_at_the_next_open() {
     assert!(e.to_string().contains("which is gone"), "{e}");
 }
 
+/// The install in two steps (the raft thread stages, an installer thread fills) stopped in
+/// between, after raft appended entries past the snapshot: the next open redoes the fill and
+/// keeps those entries (they may have been acknowledged to the leader).
+#[tokio::test]
+async fn staged_install_interrupted_keeps_the_entries_appended_since() {
+    let src = tempfile::tempdir().unwrap();
+    let leader = leader_backend(src.path());
+    let chunks = capture_chunks(&leader, 1000);
+    let mut expected = state(&leader);
+    expected[0].retain(|(k, _)| k.as_slice() != 999u32.to_be_bytes());
+
+    let dst = tempfile::tempdir().unwrap();
+    let m = receive_all(&staging_dir(dst.path()), chunks).await.unwrap();
+    let snap: Snapshot = m.get_snapshot().clone();
+    {
+        let (b, storage) = follower(dst.path());
+        install::stage(&b, &storage, &snap).unwrap();
+        assert!(b.raft_meta.get(MARKER).unwrap().is_some());
+        assert_eq!(storage.first_index().unwrap(), 41);
+        // Raft goes on: entries after the snapshot, made durable.
+        let after: Vec<Entry> = (41..=43)
+            .map(|index| Entry {
+                index,
+                term: 3,
+                ..Default::default()
+            })
+            .collect();
+        storage.persist(&after, None).unwrap();
+        install::clear(&b).unwrap();
+        b.sync_journal().unwrap();
+        // The member stops here, the state half replaced.
+    }
+    let b = Backend::open(dst.path()).unwrap();
+    install::recover(&b, dst.path()).unwrap();
+    assert_eq!(state(&b), expected);
+    assert_eq!(b.get_meta_u64(meta_key::APPLIED_INDEX).unwrap(), Some(40));
+    assert!(b.raft_meta.get(MARKER).unwrap().is_none(), "marker kept");
+    let storage = RaftStorage::open(b.clone()).unwrap();
+    assert_eq!(storage.first_index().unwrap(), 41);
+    assert_eq!(
+        storage.last_index().unwrap(),
+        43,
+        "entries after the snapshot lost"
+    );
+    assert_eq!(storage.term(43).unwrap(), 3);
+}
+
 /// Raft's snapshot is a small descriptor of a capture kept in the slot: reused while recent
 /// enough, dropped once the log compaction passed it.
 #[test]

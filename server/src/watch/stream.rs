@@ -153,8 +153,13 @@ impl WatchStream {
                 Ok(())
             }
             Some(RequestUnion::ProgressRequest(_)) => {
-                // Catching up first makes every watcher synced, so the notify may go out.
+                // Catching up first makes every watcher synced, so the notify may go out; not
+                // while a snapshot install holds them back (etcd sends none to unsynced ones).
                 self.catch_up().await?;
+                let current = self.current();
+                if self.watchers.values().any(|w| w.next_rev <= current) {
+                    return Ok(());
+                }
                 self.send(WatchResponse {
                     header: Some((self.header)(self.current())),
                     watch_id: -1,
@@ -253,6 +258,9 @@ impl WatchStream {
                 Ok(b) => b,
                 // A compaction raced with us: the next turn cancels the affected watchers.
                 Err(Error::Compacted) => continue,
+                // The store is being replaced by a snapshot: the watchers stay where they are,
+                // and catch up once the install is done (the hub announces it).
+                Err(Error::SnapshotInstalling) => return Ok(()),
                 Err(e) => {
                     tracing::error!(error = %e, "watch history read failed");
                     return Err(Closed);

@@ -1,4 +1,4 @@
-//! `etcdserverpb.Maintenance`: Status, Alarm (GET) and MoveLeader are served; the rest answer `Unimplemented`
+//! `etcdserverpb.Maintenance`: Status, Alarm (GET), Snapshot and MoveLeader are served; the rest answer `Unimplemented`
 //! until pgraft offers them.
 
 use super::unimplemented::unimplemented;
@@ -6,6 +6,7 @@ use crate::service::EtcdServer;
 use etcd_proto::etcdserverpb::alarm_request::AlarmAction;
 use etcd_proto::etcdserverpb::maintenance_server::Maintenance;
 use etcd_proto::etcdserverpb::*;
+use futures::StreamExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -58,7 +59,10 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(unimplemented("Snapshot"))
+        let stream = self.0.snapshot().map_err(super::status)?;
+        Ok(Response::new(Box::pin(
+            stream.map(|r| r.map_err(super::status)),
+        )))
     }
 
     async fn move_leader(

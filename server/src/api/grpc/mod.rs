@@ -3,8 +3,10 @@
 pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod cluster;
+pub(crate) mod election;
 pub(crate) mod kv;
 pub(crate) mod lease;
+pub(crate) mod lock;
 pub(crate) mod maintenance;
 pub mod metered;
 pub mod recv_limit;
@@ -18,6 +20,8 @@ use etcd_proto::etcdserverpb::{
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use etcd_proto::pgraftpb::admin_server::AdminServer;
+use etcd_proto::v3electionpb::election_server::ElectionServer;
+use etcd_proto::v3lockpb::lock_server::LockServer;
 use futures::{Stream, StreamExt};
 use std::sync::Arc;
 use tonic::service::Routes;
@@ -45,7 +49,14 @@ pub fn routes(server: Arc<EtcdServer>, stopping: tokio::sync::watch::Receiver<bo
                 .max_decoding_message_size(recv),
         )
         .add_service(
-            LeaseServer::new(lease::LeaseService(server.clone(), stopping))
+            LeaseServer::new(lease::LeaseService(server.clone(), stopping.clone()))
+                .max_decoding_message_size(recv),
+        )
+        .add_service(
+            LockServer::new(lock::LockService(server.clone())).max_decoding_message_size(recv),
+        )
+        .add_service(
+            ElectionServer::new(election::ElectionService(server.clone(), stopping))
                 .max_decoding_message_size(recv),
         )
         .add_service(
@@ -89,6 +100,17 @@ pub(crate) async fn caller<T>(
 ) -> Result<crate::auth::Caller, Status> {
     let token = token(req)?;
     server.caller(token.as_deref()).await.map_err(status)
+}
+
+/// Lock and Election run their key operations as the member itself, so while auth is on
+/// they are root's only (etcd checks the caller's key permissions instead: stricter here,
+/// never a way around them).
+pub(crate) async fn root_while_auth<T>(
+    server: &EtcdServer,
+    req: &tonic::Request<T>,
+) -> Result<(), Status> {
+    let who = caller(server, req).await?;
+    server.check_admin(&who).map_err(status)
 }
 
 /// etcd's `hasleader` metadata check (`WithRequireLeader`): refuse when there is no leader.

@@ -5,7 +5,6 @@ use super::text;
 use crate::config::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
 use crate::error::Error;
 use crate::metrics;
-use crate::mvcc::KvRead;
 use crate::service::EtcdServer;
 use axum::extract::{Query, RawQuery};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -95,24 +94,13 @@ async fn version() -> Response {
 
 fn metrics_text(s: &EtcdServer) -> Response {
     let st = &s.raft.status;
-    let keys = s
-        .store
-        .read()
-        .range(&RangeRequest {
-            key: vec![0],
-            range_end: vec![0],
-            count_only: true,
-            ..Default::default()
-        })
-        .map(|r| r.count)
-        .unwrap_or(0);
     let g = metrics::ServerGauges {
         has_leader: st.leader() != 0,
         is_leader: st.is_leader(),
         committed_index: st.commit_index(),
         applied_index: st.applied_index(),
         db_size: s.backend.disk_space(),
-        keys,
+        keys: i64::try_from(s.store.live_keys()).unwrap_or(i64::MAX),
         current_rev: s.store.current_rev(),
         compact_rev: s.store.compact_rev(),
         server_version: ETCD_VERSION,

@@ -5,7 +5,7 @@
 
 use super::body::{self, Splitter, TooLarge};
 use super::{decode_body, decode_error, error_response, http_status, method_not_allowed};
-use crate::api::grpc::{self, auth, cluster, kv, lease, maintenance, unimplemented};
+use crate::api::grpc::{self, auth, cluster, election, kv, lease, lock, maintenance};
 use crate::metrics::{GrpcCall, GrpcMethod};
 use crate::service::EtcdServer;
 use axum::body::{Body, Bytes};
@@ -18,6 +18,8 @@ use etcd_proto::etcdserverpb::{
     auth_server::Auth, cluster_server::Cluster, kv_server::Kv, lease_server::Lease,
     maintenance_server::Maintenance, LeaseKeepAliveRequest, WatchRequest,
 };
+use etcd_proto::v3electionpb::election_server::Election;
+use etcd_proto::v3lockpb::lock_server::Lock;
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -66,29 +68,24 @@ pub fn router(server: Arc<EtcdServer>, stopping: watch::Receiver<bool>) -> axum:
     let maint = Arc::new(maintenance::MaintenanceService(server.clone()));
     let mut r = unary_routes(&server, &stopping, &maint, max);
 
-    // The server-side lock and election services are not served over gRPC either.
-    for (route, what) in [
-        ("/lock/lock", "Lock"),
-        ("/lock/unlock", "Unlock"),
-        ("/election/campaign", "Campaign"),
-        ("/election/proclaim", "Proclaim"),
-        ("/election/leader", "Leader"),
-        ("/election/resign", "Resign"),
-    ] {
+    {
+        let election = Arc::new(election::ElectionService(server.clone(), stopping.clone()));
         r = add(
             r,
-            route,
-            post(move || async move { error_response(&unimplemented::unimplemented(what)) }),
+            "/election/observe",
+            post(
+                move |headers: HeaderMap, body: Result<Bytes, BytesRejection>| {
+                    let election = election.clone();
+                    async move {
+                        match body {
+                            Ok(body) => observe(&election, &headers, &body).await,
+                            Err(rejected) => refuse_body(rejected),
+                        }
+                    }
+                },
+            ),
         );
     }
-    r = add(
-        r,
-        "/election/observe",
-        post(|| async {
-            let s = unimplemented::unimplemented("Observe");
-            forward(futures::stream::iter([Err::<(), _>(s)]).boxed(), None).await
-        }),
-    );
 
     {
         let maint = maint.clone();
@@ -143,7 +140,7 @@ fn refuse_body(rejected: BytesRejection) -> Response {
     }
 }
 
-/// The unary RPCs of the six etcd services, each calling the gRPC service's own method.
+/// The unary RPCs of the etcd services (and of the lock and election services), each calling the gRPC service's own method.
 #[rustfmt::skip]
 fn unary_routes(
     server: &Arc<EtcdServer>,
@@ -155,6 +152,8 @@ fn unary_routes(
     let lease = Arc::new(lease::LeaseService(server.clone(), stopping.clone()));
     let cluster = Arc::new(cluster::ClusterService(server.clone()));
     let auth = Arc::new(auth::AuthService(server.clone()));
+    let lock = Arc::new(lock::LockService(server.clone()));
+    let election = Arc::new(election::ElectionService(server.clone(), stopping.clone()));
     let mut r = axum::Router::new();
     unary!(r, max, kv, Kv::range, "etcdserverpb.KV", "Range", "/kv/range");
     unary!(r, max, kv, Kv::put, "etcdserverpb.KV", "Put", "/kv/put");
@@ -221,6 +220,17 @@ fn unary_routes(
         "/auth/role/grant");
     unary!(r, max, auth, Auth::role_revoke_permission, "etcdserverpb.Auth",
         "RoleRevokePermission", "/auth/role/revoke");
+
+    unary!(r, max, lock, Lock::lock, "v3lockpb.Lock", "Lock", "/lock/lock");
+    unary!(r, max, lock, Lock::unlock, "v3lockpb.Lock", "Unlock", "/lock/unlock");
+    unary!(r, max, election, Election::campaign, "v3electionpb.Election", "Campaign",
+        "/election/campaign");
+    unary!(r, max, election, Election::proclaim, "v3electionpb.Election", "Proclaim",
+        "/election/proclaim");
+    unary!(r, max, election, Election::leader, "v3electionpb.Election", "Leader",
+        "/election/leader");
+    unary!(r, max, election, Election::resign, "v3electionpb.Election", "Resign",
+        "/election/resign");
     r
 }
 
@@ -552,6 +562,20 @@ async fn snapshot(
     };
     let call = GrpcCall::start(GrpcMethod::new("etcdserverpb.Maintenance", "Snapshot"));
     match Maintenance::snapshot(svc, grpc_request(headers, req)).await {
+        Ok(stream) => forward(stream.into_inner(), Some(call)).await,
+        Err(s) => forward(futures::stream::iter([Err::<(), _>(s)]).boxed(), Some(call)).await,
+    }
+}
+
+/// `POST /v3/election/observe`: a server stream, forwarded message by message until the
+/// client goes away.
+async fn observe(svc: &election::ElectionService, headers: &HeaderMap, body: &[u8]) -> Response {
+    let req = match decode_body(body) {
+        Ok(r) => r,
+        Err(msg) => return error_response(&Status::invalid_argument(msg)),
+    };
+    let call = GrpcCall::start(GrpcMethod::new("v3electionpb.Election", "Observe"));
+    match Election::observe(svc, grpc_request(headers, req)).await {
         Ok(stream) => forward(stream.into_inner(), Some(call)).await,
         Err(s) => forward(futures::stream::iter([Err::<(), _>(s)]).boxed(), Some(call)).await,
     }

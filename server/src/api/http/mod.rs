@@ -31,6 +31,12 @@ pub fn router(
         .layer(axum::middleware::from_fn(cors))
 }
 
+/// The plain endpoints alone (`/metrics`, `/health`, `/livez`, `/readyz`, `/version`), for
+/// `--listen-metrics-urls`.
+pub fn metrics_router(server: Arc<EtcdServer>) -> axum::Router {
+    endpoints::router(server).fallback(fallback)
+}
+
 /// Answers every request no route took: gRPC calls to an unknown service get gRPC's
 /// `Unimplemented`; HTTP requests get the 404 texts of etcd's muxes.
 pub async fn fallback(req: Request) -> Response {

@@ -1,0 +1,109 @@
+"""One fault per run, applied to a running `cluster.Cluster` (made with `proxy=True`) and
+recorded with its start and end (the end is when the cluster was whole again: restarted,
+resumed, healed or re-membered). Leader and follower are found when the fault starts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from .history import Fault
+
+DOWN_S = 1.5      # how long a killed member stays down
+PAUSE_S = 3.0     # SIGSTOP .. SIGCONT
+PARTITION_S = 4.0
+
+
+def _pick(c, rng, role):
+    leader = c.wait_leader(timeout=20)
+    if role == "leader":
+        return leader
+    return rng.choice([m for m in c.voters() if m is not leader])
+
+
+def kill(c, rng, role) -> Fault:
+    m = _pick(c, rng, role)
+    f = Fault(f"kill-{role}", m.name, time.monotonic(), affects_leader=role == "leader")
+    c.kill(m)
+    time.sleep(DOWN_S)
+    c.start_member(m, wait=True)
+    f.end = time.monotonic()
+    return f
+
+
+def pause(c, rng, role) -> Fault:
+    m = _pick(c, rng, role)
+    f = Fault(f"pause-{role}", m.name, time.monotonic(), affects_leader=role == "leader")
+    os.kill(m.pid, signal.SIGSTOP)
+    try:
+        time.sleep(PAUSE_S)
+    finally:
+        os.kill(m.pid, signal.SIGCONT)
+    f.end = time.monotonic()
+    return f
+
+
+def partition(c, rng, role) -> Fault:
+    m = _pick(c, rng, role)
+    f = Fault(f"partition-{role}", m.name, time.monotonic(), affects_leader=role == "leader",
+              notes="both ways, dropped")
+    c.proxy.isolate(m.name, mode="drop")
+    try:
+        time.sleep(PARTITION_S)
+    finally:
+        f.notes += f"; proxy {c.proxy.stats()}"
+        c.proxy.heal()
+    f.end = time.monotonic()
+    return f
+
+
+def one_way(c, rng, role) -> Fault:
+    m = _pick(c, rng, role)
+    others = [x.name for x in c.voters() if x is not m]
+    f = Fault(f"oneway-{role}", m.name, time.monotonic(), affects_leader=role == "leader",
+              notes=f"bytes from {m.name} to {others} dropped")
+    c.proxy.one_way([m.name], others)
+    try:
+        time.sleep(PARTITION_S)
+    finally:
+        f.notes += f"; proxy {c.proxy.stats()}"
+        c.proxy.heal()
+    f.end = time.monotonic()
+    return f
+
+
+def member_replace(c, rng, role="follower") -> Fault:
+    """Removes a follower under load, stops it, then adds a fresh member as a learner,
+    starts it, and promotes it once it caught up."""
+    leader = c.wait_leader(timeout=20)
+    old = _pick(c, rng, "follower")
+    f = Fault("member-replace", old.name, time.monotonic())
+    c.remove(leader, old)
+    deadline = time.monotonic() + 5
+    while old.alive() and time.monotonic() < deadline:  # etcd's removed member exits itself
+        time.sleep(0.1)
+    exited = not old.alive()
+    if not exited:
+        c.kill(old)
+    new = c.new_member()
+    c.add_learner(c.wait_leader(timeout=20), new)
+    c.start_member(new, wait=True)
+    c.promote(c.wait_leader(timeout=20), new)
+    f.notes = (f"removed {old.name} ({'exited by itself' if exited else 'killed: did not exit'}"
+               f"), added {new.name}")
+    f.target = f"{old.name}->{new.name}"
+    f.end = time.monotonic()
+    return f
+
+
+FAULTS = {
+    "kill-leader": lambda c, r: kill(c, r, "leader"),
+    "kill-follower": lambda c, r: kill(c, r, "follower"),
+    "pause-leader": lambda c, r: pause(c, r, "leader"),
+    "pause-follower": lambda c, r: pause(c, r, "follower"),
+    "partition-leader": lambda c, r: partition(c, r, "leader"),
+    "partition-follower": lambda c, r: partition(c, r, "follower"),
+    "oneway-leader": lambda c, r: one_way(c, r, "leader"),
+    "member-replace": lambda c, r: member_replace(c, r),
+}
