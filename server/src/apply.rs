@@ -77,14 +77,14 @@ impl StateMachine for Applier {
             if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
                 continue;
             }
-            let req = match InternalRequest::decode(e.data.as_ref()) {
+            let mut req = match InternalRequest::decode(e.data.as_ref()) {
                 Ok(r) => r,
                 Err(err) => {
                     tracing::error!(index = e.index, error = %err, "undecodable log entry skipped");
                     continue;
                 }
             };
-            let Some(op) = req.op else { continue };
+            let Some(op) = req.op.take() else { continue };
             let res = if req.proposer_term != 0 && req.proposer_term != e.term {
                 // A deposed leader's own proposal (see `InternalRequest::proposer_term`).
                 tracing::info!(
@@ -95,7 +95,7 @@ impl StateMachine for Applier {
                 );
                 Err(Error::LeaderChanged)
             } else {
-                let caller = caller_of(&req.username, req.auth_revision, req.proposer_term);
+                let caller = caller_of(&req);
                 w.begin_txn();
                 let res = check_op(&op)
                     .and_then(|()| crate::auth::check::op(&self.auth, &self.lessor, &caller, &op))
@@ -242,17 +242,17 @@ fn check_lease_grant(r: &LeaseGrantRequest) -> Result<()> {
     Ok(())
 }
 
-/// Who proposed a logged request: the member itself for its own proposals (a proposer term),
-/// else the user the serving member stamped on it, if any.
-fn caller_of(username: &str, auth_revision: u64, proposer_term: u64) -> Caller {
-    if proposer_term != 0 {
+/// Who proposed a logged request: the member itself for its own proposals (a proposer term,
+/// or marked internal), else the user the serving member stamped on it, if any.
+fn caller_of(req: &InternalRequest) -> Caller {
+    if req.proposer_term != 0 || req.internal {
         Caller::Internal
-    } else if username.is_empty() {
+    } else if req.username.is_empty() {
         Caller::Anonymous
     } else {
         Caller::User {
-            name: username.to_string(),
-            revision: auth_revision,
+            name: req.username.clone(),
+            revision: req.auth_revision,
         }
     }
 }

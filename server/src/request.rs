@@ -28,6 +28,10 @@ pub struct InternalRequest {
     pub username: String,
     #[prost(uint64, tag = "13")]
     pub auth_revision: u64,
+    /// Proposed by the member itself on a client's behalf (Lock, Election, auto-compaction:
+    /// root's only while auth is on), so the applier checks no user.
+    #[prost(bool, tag = "14")]
+    pub internal: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]

@@ -1213,3 +1213,55 @@ async fn jwt_tokens_with_rsa_and_ec_keys() {
         assert!(al.kv.range(range("a/1", "")).await.is_ok());
     }
 }
+
+/// Lock and Election act on keys as the member itself, so while auth is on only root may use
+/// them (never a way around key permissions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_and_election_are_roots_while_auth_is_on() {
+    use etcd_proto::v3electionpb::election_client::ElectionClient;
+    use etcd_proto::v3electionpb::LeaderRequest;
+    use etcd_proto::v3lockpb::lock_client::LockClient;
+    use etcd_proto::v3lockpb::LockRequest;
+    let n = TestNode::start_with(ARGS).await;
+    let mut root = setup(&n).await;
+    let lease = root
+        .lease
+        .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    let alice = Token(Some(login(&n, "alice", "alicepw").await.unwrap()));
+    let root_token = Token(Some(login(&n, "root", "rootpw").await.unwrap()));
+    let req = || LockRequest {
+        name: b"a/lock".to_vec(),
+        lease,
+    };
+    assert_status(
+        LockClient::with_interceptor(n.channel.clone(), alice.clone())
+            .lock(req())
+            .await,
+        Code::PermissionDenied,
+        "etcdserver: permission denied",
+    );
+    assert_status(
+        ElectionClient::with_interceptor(n.channel.clone(), alice)
+            .leader(LeaderRequest {
+                name: b"a/e".to_vec(),
+            })
+            .await,
+        Code::PermissionDenied,
+        "etcdserver: permission denied",
+    );
+    assert_status(
+        LockClient::new(n.channel.clone()).lock(req()).await,
+        Code::InvalidArgument,
+        "etcdserver: user name is empty",
+    );
+    let locked = LockClient::with_interceptor(n.channel.clone(), root_token)
+        .lock(req())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(locked.key.starts_with(b"a/lock/"));
+}

@@ -60,11 +60,13 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// The user name and revision stamped on a proposal (empty and 0 for no user).
-    pub fn stamp(&self) -> (String, u64) {
+    /// The user name and revision stamped on a proposal (empty and 0 for no user), and
+    /// whether the member itself proposes it.
+    pub fn stamp(&self) -> (String, u64, bool) {
         match self {
-            Caller::User { name, revision } => (name.clone(), *revision),
-            Caller::Anonymous | Caller::Internal => (String::new(), 0),
+            Caller::User { name, revision } => (name.clone(), *revision, false),
+            Caller::Anonymous => (String::new(), 0, false),
+            Caller::Internal => (String::new(), 0, true),
         }
     }
 }

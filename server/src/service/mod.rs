@@ -110,13 +110,14 @@ impl EtcdServer {
         let st = &self.raft.status;
         check_apply_gap(st.commit_index(), st.applied_index())?;
         let id = self.ids.next();
-        let (username, auth_revision) = who.stamp();
+        let (username, auth_revision, internal) = who.stamp();
         let data = InternalRequest {
             id,
             op: Some(op),
             proposer_term: 0,
             username,
             auth_revision,
+            internal,
         }
         .encode_to_vec();
         if data.len() > self.cfg.max_request_bytes {
