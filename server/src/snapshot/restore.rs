@@ -175,6 +175,8 @@ fn build(
         let ks = match tag {
             1 => &backend.kv,
             2 => &backend.lease,
+            // Users, roles and the auth flag, as etcd's restore keeps its auth buckets.
+            4 => &backend.auth,
             // The old cluster's members: the new cluster's come from --initial-cluster.
             _ => return Ok(()),
         };
