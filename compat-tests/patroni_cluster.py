@@ -242,7 +242,7 @@ class PatroniNode:
             "log": {"level": "INFO"},
             "restapi": {"listen": f"127.0.0.1:{self.rest_port}",
                         "connect_address": f"127.0.0.1:{self.rest_port}"},
-            "etcd3": {"hosts": list(c.etcd_endpoints)},
+            "etcd3": {"hosts": list(c.etcd_endpoints), **c.etcd3_auth},
             "bootstrap": {
                 "dcs": {
                     "ttl": c.ttl, "loop_wait": c.loop_wait, "retry_timeout": c.retry_timeout,
@@ -437,8 +437,10 @@ class PatroniNode:
 # ---------------------------------------------------------------------------------- cluster
 class PatroniCluster:
     def __init__(self, etcd_endpoints: list[str], size: int = 3, *, ttl: int = 20,
-                 loop_wait: int = 2, retry_timeout: int = 5):
+                 loop_wait: int = 2, retry_timeout: int = 5, etcd3_auth: dict | None = None):
+        """`etcd3_auth`: extra `etcd3` settings, e.g. {"username": ..., "password": ...}."""
         self.uid, self.gid, self.user, _ = run_as()
+        self.etcd3_auth = dict(etcd3_auth or {})
         self.etcd_endpoints = list(etcd_endpoints)
         self.ttl, self.loop_wait, self.retry_timeout = ttl, loop_wait, retry_timeout
         tag = f"{os.getpid()}-{time.monotonic_ns() % 10**9}"

@@ -315,13 +315,16 @@ class Entry:
     ttls: list = field(default_factory=list)
 
 
-def run_session(kind: str) -> tuple[list[Entry], Server]:
-    server = Server(kind)
+def run_session(kind: str, steps: list[Step] | None = None,
+                extra_args: tuple[str, ...] = ()) -> tuple[list[Entry], Server]:
+    """Runs `steps` (default: this module's session) on a fresh `kind` server started with
+    `extra_args`; test_auth_diff.py runs its own session through this too."""
+    server = Server(kind, extra_args=extra_args)
     server.start()
     vars: dict = {}
     entries = []
     try:
-        for st in STEPS:
+        for st in (STEPS if steps is None else steps):
             try:
                 if st.run is not None:
                     cmd, inp, rc, out, err = st.run(server, vars)
@@ -385,14 +388,20 @@ _session = session_cache(run_session)
 
 @pytest.mark.parametrize("st", STEPS, ids=[s.name for s in STEPS])
 def test_step(st: Step):
-    ref_entries, ref_server = _session("reference")
-    idx = STEPS.index(st)
+    compare_step(_session, STEPS, st)
+
+
+def compare_step(session, steps: list[Step], st: Step) -> None:
+    """Fails unless step `st` of the session `session` runs gives the same masked transcript
+    (and TTLs within the tolerance) on the candidate as on the reference."""
+    ref_entries, ref_server = session("reference")
+    idx = steps.index(st)
     ref = ref_entries[idx]
     # Sanity of the script itself: the reference must do what the step intends.
     assert ref.rc == st.expect_rc, (
         f"reference etcd gave exit code {ref.rc!r} (expected {st.expect_rc!r}) for step "
         f"{st.name}; the session script is wrong:\n{ref.masked}")
-    cand_entries, cand_server = _session("candidate")
+    cand_entries, cand_server = session("candidate")
     cand = cand_entries[idx]
     problems = []
     if cand.masked != ref.masked:

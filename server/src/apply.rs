@@ -6,6 +6,8 @@
 //! watch hub hears the new revisions and waiting proposers get their results.
 
 use crate::alarm::{AlarmStore, WriteKind};
+use crate::auth::store::AuthApplied;
+use crate::auth::{AuthStore, Caller};
 use crate::backend::{meta_key, Backend};
 use crate::error::{Error, Result};
 use crate::lease::{Lessor, MAX_LEASE_TTL};
@@ -40,6 +42,8 @@ pub enum Applied {
     /// A membership change: the member list after it.
     Members(Vec<Member>),
     Alarm(AlarmResponse),
+    /// An auth change (with the token of an Authenticate).
+    Auth(AuthApplied),
 }
 
 pub type ApplyResult = Result<Applied>;
@@ -50,6 +54,7 @@ pub struct Applier {
     pub lessor: Arc<Lessor>,
     pub hub: Arc<WatchHub>,
     pub membership: Arc<Membership>,
+    pub auth: Arc<AuthStore>,
     pub wait: Arc<Wait<ApplyResult>>,
     pub alarms: Arc<AlarmStore>,
     /// Added to every lease's TTL when this member becomes leader.
@@ -77,14 +82,14 @@ impl StateMachine for Applier {
             if e.get_entry_type() != EntryType::EntryNormal || e.data.is_empty() {
                 continue;
             }
-            let req = match InternalRequest::decode(e.data.as_ref()) {
+            let mut req = match InternalRequest::decode(e.data.as_ref()) {
                 Ok(r) => r,
                 Err(err) => {
                     tracing::error!(index = e.index, error = %err, "undecodable log entry skipped");
                     continue;
                 }
             };
-            let Some(op) = req.op else { continue };
+            let Some(op) = req.op.take() else { continue };
             let res = if req.proposer_term != 0 && req.proposer_term != e.term {
                 // A deposed leader's own proposal (see `InternalRequest::proposer_term`).
                 tracing::info!(
@@ -95,10 +100,12 @@ impl StateMachine for Applier {
                 );
                 Err(Error::LeaderChanged)
             } else {
+                let caller = caller_of(&req);
                 w.begin_txn();
                 let res = check_op(&op)
                     .and_then(|()| self.alarms.gate(write_kind(&op)))
-                    .and_then(|()| self.apply_op(&mut w, op));
+                    .and_then(|()| crate::auth::check::op(&self.auth, &self.lessor, &caller, &op))
+                    .and_then(|()| self.apply_op(&mut w, op, &caller, e.index));
                 w.end_txn();
                 res
             };
@@ -159,6 +166,7 @@ impl StateMachine for Applier {
         let membership = self.membership.clone();
         let alarms = self.alarms.clone();
         let hub = self.hub.clone();
+        let auth = self.auth.clone();
         Box::new(move |snapshot: &Snapshot| {
             let index = snapshot.get_metadata().index;
             let started = std::time::Instant::now();
@@ -171,6 +179,7 @@ impl StateMachine for Applier {
             load_leases(&backend, &lessor, leased_keys)?;
             membership.reload()?;
             alarms.reload()?;
+            auth.reload()?;
             hub.reset();
             tracing::info!(
                 index,
@@ -225,7 +234,8 @@ fn check_op(op: &Op) -> Result<()> {
         | Op::LeaseRevoke(_)
         | Op::MemberAttributes(_)
         | Op::MemberUpdate(_)
-        | Op::Alarm(_) => Ok(()),
+        | Op::Alarm(_)
+        | Op::Auth(_) => Ok(()),
     }
 }
 
@@ -238,7 +248,9 @@ fn write_kind(op: &Op) -> WriteKind {
         Op::Txn(_) | Op::DeleteRange(_) | Op::Compaction(_) | Op::LeaseRevoke(_) => {
             WriteKind::Frees
         }
-        Op::MemberAttributes(_) | Op::MemberUpdate(_) | Op::Alarm(_) => WriteKind::None,
+        Op::MemberAttributes(_) | Op::MemberUpdate(_) | Op::Alarm(_) | Op::Auth(_) => {
+            WriteKind::None
+        }
     }
 }
 
@@ -254,9 +266,29 @@ fn check_lease_grant(r: &LeaseGrantRequest) -> Result<()> {
     Ok(())
 }
 
+/// Who proposed a logged request: the member itself for its own proposals (a proposer term,
+/// or marked internal), else the user the serving member stamped on it, if any.
+fn caller_of(req: &InternalRequest) -> Caller {
+    if req.proposer_term != 0 || req.internal {
+        Caller::Internal
+    } else if req.username.is_empty() {
+        Caller::Anonymous
+    } else {
+        Caller::User {
+            name: req.username.clone(),
+            revision: req.auth_revision,
+        }
+    }
+}
+
 impl Applier {
-    fn apply_op(&self, w: &mut Writer<'_>, op: Op) -> ApplyResult {
+    fn apply_op(&self, w: &mut Writer<'_>, op: Op, caller: &Caller, index: u64) -> ApplyResult {
         match op {
+            Op::Auth(a) => {
+                let req = a.request.ok_or(Error::InvalidAuthMgmt)?;
+                let done = self.auth.apply(&mut w.batch, caller, req, index)?;
+                Ok(Applied::Auth(done))
+            }
             Op::Put(r) => put(w, &self.lessor, &r).map(Applied::Put),
             Op::DeleteRange(r) => Ok(Applied::DeleteRange(delete_range(w, &self.lessor, &r)?)),
             Op::Txn(r) => txn::apply(w, &self.lessor, &r).map(Applied::Txn),
@@ -471,12 +503,22 @@ mod tests {
         let membership = Membership::bootstrap(backend.clone(), "a", &initial, "t").unwrap();
         let (store, _) = Store::open(backend.clone()).unwrap();
         let store = Arc::new(store);
+        let backend_for_auth = backend.clone();
         let mut a = Applier {
             backend: backend.clone(),
             hub: Arc::new(WatchHub::new(store.clone())),
             store,
             lessor: Arc::new(Lessor::new(1)),
             membership: Arc::new(membership),
+            auth: Arc::new(
+                AuthStore::open(
+                    &backend_for_auth,
+                    crate::auth::Tokens::Simple(crate::auth::SimpleTokens::new(
+                        Duration::from_secs(300),
+                    )),
+                )
+                .unwrap(),
+            ),
             wait: Arc::new(Wait::default()),
             alarms: Arc::new(AlarmStore::open(backend.clone()).unwrap()),
             lease_extend: Duration::from_secs(1),
@@ -499,9 +541,26 @@ mod tests {
                 id: self.next_id,
                 op: Some(op),
                 proposer_term,
+                ..Default::default()
             };
             let mut rx = self.a.wait.register(req.id);
             self.apply_raw(term, req.encode_to_vec());
+            rx.try_recv()
+                .expect("the applier answers every decoded entry")
+        }
+
+        /// Applies one client entry (term 1) stamped with `user` at auth revision `rev`.
+        fn apply_as(&mut self, op: Op, user: &str, rev: u64) -> ApplyResult {
+            self.next_id += 1;
+            let req = InternalRequest {
+                id: self.next_id,
+                op: Some(op),
+                username: user.to_string(),
+                auth_revision: rev,
+                ..Default::default()
+            };
+            let mut rx = self.a.wait.register(req.id);
+            self.apply_raw(1, req.encode_to_vec());
             rx.try_recv()
                 .expect("the applier answers every decoded entry")
         }
@@ -658,5 +717,112 @@ mod tests {
         let client_revoke = Op::LeaseRevoke(LeaseRevokeRequest { id: 10 });
         assert!(log.apply(3, client_revoke, 0).is_ok());
         assert!(!log.a.lessor.exists(10));
+    }
+    use crate::auth::{AuthOp, AuthRequest};
+    use etcd_proto::authpb::{permission::Type, Permission};
+    use etcd_proto::etcdserverpb::{
+        AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
+        AuthUserGrantRoleRequest,
+    };
+
+    fn auth(r: AuthRequest) -> Op {
+        Op::Auth(AuthOp { request: Some(r) })
+    }
+
+    /// A logged write is checked again where it applies, with the user and revision stamped on
+    /// it: whatever reached the log (a forged entry, or one checked before an auth change)
+    /// cannot write what its user may not, and a refused entry writes nothing.
+    #[test]
+    fn writes_are_checked_again_at_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = Log {
+            a: applier(dir.path()),
+            index: 1,
+            next_id: 0,
+        };
+        let admin = |log: &mut Log, r| log.apply_as(auth(r), "", 0).unwrap();
+        for name in ["root", "alice"] {
+            admin(
+                &mut log,
+                AuthRequest::UserAdd(AuthUserAddRequest {
+                    name: name.into(),
+                    hashed_password: "x".into(),
+                    ..Default::default()
+                }),
+            );
+        }
+        admin(
+            &mut log,
+            AuthRequest::RoleAdd(AuthRoleAddRequest { name: "w".into() }),
+        );
+        admin(
+            &mut log,
+            AuthRequest::RoleGrantPermission(AuthRoleGrantPermissionRequest {
+                name: "w".into(),
+                perm: Some(Permission {
+                    perm_type: Type::Write as i32,
+                    key: b"w".to_vec(),
+                    range_end: vec![],
+                }),
+            }),
+        );
+        for (user, role) in [("root", "root"), ("alice", "w")] {
+            admin(
+                &mut log,
+                AuthRequest::UserGrantRole(AuthUserGrantRoleRequest {
+                    user: user.into(),
+                    role: role.into(),
+                }),
+            );
+        }
+        admin(&mut log, AuthRequest::Enable(AuthEnableRequest {}));
+        let rev = log.a.auth.revision();
+        let kv_rev = log.a.store.current_rev();
+
+        let put = |k: &[u8]| {
+            Op::Put(PutRequest {
+                key: k.to_vec(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+        };
+        let cases = [
+            (put(b"w"), "", 0, Error::UserEmpty),
+            (put(b"w"), "alice", rev - 1, Error::AuthOldRevision),
+            (put(b"other"), "alice", rev, Error::PermissionDenied),
+            (put(b"w"), "mallory", rev, Error::PermissionDenied),
+            (
+                auth(AuthRequest::RoleAdd(AuthRoleAddRequest {
+                    name: "x".into(),
+                })),
+                "alice",
+                rev,
+                Error::PermissionDenied,
+            ),
+            (
+                auth(AuthRequest::RoleAdd(AuthRoleAddRequest {
+                    name: "x".into(),
+                })),
+                "",
+                0,
+                Error::UserEmpty,
+            ),
+            (
+                Op::Auth(AuthOp { request: None }),
+                "root",
+                rev,
+                Error::InvalidAuthMgmt,
+            ),
+        ];
+        for (op, user, r, want) in cases {
+            let what = format!("{op:?} as {user:?}@{r}");
+            assert_eq!(log.apply_as(op, user, r).unwrap_err(), want, "{what}");
+        }
+        assert_eq!(log.a.store.current_rev(), kv_rev, "nothing was written");
+        assert_eq!(log.a.auth.revision(), rev, "the auth store did not change");
+        // The same write with the right user and revision applies; root may do anything.
+        log.apply_as(put(b"w"), "alice", rev).unwrap();
+        log.apply_as(put(b"other"), "root", rev).unwrap();
+        assert_eq!(log.a.store.current_rev(), kv_rev + 2);
     }
 }

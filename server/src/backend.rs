@@ -7,6 +7,7 @@
 //! | `meta`      | name (see [`meta_key`])      | BE integers / identity                  |
 //! | `lease`     | lease ID BE                  | granted TTL BE                          |
 //! | `members`   | member ID BE                 | `etcdserverpb.Member`                   |
+//! | `auth`      | see [`crate::auth::store`]   | enabled flag, revision, users, roles    |
 //! | `raft_log`  | entry index BE               | `eraftpb.Entry` (protobuf)              |
 //! | `raft_meta` | name                         | hard state, conf state, log start       |
 //! | `alarm`     | member ID BE, alarm type BE  | empty (see [`crate::alarm`])            |
@@ -62,6 +63,7 @@ pub struct Backend {
     pub meta: Keyspace,
     pub lease: Keyspace,
     pub members: Keyspace,
+    pub auth: Keyspace,
     pub raft_log: Keyspace,
     pub raft_meta: Keyspace,
     pub alarm: Keyspace,
@@ -155,6 +157,7 @@ impl Backend {
             meta: ks("meta")?,
             lease: ks("lease")?,
             members: ks("members")?,
+            auth: ks("auth")?,
             raft_log: ks("raft_log")?,
             raft_meta: ks("raft_meta")?,
             alarm: ks("alarm")?,

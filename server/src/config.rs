@@ -223,6 +223,30 @@ pub struct Config {
         value_parser = parse_duration
     )]
     pub corrupt_check_time: Duration,
+    // --- Auth (see `crate::auth`) ---
+    /// Auth token type: "simple", or "jwt,pub-key=<file>,priv-key=<file>,sign-method=<alg>
+    /// [,ttl=<duration>]" (RS256/384/512, PS256/384/512, ES256/384).
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple", value_parser = parse_auth_token)]
+    pub auth_token: String,
+
+    /// Seconds a simple token stays valid without being used.
+    #[arg(long, env = "ETCD_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+
+    /// bcrypt cost of password hashes (4 to 31).
+    #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
+}
+
+/// `--auth-token`: etcd's `simple` or `jwt,<options>` (the key files are read at start).
+fn parse_auth_token(s: &str) -> Result<String, String> {
+    match s.split(',').next().unwrap_or_default() {
+        "simple" | "jwt" => Ok(s.to_string()),
+        other => Err(format!(
+            "unknown token type {other:?} (\"simple\" or \"jwt\")"
+        )),
+    }
 }
 
 /// `--auto-compaction-mode` and `--auto-compaction-retention`, read as etcd reads them.

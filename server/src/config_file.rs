@@ -132,13 +132,10 @@ pub fn from_yaml(text: &str, path: &Path) -> Result<Loaded, LoadError> {
     Ok(Loaded { config, notes })
 }
 
-/// etcd's defaults for the keys pgraftd does not parse yet (TLS, auth): a file that
+/// etcd's defaults for the keys pgraftd does not parse yet (TLS): a file that
 /// gives them their default asks for nothing pgraftd lacks.
 const ETCD_DEFAULTS: &[(&str, &str)] = &[
     ("self-signed-cert-validity", "1"),
-    ("auth-token", "simple"),
-    ("bcrypt-cost", "10"),
-    ("auth-token-ttl", "300"),
     ("tls-min-version", "TLS1.2"),
 ];
 

@@ -99,6 +99,47 @@ pub enum Error {
     /// The backend passed `--quota-backend-bytes`, or a NOSPACE alarm is raised.
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
+    // Auth (etcd's `auth.Err*`, as their `ErrGRPC*` messages).
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// etcd's `auth.ErrNoPasswordUser`, which has no gRPC mapping (sent as `Unknown`).
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
+    /// Go's bcrypt refuses passwords over 72 bytes; etcd passes the error on (`Unknown`).
+    #[error("bcrypt: password length exceeds 72 bytes")]
+    PasswordTooLong,
     /// A feature pgraft does not offer yet: answered as gRPC `Unimplemented`, never faked.
     #[error("{0}")]
     Unimplemented(String),
@@ -146,6 +187,14 @@ impl Error {
             Corrupt => Code::DataLoss,
             NoSpace => Code::ResourceExhausted,
             Unimplemented(_) => Code::Unimplemented,
+            UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt
+            | AuthOldRevision => Code::InvalidArgument,
+            RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound
+            | RoleAlreadyExist | RoleNotFound | RoleNotGranted | PermissionNotGranted
+            | AuthNotEnabled => Code::FailedPrecondition,
+            PermissionDenied => Code::PermissionDenied,
+            InvalidAuthToken => Code::Unauthenticated,
+            NoPasswordUser | PasswordTooLong => Code::Unknown,
             Internal(_) => Code::Unknown,
         }
     }

@@ -408,12 +408,9 @@ mod tests {
         "wal-dir",
     ];
 
-    /// etcd flags pgraftd does not accept yet (TLS, auth: they come with those features).
+    /// etcd flags pgraftd does not accept yet (TLS: they come with it).
     const ELSEWHERE: &[&str] = &[
-        "auth-token",
-        "auth-token-ttl",
         "auto-tls",
-        "bcrypt-cost",
         "cert-file",
         "cipher-suites",
         "client-cert-allowed-hostname",

@@ -5,6 +5,7 @@
 pub mod alarm;
 pub mod api;
 pub mod apply;
+pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod config_file;

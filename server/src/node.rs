@@ -146,7 +146,14 @@ impl Node {
         let hub = Arc::new(WatchHub::new(store.clone()));
         let wait = Arc::new(Wait::default());
         let alarms = Arc::new(AlarmStore::open(backend.clone())?);
+        let tokens = crate::auth::Tokens::from_flag(
+            &cfg.auth_token,
+            Duration::from_secs(cfg.auth_token_ttl),
+        )
+        .map_err(Error::Internal)?;
+        let auth = Arc::new(crate::auth::AuthStore::open(&backend, tokens)?);
         let applier = Applier {
+            auth: auth.clone(),
             backend: backend.clone(),
             store: store.clone(),
             lessor: lessor.clone(),
@@ -188,6 +195,7 @@ impl Node {
             lessor,
             hub,
             membership,
+            auth,
             raft,
             wait,
             alarms,

@@ -11,7 +11,7 @@ use etcd_proto::etcdserverpb::{
 pub struct InternalRequest {
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 11")]
+    #[prost(oneof = "Op", tags = "2, 3, 4, 5, 6, 7, 8, 9, 11, 15")]
     pub op: Option<Op>,
     /// Set on a write the leader proposes on its own (the revoke of a lease its clock saw
     /// expire): the term it led in when it decided. The entry takes effect only if it entered
@@ -21,6 +21,17 @@ pub struct InternalRequest {
     /// request, and entries written before the field existed): applied as before.
     #[prost(uint64, tag = "10")]
     pub proposer_term: u64,
+    /// The user the serving member resolved the request's token to (empty: none), and the auth
+    /// revision it resolved it at (etcd's `RequestHeader.username` / `auth_revision`): the
+    /// applier checks the request's permissions again with them.
+    #[prost(string, tag = "12")]
+    pub username: String,
+    #[prost(uint64, tag = "13")]
+    pub auth_revision: u64,
+    /// Proposed by the member itself on a client's behalf (Lock, Election, auto-compaction:
+    /// root's only while auth is on), so the applier checks no user.
+    #[prost(bool, tag = "14")]
+    pub internal: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -46,6 +57,10 @@ pub enum Op {
     /// Raises or clears an alarm (etcd's `AlarmRequest`, ACTIVATE or DEACTIVATE).
     #[prost(message, tag = "11")]
     Alarm(AlarmRequest),
+    /// A change of the auth store (users, roles, permissions, enabling, tokens). (Tags 12 to
+    /// 14 are fields of the request: a oneof shares its message's numbers.)
+    #[prost(message, tag = "15")]
+    Auth(crate::auth::AuthOp),
 }
 
 /// The context of a conf change entry: who waits for it, and the member it adds or promotes.

@@ -835,10 +835,10 @@ async fn error_bodies_and_statuses() {
     );
     // Unimplemented RPCs: 501 with the gRPC face's message.
     assert_error(
-        &m.post("/v3/auth/user/add", r#"{"name":"u"}"#).await,
+        &m.post("/v3/maintenance/downgrade", "{}").await,
         501,
         12,
-        "pgraft: user_add is not implemented yet",
+        "pgraft: Downgrade is not implemented yet",
     );
     // Membership errors keep etcd's codes over HTTP too.
     assert_error(
@@ -921,7 +921,8 @@ async fn routes_prefixes_methods_and_cors() {
         .call("/v3/maintenance/alarm", json!({"action": "GET"}))
         .await;
     assert!(al.get("alarms").is_none(), "{al}");
-    // The Authorization header is accepted (auth is disabled: it is ignored).
+    // The Authorization header is checked even while auth is disabled, as etcd checks it: a
+    // token no member issued is refused (see tests/auth.rs for the tokens that work).
     let a = m
         .answer(
             m.http
@@ -930,8 +931,7 @@ async fn routes_prefixes_methods_and_cors() {
                 .body(key.to_string()),
         )
         .await;
-    assert_eq!(a.status, StatusCode::OK);
-    assert_eq!(a.header("grpc-metadata-content-type"), "application/grpc");
+    assert_error(&a, 401, 16, "etcdserver: invalid auth token");
 
     // Wrong method on a gateway route; unknown paths.
     let a = m.get("/v3/kv/range").await;
@@ -1256,7 +1256,7 @@ async fn metrics_are_present_and_move() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_and_gateway_share_the_port_and_the_grpc_counters() {
     let m = Member::start().await;
-    // The counters are process-wide: only this test calls AuthStatus and RoleList, so theirs
+    // The counters are process-wide: only this test calls AuthStatus and Downgrade, so theirs
     // move by exactly our calls while other tests run.
     let started = grpc_series("started", "etcdserverpb.Auth", "AuthStatus", None);
     let ok = grpc_series("handled", "etcdserverpb.Auth", "AuthStatus", Some("OK"));
@@ -1275,13 +1275,18 @@ async fn grpc_and_gateway_share_the_port_and_the_grpc_counters() {
     // A failed call is counted with its code (and only with it).
     let unimpl = grpc_series(
         "handled",
-        "etcdserverpb.Auth",
-        "RoleList",
+        "etcdserverpb.Maintenance",
+        "Downgrade",
         Some("Unimplemented"),
     );
-    let role_ok = grpc_series("handled", "etcdserverpb.Auth", "RoleList", Some("OK"));
+    let role_ok = grpc_series(
+        "handled",
+        "etcdserverpb.Maintenance",
+        "Downgrade",
+        Some("OK"),
+    );
     let before = m.metrics().await;
-    m.post("/v3/auth/role/list", "{}").await;
+    m.post("/v3/maintenance/downgrade", "{}").await;
     let after = m.metrics().await;
     assert_eq!(after.get(&unimpl) - before.or_zero(&unimpl), 1.0);
     assert_eq!(after.or_zero(&role_ok), 0.0);

@@ -607,10 +607,13 @@ async fn a_member_catching_up_by_snapshot_gets_the_alarms() {
     // is compacted away.
     for i in 0..20 {
         a.server
-            .delete_range(DeleteRangeRequest {
-                key: format!("nothing/{i}").into_bytes(),
-                ..Default::default()
-            })
+            .delete_range(
+                &pgraft_server::auth::Caller::Internal,
+                DeleteRangeRequest {
+                    key: format!("nothing/{i}").into_bytes(),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
     }

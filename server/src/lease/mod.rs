@@ -155,6 +155,15 @@ impl Lessor {
         })
     }
 
+    /// The keys attached to a lease (none for an unknown lease).
+    pub fn keys(&self, id: i64) -> Vec<Vec<u8>> {
+        let s = self.state.lock();
+        s.leases
+            .get(&id)
+            .map(|l| l.keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     pub fn ids(&self) -> Vec<i64> {
         let mut ids: Vec<i64> = self.state.lock().leases.keys().copied().collect();
         ids.sort_unstable();

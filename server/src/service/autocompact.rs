@@ -11,6 +11,7 @@
 //!   and new.
 
 use super::EtcdServer;
+use crate::auth::Caller;
 use crate::config::AutoCompaction;
 use crate::error::Error;
 use etcd_proto::etcdserverpb::CompactionRequest;
@@ -57,7 +58,7 @@ async fn compact(server: &EtcdServer, rev: i64) -> Result<(), Error> {
         revision: rev,
         physical: false,
     };
-    match server.compact(r).await {
+    match server.compact(&Caller::Internal, r).await {
         Ok(_) | Err(Error::Compacted) => Ok(()),
         Err(e) => Err(e),
     }

@@ -9,6 +9,7 @@
 //! a revision number and one bounded batch of events while it is being read.
 
 use super::EtcdServer;
+use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::mvcc::{KvRead, RevEvents};
 use crate::watch::WatchHub;
@@ -274,7 +275,10 @@ impl EtcdServer {
     ) -> Result<ResponseHeader> {
         loop {
             let RangeResponse { header, kvs, .. } = self
-                .range(get_last_created_before(prefix, max_create_rev))
+                .range(
+                    &Caller::Internal,
+                    get_last_created_before(prefix, max_create_rev),
+                )
                 .await?;
             let header = header.unwrap_or_default();
             let Some(kv) = kvs.into_iter().next() else {
@@ -290,7 +294,9 @@ impl EtcdServer {
         &self,
         prefix: &[u8],
     ) -> Result<(ResponseHeader, Option<KeyValue>)> {
-        let r = self.range(get_first_created(prefix)).await?;
+        let r = self
+            .range(&Caller::Internal, get_first_created(prefix))
+            .await?;
         Ok((r.header.unwrap_or_default(), r.kvs.into_iter().next()))
     }
 
@@ -301,11 +307,14 @@ impl EtcdServer {
         then: Vec<RequestOp>,
         otherwise: Vec<RequestOp>,
     ) -> Result<TxnResponse> {
-        self.txn(TxnRequest {
-            compare: vec![compare],
-            success: then,
-            failure: otherwise,
-        })
+        self.txn(
+            &Caller::Internal,
+            TxnRequest {
+                compare: vec![compare],
+                success: then,
+                failure: otherwise,
+            },
+        )
         .await
     }
 }
@@ -341,7 +350,7 @@ impl Drop for CleanupOnDrop {
         let txn = std::mem::take(&mut self.txn);
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = server.txn(txn).await {
+                if let Err(e) = server.txn(&Caller::Internal, txn).await {
                     tracing::warn!(error = %e, "could not remove the key of a cancelled lock or campaign");
                 }
             });

@@ -8,6 +8,7 @@ use super::concurrency::{
     CleanupOnDrop, KeyChange, RevisionFeed,
 };
 use super::EtcdServer;
+use crate::auth::Caller;
 use crate::error::{Error, Result};
 use etcd_proto::etcdserverpb::{ResponseHeader, TxnRequest};
 use etcd_proto::mvccpb::{event::EventType, KeyValue};
@@ -55,7 +56,7 @@ impl EtcdServer {
             leader.rev = kv.map_or(0, |kv| kv.create_revision);
             if kv.is_some_and(|kv| kv.value != r.value) {
                 if let Err(e) = self.proclaim_as(&leader, lease, r.value).await {
-                    let _ = self.txn(resign_txn(&leader)).await;
+                    let _ = self.txn(&Caller::Internal, resign_txn(&leader)).await;
                     return Err(e);
                 }
             }
@@ -117,7 +118,7 @@ impl EtcdServer {
         let leader = r.leader.ok_or(Error::MissingLeaderKey)?;
         self.check_not_learner()?;
         self.session_lease(leader.lease).await?;
-        let resp = self.txn(resign_txn(&leader)).await?;
+        let resp = self.txn(&Caller::Internal, resign_txn(&leader)).await?;
         Ok(ResignResponse {
             header: resp.header,
         })

@@ -8,6 +8,7 @@ use super::concurrency::{
     put_op, range_kvs, CleanupOnDrop,
 };
 use super::EtcdServer;
+use crate::auth::Caller;
 use crate::error::{Error, Result};
 use etcd_proto::etcdserverpb::{DeleteRangeRequest, RangeResponse, TxnRequest};
 use etcd_proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
@@ -72,7 +73,7 @@ impl EtcdServer {
     /// lock is the caller's only if its key outlived the wait (etcd 3.5's check).
     async fn wait_for_lock(&self, prefix: &[u8], my_rev: i64, key: &[u8]) -> Result<RangeResponse> {
         self.wait_deletes(prefix, my_rev - 1).await?;
-        self.range(get_key(key)).await
+        self.range(&Caller::Internal, get_key(key)).await
     }
 
     /// Deletes a lock key after a failed wait (etcd's `Mutex.Unlock` there); the wait's own
@@ -82,7 +83,7 @@ impl EtcdServer {
             key: key.to_vec(),
             ..Default::default()
         };
-        if let Err(e) = self.delete_range(r).await {
+        if let Err(e) = self.delete_range(&Caller::Internal, r).await {
             tracing::warn!(error = %e, "could not release a lock key after a failed wait");
         }
     }
@@ -90,10 +91,13 @@ impl EtcdServer {
     /// Unlock: deletes the key Lock answered (whoever holds it now).
     pub async fn unlock(&self, r: UnlockRequest) -> Result<UnlockResponse> {
         let resp = self
-            .delete_range(DeleteRangeRequest {
-                key: r.key,
-                ..Default::default()
-            })
+            .delete_range(
+                &Caller::Internal,
+                DeleteRangeRequest {
+                    key: r.key,
+                    ..Default::default()
+                },
+            )
             .await?;
         Ok(UnlockResponse {
             header: resp.header,

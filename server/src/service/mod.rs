@@ -2,6 +2,7 @@
 //! writes are proposed through raft and answered once applied; linearizable reads wait for a
 //! ReadIndex, serializable reads are local. Faces only translate wire formats.
 
+mod auth;
 pub mod autocompact;
 mod backup;
 mod cluster;
@@ -12,6 +13,7 @@ mod lock;
 
 use crate::alarm::AlarmStore;
 use crate::apply::{Applied, ApplyResult};
+use crate::auth::{check, AuthStore, Caller};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -36,6 +38,7 @@ pub struct EtcdServer {
     pub lessor: Arc<Lessor>,
     pub hub: Arc<WatchHub>,
     pub membership: Arc<Membership>,
+    pub auth: Arc<AuthStore>,
     pub raft: RaftHandle,
     pub wait: Arc<Wait<ApplyResult>>,
     pub ids: IdGen,
@@ -71,6 +74,7 @@ macro_rules! expect_applied {
         }
     };
 }
+pub(crate) use expect_applied;
 
 mod maintenance;
 
@@ -98,16 +102,26 @@ impl EtcdServer {
         *h = Some(self.header(rev));
     }
 
-    /// Proposes one write and waits until this member has applied it. Refused first, as etcd
-    /// refuses it, while this member's apply lags its commit too far behind.
+    /// Proposes a write that needs no user (member and lease bookkeeping).
     async fn propose(&self, op: Op) -> Result<Applied> {
+        self.propose_as(&Caller::Anonymous, op).await
+    }
+
+    /// Proposes one write by `who` (stamped on the entry, for the applier's auth check) and
+    /// waits until this member has applied it. Refused first, as etcd refuses it, while this
+    /// member's apply lags its commit too far behind.
+    async fn propose_as(&self, who: &Caller, op: Op) -> Result<Applied> {
         let st = &self.raft.status;
         check_apply_gap(st.commit_index(), st.applied_index())?;
         let id = self.ids.next();
+        let (username, auth_revision, internal) = who.stamp();
         let data = InternalRequest {
             id,
             op: Some(op),
             proposer_term: 0,
+            username,
+            auth_revision,
+            internal,
         }
         .encode_to_vec();
         if data.len() > self.cfg.max_request_bytes {
@@ -200,8 +214,9 @@ impl EtcdServer {
         }
     }
 
-    pub async fn range(&self, r: RangeRequest) -> Result<RangeResponse> {
+    pub async fn range(&self, who: &Caller, r: RangeRequest) -> Result<RangeResponse> {
         txn::check_range(&r)?;
+        check::range(&self.auth, who, &r)?;
         if !r.serializable {
             self.check_not_learner()?;
             self.linearizable_barrier().await?;
@@ -215,26 +230,34 @@ impl EtcdServer {
         })
     }
 
-    pub async fn put(&self, r: PutRequest) -> Result<PutResponse> {
+    pub async fn put(&self, who: &Caller, r: PutRequest) -> Result<PutResponse> {
         self.check_not_learner()?;
         txn::check_put_request(&r)?;
+        check::put(&self.auth, &self.lessor, who, &r)?;
         self.check_quota(&r).await?;
-        let mut resp = expect_applied!(self.propose(Op::Put(r)).await?, Put)?;
+        let mut resp = expect_applied!(self.propose_as(who, Op::Put(r)).await?, Put)?;
         self.fill(&mut resp.header);
         Ok(resp)
     }
 
-    pub async fn delete_range(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+    pub async fn delete_range(
+        &self,
+        who: &Caller,
+        r: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse> {
         self.check_not_learner()?;
         txn::check_delete(&r)?;
-        let mut resp = expect_applied!(self.propose(Op::DeleteRange(r)).await?, DeleteRange)?;
+        check::delete(&self.auth, who, &r)?;
+        let op = Op::DeleteRange(r);
+        let mut resp = expect_applied!(self.propose_as(who, op).await?, DeleteRange)?;
         self.fill(&mut resp.header);
         Ok(resp)
     }
 
-    pub async fn txn(&self, r: TxnRequest) -> Result<TxnResponse> {
+    pub async fn txn(&self, who: &Caller, r: TxnRequest) -> Result<TxnResponse> {
         self.check_not_learner()?;
         txn::check_txn_request(&r, self.cfg.max_txn_ops)?;
+        check::txn(&self.auth, &self.lessor, who, &r)?;
         let mut resp = if txn::is_read_only(&r) {
             // Not a proposal, so max-request-bytes does not apply (as in etcd).
             if !txn::is_serializable(&r) {
@@ -245,17 +268,19 @@ impl EtcdServer {
             txn::apply(&mut self.read_view().await?, &self.lessor, &r)?
         } else {
             self.check_quota(&r).await?;
-            expect_applied!(self.propose(Op::Txn(r)).await?, Txn)?
+            expect_applied!(self.propose_as(who, Op::Txn(r)).await?, Txn)?
         };
         self.fill(&mut resp.header);
         Ok(resp)
     }
 
-    pub async fn compact(&self, r: CompactionRequest) -> Result<CompactionResponse> {
+    /// Compaction (no permission needed: etcd checks none).
+    pub async fn compact(&self, who: &Caller, r: CompactionRequest) -> Result<CompactionResponse> {
         self.check_not_learner()?;
         let physical = r.physical;
         let rev = r.revision;
-        let mut resp = expect_applied!(self.propose(Op::Compaction(r)).await?, Compaction)?;
+        let op = Op::Compaction(r);
+        let mut resp = expect_applied!(self.propose_as(who, op).await?, Compaction)?;
         if physical {
             // etcd answers a physical compaction once this member dropped the history.
             self.store.wait_compacted(rev).await;
@@ -278,9 +303,15 @@ impl EtcdServer {
         Ok(resp)
     }
 
-    pub async fn lease_revoke(&self, r: LeaseRevokeRequest) -> Result<LeaseRevokeResponse> {
+    pub async fn lease_revoke(
+        &self,
+        who: &Caller,
+        r: LeaseRevokeRequest,
+    ) -> Result<LeaseRevokeResponse> {
         self.check_not_learner()?;
-        let mut resp = expect_applied!(self.propose(Op::LeaseRevoke(r)).await?, LeaseRevoke)?;
+        check::lease_keys(&self.auth, &self.lessor, who, r.id)?;
+        let op = Op::LeaseRevoke(r);
+        let mut resp = expect_applied!(self.propose_as(who, op).await?, LeaseRevoke)?;
         self.fill(&mut resp.header);
         Ok(resp)
     }
@@ -425,6 +456,7 @@ impl EtcdServer {
                 id: self.ids.next(),
                 op: Some(Op::LeaseRevoke(LeaseRevokeRequest { id })),
                 proposer_term: term,
+                ..Default::default()
             };
             if self.raft.propose(req.id, req.encode_to_vec()).is_err() {
                 return;

@@ -11,7 +11,7 @@
 //! | 8          | 4     | format version, big-endian (this code writes and reads [`VERSION`]) |
 //! | 12         | 4     | header length `h`, big-endian (at most [`MAX_HEADER`])          |
 //! | 16         | h     | [`BackupHeader`], protobuf: revisions, applied index, IDs, and the count and bytes of the records |
-//! | 16 + h     | ...   | records, as raft snapshots carry them (see [`super`]): tag 1 kv (every revision kept since the last compaction), 2 leases, 3 members |
+//! | 16 + h     | ...   | records, as raft snapshots carry them (see [`super`]): tag 1 kv (every revision kept since the last compaction), 2 leases, 3 members, 4 alarms, 5 auth |
 //! | ...        | < 512 | zeros, up to a multiple of 512 bytes                            |
 //! | end - 32   | 32    | SHA-256 of every byte before it                                 |
 //!
@@ -158,7 +158,7 @@ pub struct Summary {
     pub hash: u32,
     /// The store's revision.
     pub revision: i64,
-    /// Records: kv revisions, leases and members.
+    /// Records: kv revisions, leases, members and auth entries.
     pub total_key: u64,
     /// Bytes of the file before its digest (etcdutl reports the size of the bbolt database,
     /// which `etcdctl snapshot save` writes with the digest after it).

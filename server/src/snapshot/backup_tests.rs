@@ -36,6 +36,7 @@ fn source(dir: &Path) -> Backend {
         .insert(5i64.to_be_bytes(), 60i64.to_be_bytes())
         .unwrap();
     b.members.insert(1u64.to_be_bytes(), b"old member").unwrap();
+    b.auth.insert("u/alice", b"a user").unwrap();
     for (k, v) in [
         (meta_key::CURRENT_REV, 320i64),
         (meta_key::COMPACT_REV, 17),
@@ -84,7 +85,13 @@ fn write_file(dir: &Path, bytes: &[u8]) -> PathBuf {
 fn round_trip_keeps_every_record_and_counts_down_to_zero() {
     let dir = tempfile::tempdir().unwrap();
     let b = source(&dir.path().join("src"));
-    let expected = [dump(&b.kv), dump(&b.lease), dump(&b.members)];
+    let expected = [
+        dump(&b.kv),
+        dump(&b.lease),
+        dump(&b.members),
+        dump(&b.alarm),
+        dump(&b.auth),
+    ];
     let (file, remaining) = backup_of(&b, 4096);
     assert!(remaining.len() > 10, "a stream of many chunks");
     assert!(remaining.windows(2).all(|w| w[0] > w[1]));
@@ -94,7 +101,7 @@ fn round_trip_keeps_every_record_and_counts_down_to_zero() {
     assert_eq!(file.len() % 512, 32);
 
     let path = write_file(dir.path(), &file);
-    let mut got: [Pairs; 3] = Default::default();
+    let mut got: [Pairs; 5] = Default::default();
     let s = backup::read(&path, true, |tag, k, v| {
         got[usize::from(tag) - 1].push((k, v));
         Ok(())
@@ -105,7 +112,7 @@ fn round_trip_keeps_every_record_and_counts_down_to_zero() {
     assert_eq!(s.header.compact_rev, 17);
     assert_eq!(s.header.applied_index, 55);
     assert_eq!((s.header.cluster_id, s.header.member_id), (0xc1, 0xa1));
-    assert_eq!(s.total_key, 302);
+    assert_eq!(s.total_key, 303);
     assert_eq!(s.total_size, (file.len() - backup::DIGEST) as u64);
 
     // The same state backed up again hashes the same (for `snapshot status`).
@@ -193,6 +200,7 @@ fn restore_builds_a_member_of_a_new_cluster() {
     let b = source(&dir.path().join("src"));
     let kv = dump(&b.kv);
     let leases = dump(&b.lease);
+    let auth = dump(&b.auth);
     let (file, _) = backup_of(&b, 1 << 20);
     let path = write_file(dir.path(), &file);
 
@@ -204,6 +212,7 @@ fn restore_builds_a_member_of_a_new_cluster() {
         let nb = Backend::open(&data).unwrap();
         assert_eq!(dump(&nb.kv), kv);
         assert_eq!(dump(&nb.lease), leases);
+        assert_eq!(dump(&nb.auth), auth, "users and roles survive a restore");
         assert_eq!(nb.get_meta_i64(meta_key::CURRENT_REV).unwrap(), Some(320));
         assert_eq!(nb.get_meta_i64(meta_key::COMPACT_REV).unwrap(), Some(17));
         assert_eq!(nb.get_meta_u64(meta_key::APPLIED_INDEX).unwrap(), Some(55));

@@ -1,4 +1,4 @@
-//! Raft snapshots of the replicated state (MVCC revisions, leases, members, alarms,
+//! Raft snapshots of the replicated state (MVCC revisions, leases, members, alarms, auth,
 //! revisions), made when raft must bring a lagging or new member up to date, with memory
 //! bounded by a constant on both sides whatever the state's size:
 //!
@@ -107,7 +107,7 @@ impl Descriptor {
 }
 
 /// The replicated keyspaces a snapshot carries, by record tag.
-const TAGS: [u8; 4] = [1, 2, 3, 4];
+const TAGS: [u8; 5] = [1, 2, 3, 4, 5];
 
 fn keyspace(backend: &Backend, tag: u8) -> Option<&Keyspace> {
     match tag {
@@ -115,6 +115,7 @@ fn keyspace(backend: &Backend, tag: u8) -> Option<&Keyspace> {
         2 => Some(&backend.lease),
         3 => Some(&backend.members),
         4 => Some(&backend.alarm),
+        5 => Some(&backend.auth),
         _ => None,
     }
 }

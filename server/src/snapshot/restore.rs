@@ -175,7 +175,10 @@ fn build(
         let ks = match tag {
             1 => &backend.kv,
             2 => &backend.lease,
-            // The old cluster's members: the new cluster's come from --initial-cluster.
+            // Users, roles and the auth flag, as etcd's restore keeps its auth buckets.
+            5 => &backend.auth,
+            // The old cluster's members (the new cluster's come from --initial-cluster) and
+            // alarms (raised for the old members).
             _ => return Ok(()),
         };
         bytes += key.len() + value.len();

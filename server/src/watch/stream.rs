@@ -25,12 +25,18 @@ use std::time::Duration;
 /// Builds a full response header for a store revision (0: no revision).
 pub type HeaderFn = Arc<dyn Fn(i64) -> ResponseHeader + Send + Sync>;
 
+/// Whether the stream's caller may watch `[key, range_end)`; `Err` holds the cancel reason
+/// (etcd's `isWatchPermitted`).
+pub type PermitFn = Arc<dyn Fn(&[u8], &[u8]) -> Result<(), String> + Send + Sync>;
+
 pub struct StreamConfig {
     /// etcd's `--experimental-watch-progress-notify-interval`; zero means no periodic
     /// notifications (etcd's meaning; a zero-period tokio interval would panic).
     pub progress_interval: Duration,
     /// Responses of a `fragment` watcher above this size are split.
     pub max_response_bytes: usize,
+    /// The auth check of each watch created; `None` allows all.
+    pub permit: Option<PermitFn>,
 }
 
 /// Bytes of events fetched per catch-up step (whole revisions, at least one). etcd fetches
@@ -179,6 +185,11 @@ impl WatchStream {
 
     async fn create(&mut self, c: WatchCreateRequest) -> Result<(), Closed> {
         let key = if c.key.is_empty() { vec![0] } else { c.key };
+        if let Some(permit) = &self.cfg.permit {
+            if let Err(reason) = permit(&key, &c.range_end) {
+                return self.reject(reason).await;
+            }
+        }
         let range = KeyRange::new(&key, &c.range_end);
         if range.is_empty() {
             return self.reject("mvcc: watcher range is empty".into()).await;

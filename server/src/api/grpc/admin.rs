@@ -29,6 +29,10 @@ impl Admin for AdminService {
         &self,
         req: Request<MemberAddWithIdRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        // A membership change: root only while auth is on, as MemberAdd.
+        self.0
+            .check_admin(&super::caller(&self.0, &req).await?)
+            .map_err(status)?;
         let r = req.into_inner();
         self.0
             .member_add_with_id(r.id, r.peer_ur_ls, r.is_learner)

@@ -1,6 +1,6 @@
 //! `etcdserverpb.Cluster`.
 
-use super::status;
+use super::{caller, status};
 use crate::service::EtcdServer;
 use etcd_proto::etcdserverpb::cluster_server::Cluster;
 use etcd_proto::etcdserverpb::*;
@@ -16,6 +16,9 @@ impl Cluster for ClusterService {
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
         self.0
+            .check_admin(&caller(&self.0, &req).await?)
+            .map_err(status)?;
+        self.0
             .member_add(req.into_inner())
             .await
             .map(Response::new)
@@ -27,6 +30,9 @@ impl Cluster for ClusterService {
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         self.0
+            .check_admin(&caller(&self.0, &req).await?)
+            .map_err(status)?;
+        self.0
             .member_remove(req.into_inner())
             .await
             .map(Response::new)
@@ -37,6 +43,9 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        self.0
+            .check_admin(&caller(&self.0, &req).await?)
+            .map_err(status)?;
         self.0
             .member_update(req.into_inner())
             .await
@@ -59,6 +68,9 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.0
+            .check_admin(&caller(&self.0, &req).await?)
+            .map_err(status)?;
         self.0
             .member_promote(req.into_inner())
             .await

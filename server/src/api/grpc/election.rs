@@ -23,6 +23,7 @@ impl Election for ElectionService {
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
         require_leader(&self.0, &req)?;
+        super::root_while_auth(&self.0, &req).await?;
         self.0
             .campaign(req.into_inner())
             .await
@@ -35,6 +36,7 @@ impl Election for ElectionService {
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
         require_leader(&self.0, &req)?;
+        super::root_while_auth(&self.0, &req).await?;
         self.0
             .proclaim(req.into_inner())
             .await
@@ -47,6 +49,7 @@ impl Election for ElectionService {
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
         require_leader(&self.0, &req)?;
+        super::root_while_auth(&self.0, &req).await?;
         self.0
             .leader(req.into_inner())
             .await
@@ -62,6 +65,7 @@ impl Election for ElectionService {
         req: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
         require_leader(&self.0, &req)?;
+        super::root_while_auth(&self.0, &req).await?;
         let monitor = wants_leader(&req);
         let out = self.0.observe(req.into_inner()).map(Ok);
         let out = until_stopped(Box::pin(out), self.1.clone());
@@ -83,6 +87,7 @@ impl Election for ElectionService {
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
         require_leader(&self.0, &req)?;
+        super::root_while_auth(&self.0, &req).await?;
         self.0
             .resign(req.into_inner())
             .await

@@ -1,6 +1,6 @@
 //! `etcdserverpb.KV`.
 
-use super::{require_leader, status};
+use super::{caller, require_leader, status};
 use crate::service::EtcdServer;
 use etcd_proto::etcdserverpb::kv_server::Kv;
 use etcd_proto::etcdserverpb::*;
@@ -13,8 +13,9 @@ pub struct KvService(pub Arc<EtcdServer>);
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         require_leader(&self.0, &req)?;
+        let who = caller(&self.0, &req).await?;
         self.0
-            .range(req.into_inner())
+            .range(&who, req.into_inner())
             .await
             .map(Response::new)
             .map_err(status)
@@ -22,8 +23,9 @@ impl Kv for KvService {
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         require_leader(&self.0, &req)?;
+        let who = caller(&self.0, &req).await?;
         self.0
-            .put(req.into_inner())
+            .put(&who, req.into_inner())
             .await
             .map(Response::new)
             .map_err(status)
@@ -34,8 +36,9 @@ impl Kv for KvService {
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         require_leader(&self.0, &req)?;
+        let who = caller(&self.0, &req).await?;
         self.0
-            .delete_range(req.into_inner())
+            .delete_range(&who, req.into_inner())
             .await
             .map(Response::new)
             .map_err(status)
@@ -43,8 +46,9 @@ impl Kv for KvService {
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         require_leader(&self.0, &req)?;
+        let who = caller(&self.0, &req).await?;
         self.0
-            .txn(req.into_inner())
+            .txn(&who, req.into_inner())
             .await
             .map(Response::new)
             .map_err(status)
@@ -55,8 +59,9 @@ impl Kv for KvService {
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         require_leader(&self.0, &req)?;
+        let who = caller(&self.0, &req).await?;
         self.0
-            .compact(req.into_inner())
+            .compact(&who, req.into_inner())
             .await
             .map(Response::new)
             .map_err(status)

@@ -1,6 +1,6 @@
 //! `etcdserverpb.Lease`.
 
-use super::{status, until_stopped};
+use super::{caller, status, until_stopped};
 use crate::error::Error;
 use crate::service::EtcdServer;
 use etcd_proto::etcdserverpb::lease_server::Lease;
@@ -47,8 +47,9 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let who = caller(&self.0, &req).await?;
         self.0
-            .lease_revoke(req.into_inner())
+            .lease_revoke(&who, req.into_inner())
             .await
             .map(Response::new)
             .map_err(status)

@@ -25,6 +25,7 @@ impl Lock for LockService {
     /// layer then removes the waiter's key.
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         require_leader(&self.0, &req)?;
+        super::root_while_auth(&self.0, &req).await?;
         self.0
             .lock(req.into_inner())
             .await
@@ -37,6 +38,7 @@ impl Lock for LockService {
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
         require_leader(&self.0, &req)?;
+        super::root_while_auth(&self.0, &req).await?;
         self.0
             .unlock(req.into_inner())
             .await

@@ -13,6 +13,16 @@ use tonic::{Request, Response, Status};
 
 pub struct MaintenanceService(pub Arc<EtcdServer>);
 
+impl MaintenanceService {
+    /// While auth is on, the calls etcd's `authMaintenanceServer` guards (Defragment, Hash,
+    /// HashKV, Snapshot, MoveLeader) need root's permission, as there.
+    async fn check_admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        self.0
+            .check_admin(&super::caller(&self.0, req).await?)
+            .map_err(super::status)
+    }
+}
+
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
@@ -32,8 +42,9 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _req: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.check_admin(&req).await?;
         self.0
             .defragment()
             .await
@@ -41,7 +52,8 @@ impl Maintenance for MaintenanceService {
             .map_err(super::status)
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.check_admin(&req).await?;
         self.0
             .hash()
             .await
@@ -53,6 +65,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.check_admin(&req).await?;
         self.0
             .hash_kv(req.into_inner())
             .await
@@ -65,8 +78,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.check_admin(&req).await?;
         let stream = self.0.snapshot().map_err(super::status)?;
         Ok(Response::new(Box::pin(
             stream.map(|r| r.map_err(super::status)),
@@ -77,6 +91,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.check_admin(&req).await?;
         self.0
             .move_leader(req.into_inner())
             .await

@@ -1,6 +1,7 @@
 //! The etcd v3 gRPC services (etcd's `v3rpc`), as thin adapters over [`EtcdServer`].
 
 pub(crate) mod admin;
+pub(crate) mod auth;
 pub(crate) mod cluster;
 pub(crate) mod election;
 pub(crate) mod kv;
@@ -66,7 +67,9 @@ pub fn routes(server: Arc<EtcdServer>, stopping: tokio::sync::watch::Receiver<bo
             MaintenanceServer::new(maintenance::MaintenanceService(server.clone()))
                 .max_decoding_message_size(recv),
         )
-        .add_service(AuthServer::new(unimplemented::AuthService))
+        .add_service(
+            AuthServer::new(auth::AuthService(server.clone())).max_decoding_message_size(recv),
+        )
         .add_service(AdminServer::new(admin::AdminService(server.clone())));
     b.routes()
 }
@@ -74,6 +77,40 @@ pub fn routes(server: Arc<EtcdServer>, stopping: tokio::sync::watch::Receiver<bo
 /// Maps a service error to the status etcd sends.
 pub(crate) fn status(e: Error) -> Status {
     e.into()
+}
+
+/// The token a request carries (etcd's `AuthInfoFromCtx`): metadata `token`, else
+/// `authorization` (the gateway's `Authorization` header), without etcd 3.5's `Bearer ` prefix.
+/// A value that is not text is a token no member issued.
+pub(crate) fn token<T>(req: &tonic::Request<T>) -> Result<Option<String>, Status> {
+    let md = req.metadata();
+    let Some(v) = md.get("token").or_else(|| md.get("authorization")) else {
+        return Ok(None);
+    };
+    let v = v
+        .to_str()
+        .map_err(|_| Status::from(Error::InvalidAuthToken))?;
+    Ok(Some(v.strip_prefix("Bearer ").unwrap_or(v).to_string()))
+}
+
+/// The caller a request's token names (see [`EtcdServer::caller`]).
+pub(crate) async fn caller<T>(
+    server: &EtcdServer,
+    req: &tonic::Request<T>,
+) -> Result<crate::auth::Caller, Status> {
+    let token = token(req)?;
+    server.caller(token.as_deref()).await.map_err(status)
+}
+
+/// Lock and Election run their key operations as the member itself, so while auth is on
+/// they are root's only (etcd checks the caller's key permissions instead: stricter here,
+/// never a way around them).
+pub(crate) async fn root_while_auth<T>(
+    server: &EtcdServer,
+    req: &tonic::Request<T>,
+) -> Result<(), Status> {
+    let who = caller(server, req).await?;
+    server.check_admin(&who).map_err(status)
 }
 
 /// etcd's `hasleader` metadata check (`WithRequireLeader`): refuse when there is no leader.

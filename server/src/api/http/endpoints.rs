@@ -115,13 +115,17 @@ fn metrics_text(s: &EtcdServer) -> Response {
 
 /// The read etcd's health checks make: one key, keys only, limit 1.
 async fn read_check(s: &EtcdServer, serializable: bool) -> Result<(), Error> {
-    s.range(RangeRequest {
-        key: b"health".to_vec(),
-        keys_only: true,
-        limit: 1,
-        serializable,
-        ..Default::default()
-    })
+    // As etcd's health checks, run as the member itself (`WithRoot`).
+    s.range(
+        &crate::auth::Caller::Internal,
+        RangeRequest {
+            key: b"health".to_vec(),
+            keys_only: true,
+            limit: 1,
+            serializable,
+            ..Default::default()
+        },
+    )
     .await
     .map(|_| ())
 }

@@ -5,7 +5,7 @@
 
 use super::body::{self, Splitter, TooLarge};
 use super::{decode_body, decode_error, error_response, http_status, method_not_allowed};
-use crate::api::grpc::{self, cluster, election, kv, lease, lock, maintenance, unimplemented};
+use crate::api::grpc::{self, auth, cluster, election, kv, lease, lock, maintenance};
 use crate::metrics::{GrpcCall, GrpcMethod};
 use crate::service::EtcdServer;
 use axum::body::{Body, Bytes};
@@ -151,7 +151,7 @@ fn unary_routes(
     let kv = Arc::new(kv::KvService(server.clone()));
     let lease = Arc::new(lease::LeaseService(server.clone(), stopping.clone()));
     let cluster = Arc::new(cluster::ClusterService(server.clone()));
-    let auth = Arc::new(unimplemented::AuthService);
+    let auth = Arc::new(auth::AuthService(server.clone()));
     let lock = Arc::new(lock::LockService(server.clone()));
     let election = Arc::new(election::ElectionService(server.clone(), stopping.clone()));
     let mut r = axum::Router::new();
@@ -513,7 +513,11 @@ async fn watch(
         Ok(r) => r,
         Err(refusal) => return refusal,
     };
-    let rx = grpc::watch::open(&server, requests);
+    let token = match grpc::token(&grpc_request(&headers, ())) {
+        Ok(t) => t,
+        Err(s) => return forward(futures::stream::iter([Err::<(), _>(s)]).boxed(), None).await,
+    };
+    let rx = grpc::watch::open(&server, token, requests);
     let responses = grpc::until_stopped(rx.map(Ok), stopping);
     forward(
         grpc::until(Box::pin(responses), refused).boxed(),
