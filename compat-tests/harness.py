@@ -21,6 +21,7 @@ import random
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -82,6 +83,21 @@ def _ephemeral_range() -> tuple[int, int]:
         return int(lo), int(hi)
     except (OSError, ValueError):
         return 32768, 60999
+
+
+def daemon_work_root() -> Path:
+    """Where to put directories that daemons running as another OS user (PostgreSQL as
+    `postgres`, when the tests run as root) must enter: WORK_ROOT when every directory above it
+    lets others through, else /tmp (or $PGRAFT_DAEMON_TMP). A clone in /root (mode 700 on a
+    fresh Debian) is not enterable by `postgres`."""
+    WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return WORK_ROOT
+    p = WORK_ROOT.resolve()
+    for d in [p, *p.parents]:
+        if not d.stat().st_mode & stat.S_IXOTH:
+            return Path(os.environ.get("PGRAFT_DAEMON_TMP") or tempfile.gettempdir())
+    return WORK_ROOT
 
 
 def free_ports(n: int) -> list[int]:

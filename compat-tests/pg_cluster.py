@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import WORK_ROOT, HarnessError, free_ports
+from harness import HarnessError, daemon_work_root, free_ports
 from patroni_cluster import (PG_BIN, _alive as pid_alive, _demote_kwargs as demote_kwargs,
                              kill_postmaster, postmaster_pid, run_as)
 
@@ -368,8 +368,7 @@ class PgCluster:
     def __init__(self, size: int, *, conf=None, prefix: str = "pg", names=None):
         check_pg_binaries()
         self.uid, self.gid, self.user, _ = run_as()
-        WORK_ROOT.mkdir(parents=True, exist_ok=True)
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=WORK_ROOT))
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=daemon_work_root()))
         os.chmod(self.workdir, 0o755)  # the daemon user enters it
         names = list(names) if names else [f"n{i + 1}" for i in range(size)]
         ports = free_ports(len(names))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ETCDCTL_BIN, REPO_ROOT, WORK_ROOT, etcdctl_env, pgraftd_path
+from harness import ETCDCTL_BIN, REPO_ROOT, daemon_work_root, etcdctl_env, pgraftd_path
 
 TOOL = REPO_ROOT / "scripts" / "pgraft-cluster"
 
@@ -45,8 +45,7 @@ def etcdctl(endpoint: str, *args: str) -> str:
 
 @pytest.fixture
 def cluster_dir():
-    WORK_ROOT.mkdir(exist_ok=True)
-    parent = Path(tempfile.mkdtemp(prefix="cluster-tool-", dir=WORK_ROOT))
+    parent = Path(tempfile.mkdtemp(prefix="cluster-tool-", dir=daemon_work_root()))
     os.chmod(parent, 0o755)  # the postgres mode's servers run as `postgres`
     d = parent / "c"
     yield d
