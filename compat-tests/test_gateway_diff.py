@@ -616,17 +616,6 @@ def _known_alarm_header(ref: Record, cand: Record) -> Record:
     return ref
 
 
-def _known_unimplemented(ref: Record, cand: Record) -> Record:
-    # RPCs pgraftd does not offer yet answer gRPC Unimplemented, over HTTP 501 with the gateway's
-    # error body, never a fake success. The candidate must answer exactly that.
-    assert ref.status == 200
-    assert cand.status == 501 and cand.body.get("code") == 12, cand.body
-    assert cand.body["error"] == cand.body["message"]
-    assert cand.body["error"].startswith("pgraft: ") and cand.body["error"].endswith(
-        " is not implemented yet"), cand.body
-    return cand
-
-
 def _known_decoder_message(ref: Record, cand: Record) -> Record:
     # A body that is complete JSON but does not fit the message: both answer 400, code 3, with
     # the decoder's own words, which differ between Go's encoding/json and serde_json. (Truncated
@@ -644,7 +633,6 @@ KNOWN: dict[str, Callable[[Record, Record], Record]] = {
     "health_reason": _known_health_reason,
     "livez_readyz": _known_livez_readyz,
     "alarm_header": _known_alarm_header,
-    "unimplemented": _known_unimplemented,
     "decoder_message": _known_decoder_message,
 }
 
