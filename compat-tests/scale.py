@@ -379,7 +379,8 @@ def add_member(cl: Cluster, leader, p: Params, res: Result, note):
         res.catchup_secs = time.monotonic() - t0
     else:
         res.catchup_error = (f"{new.name} did not reach revision {target_rev} in "
-                             f"{p.step_timeout:.0f}s (alive: {new.alive()})")
+                             f"{p.step_timeout:.0f}s (alive: {new.alive()})\n"
+                             f"{new.name}'s log ends:\n{new.log_tail(30)}")
     res.new_member_snapshot = bool(SNAPSHOT_INSTALLED.search(new.log_since_start()))
     note(f"new member {new.name} caught up to revision {target_rev}: "
          f"{res.catchup_secs and round(res.catchup_secs, 2)}s {res.catchup_error or ''}")

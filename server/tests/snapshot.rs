@@ -279,6 +279,12 @@ async fn raft_goes_on_while_a_snapshot_installs() {
     };
     let read = tokio::spawn(async move { everything(&mut kvb).await });
 
+    // Another snapshot stream meanwhile is refused before anything of it is read: a second
+    // snapshot once removed the staged file of one still on its way into raft.
+    let refused = snapshot_stream(&ub, b.server.cluster_id()).await;
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(refused.message(), pgraft_server::api::peer::SNAPSHOT_BUSY);
+
     // Meanwhile the leader commits more, and b follows its commit index (it appends and
     // acknowledges them) without applying them.
     for i in 300..350 {
@@ -322,7 +328,31 @@ async fn raft_goes_on_while_a_snapshot_installs() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(b.server.status().raft_applied_index >= leader_commit);
+    // The install done, the slot is free: a stream is read (and this one refused for what it
+    // holds, not for being a second one).
+    let read_now = snapshot_stream(&ub, b.server.cluster_id()).await;
+    assert_eq!(
+        read_now.code(),
+        tonic::Code::InvalidArgument,
+        "{read_now:?}"
+    );
     std::env::remove_var("PGRAFT_TEST_INSTALL_DELAY_MS");
     b.stop().await;
     a.stop().await;
+}
+
+/// Opens a snapshot stream to the member at `peer_url` whose only chunk holds no snapshot
+/// header, and returns how the member refused it.
+async fn snapshot_stream(peer_url: &str, cluster_id: u64) -> tonic::Status {
+    let chunk = SnapshotChunk {
+        cluster_id,
+        data: vec![0; 16],
+        ..Default::default()
+    };
+    RaftPeerClient::connect(peer_url.to_string())
+        .await
+        .unwrap()
+        .snapshot(tokio_stream::iter(vec![chunk]))
+        .await
+        .expect_err("a stream without a snapshot header is refused")
 }

@@ -23,6 +23,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::{Request, Response, Status, Streaming};
 
+/// The answer to a snapshot stream while this member still handles another snapshot.
+pub const SNAPSHOT_BUSY: &str = "pgraft: a snapshot is being installed here; try again later";
+
 /// Largest gRPC peer message answered (a forwarded request's response).
 const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
 /// Largest gRPC peer message accepted (one snapshot chunk, a forwarded request): a little over
@@ -90,18 +93,30 @@ impl RaftPeer for PeerService {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SendAck>, Status> {
+        // One snapshot at a time: the slot passes to the raft loop with the message, which
+        // gives it back when raft refuses the snapshot or its install is done. The leader
+        // hears `unavailable`, and sends again later if it must.
+        let status = &self.0.raft.status;
+        if !status.claim_snapshot_slot() {
+            return Err(Status::unavailable(SNAPSHOT_BUSY));
+        }
         let dir = crate::snapshot::staging_dir(&self.0.cfg.data_dir());
-        let m =
-            crate::snapshot::receive::receive(&dir, self.0.cluster_id(), req.into_inner()).await?;
-        if self.0.membership.is_removed(m.from) {
-            crate::snapshot::receive::discard(&m);
-            return Err(Status::failed_precondition(MEMBER_REMOVED));
+        let received =
+            crate::snapshot::receive::receive(&dir, self.0.cluster_id(), req.into_inner()).await;
+        let stepped = received.and_then(|m| {
+            if self.0.membership.is_removed(m.from) {
+                crate::snapshot::receive::discard(&m);
+                return Err(Status::failed_precondition(MEMBER_REMOVED));
+            }
+            self.0.raft.step(m.clone()).map_err(|e| {
+                crate::snapshot::receive::discard(&m);
+                Status::from(e)
+            })
+        });
+        if stepped.is_err() {
+            status.release_snapshot_slot();
         }
-        if let Err(e) = self.0.raft.step(m.clone()) {
-            crate::snapshot::receive::discard(&m);
-            return Err(e.into());
-        }
-        Ok(Response::new(SendAck {}))
+        stepped.map(|()| Response::new(SendAck {}))
     }
 
     async fn hash_kv(

@@ -19,7 +19,7 @@ use super::transport::Transport;
 use super::RaftStorage;
 use crate::error::{Error, Result};
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::{GetEntriesContext, RawNode, SnapshotStatus, StateRole, Storage as _};
 use raft_proto::ConfChangeI;
 use std::collections::HashMap;
@@ -79,6 +79,11 @@ pub struct RaftStatus {
     pub removed: AtomicBool,
     /// Elections (campaigns, pre-vote included) this member started since it started.
     pub elections: AtomicU64,
+    /// Held from the moment a snapshot stream is accepted until raft refused the snapshot or
+    /// its install is done: one snapshot at a time. A second one, received while the first
+    /// waited for the loop, once deleted the first one's staged file (the member stopped on
+    /// it), and one that arrives during an install would make the loop wait for that install.
+    snapshot_slot: AtomicBool,
     applied: watch::Sender<u64>,
 }
 
@@ -136,6 +141,18 @@ impl RaftStatus {
             }
             raised
         });
+    }
+
+    /// Takes the one snapshot slot (see [`RaftStatus::snapshot_slot`]); false while it is held.
+    pub fn claim_snapshot_slot(&self) -> bool {
+        self.snapshot_slot
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Gives the slot back: the snapshot was refused, or its install is done.
+    pub fn release_snapshot_slot(&self) {
+        self.snapshot_slot.store(false, Ordering::Release);
     }
 
     /// Waits until the applied index reaches `index`.
@@ -300,6 +317,7 @@ pub fn start<S: StateMachine>(
         removed: AtomicBool::new(false),
         // A lone member's campaign above already made it leader.
         elections: AtomicU64::new(u64::from(single)),
+        snapshot_slot: AtomicBool::new(false),
         applied: applied_tx,
     });
     let (tx, rx) = mpsc::channel();
@@ -466,6 +484,12 @@ pub(super) fn poll_recv<T>(
 /// Log entries dropped per applied chunk while compacting: a 100k-entry compaction in one
 /// batch held the loop (and every put) for tens of milliseconds.
 const COMPACT_STEP: u64 = 2048;
+/// Entries a leader keeps for a follower that still needs them, at least (else up to
+/// `--snapshot-count`): a member installing a big snapshot appends the entries that follow it
+/// meanwhile, but slower than usual (its disk is busy with the install), and with a small
+/// `--snapshot-count` it fell that far behind and was sent one snapshot after another (4 at
+/// 100k keys, `--snapshot-count=1000`, 40 s to catch up). On disk, not in memory.
+const MIN_FOLLOWER_RETENTION: u64 = 20_000;
 /// Bytes of entries a leader holds uncommitted before it refuses proposals (etcd: 1 GiB).
 const MAX_UNCOMMITTED_BYTES: u64 = 1 << 30;
 /// Entries (and bytes) applied per turn from the log after a snapshot install.
@@ -546,6 +570,9 @@ impl<S: StateMachine> Loop<S> {
             Command::ReadIndex(tx) => self.pending_reads.push(tx),
             // Only wakes the loop: the turn looks at the installer.
             Command::InstallDone => {}
+            Command::Step(m) if m.get_msg_type() == MessageType::MsgSnapshot => {
+                self.step_snapshot(m)
+            }
             Command::Step(m) => {
                 if let Err(e) = self.raw.step(m) {
                     tracing::debug!(error = %e, "dropped a peer message");
@@ -777,6 +804,22 @@ impl<S: StateMachine> Loop<S> {
         Ok(())
     }
 
+    /// A snapshot received from the leader, its data naming a staged file. Raft takes it (the
+    /// next Ready installs it) or refuses it (this member caught up meanwhile); a refused one's
+    /// file goes and the snapshot slot is free again.
+    fn step_snapshot(&mut self, m: Message) {
+        let index = m.get_snapshot().get_metadata().index;
+        let staged = m.clone();
+        if let Err(e) = self.raw.step(m) {
+            tracing::debug!(error = %e, "dropped a peer message");
+        }
+        let taken = self.raw.raft.raft_log.unstable.snapshot.as_ref();
+        if taken.is_none_or(|s| s.get_metadata().index != index) {
+            crate::snapshot::receive::discard(&staged);
+            self.status.release_snapshot_slot();
+        }
+    }
+
     /// Waits for the installer (at once when it is done) and makes its state current.
     fn finish_install(&mut self, inst: Installing) -> Result<()> {
         inst.thread
@@ -799,6 +842,7 @@ impl<S: StateMachine> Loop<S> {
         }
         if let Some(inst) = self.installing.take() {
             self.finish_install(inst)?;
+            self.status.release_snapshot_slot();
         }
         let Some((next, last)) = self.deferred else {
             return Ok(false);
@@ -956,7 +1000,8 @@ impl<S: StateMachine> Loop<S> {
         let first = self.storage.first_index().unwrap_or(1);
         let mut keep_from = applied.saturating_sub(self.cfg.catch_up_entries);
         if let Some(needed) = self.followers_need_from() {
-            keep_from = keep_from.min(needed.max(applied.saturating_sub(self.cfg.snapshot_count)));
+            let extra = self.cfg.snapshot_count.max(MIN_FOLLOWER_RETENTION);
+            keep_from = keep_from.min(needed.max(applied.saturating_sub(extra)));
         }
         let due =
             applied.saturating_sub(first) > self.cfg.snapshot_count + self.cfg.catch_up_entries;

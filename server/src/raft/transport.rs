@@ -485,6 +485,10 @@ impl Transport {
     }
 }
 
+/// How long a leader waits before it tries a snapshot again on a peer that was busy
+/// installing another.
+const SNAPSHOT_BUSY_PAUSE: Duration = Duration::from_secs(1);
+
 /// Streams one snapshot message to its peer and reports how it went to the raft loop. The
 /// state is read on a blocking thread into chunks of bounded size, at most
 /// [`SNAPSHOT_CHUNKS_AHEAD`] ahead of what the gRPC stream (its flow control) takes.
@@ -552,6 +556,13 @@ async fn send_snapshot(
         (Ok(_), Ok(Ok(bytes))) => {
             tracing::info!(peer, bytes, "sent snapshot");
             true
+        }
+        (Err(e), _) if e.message() == crate::api::peer::SNAPSHOT_BUSY => {
+            // The peer still installs an earlier snapshot: raft keeps the peer waiting for
+            // a snapshot until it hears, so a pause here paces the next try.
+            tracing::info!(peer, "peer busy with another snapshot; trying again later");
+            tokio::time::sleep(SNAPSHOT_BUSY_PAUSE).await;
+            false
         }
         (Err(e), _) => {
             tracing::warn!(peer, error = %e, "snapshot send failed");

@@ -64,9 +64,10 @@ where
     let (index, term) = (meta.index, meta.term);
 
     let _claim = Claim::take(dir)?;
+    // Older staged files are not removed here: one may still be on its way into raft. The
+    // raft loop removes a file raft refuses, an install removes its own and older ones, and a
+    // start removes whatever is left.
     tokio::fs::create_dir_all(dir).await.map_err(io_err)?;
-    // Older staged files raft did not take (it had caught up otherwise) are of no more use.
-    super::remove_staged_upto(dir, index - 1);
     let path = dir.join(format!("{index:020}-{term:020}.snap"));
     let mut part = Partial::create(path.with_extension("part")).await?;
     let mut check = RecordCheck::default();
