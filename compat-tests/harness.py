@@ -42,6 +42,24 @@ STOP_TIMEOUT = 10.0
 _live_servers: "set[Server]" = set()
 
 
+
+def thread_dump(pid: int, lines: int = 120) -> str:
+    """The threads of a live process and their pgraft frames (gdb's backtraces, trimmed), for
+    a member that stopped answering: what it waits on. Empty without gdb."""
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        return ""
+    try:
+        cp = subprocess.run([gdb, "-p", str(pid), "-batch", "-ex", "thread apply all bt"],
+                            capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"gdb failed: {e}"
+    keep = [ln[:200] for ln in cp.stdout.splitlines()
+            if ln.startswith("Thread ") or ("pgraft" in ln and " in " in ln)
+            or "parking_lot" in ln and "lock" in ln or "fjall" in ln and " in " in ln]
+    return "\n".join(keep[:lines])
+
 class HarnessError(RuntimeError):
     pass
 

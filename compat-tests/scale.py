@@ -50,7 +50,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from cluster import Cluster, _reconfig, status  # noqa: E402
-from harness import ETCDCTL_BIN, REPO_ROOT, etcdctl_env  # noqa: E402
+from harness import ETCDCTL_BIN, REPO_ROOT, etcdctl_env, thread_dump  # noqa: E402
 
 KEY_SIZE = 16
 VAL_SIZE = 256
@@ -103,6 +103,7 @@ class Result:
     peak_rss_kb: dict = field(default_factory=dict)   # member -> VmHWM at the end
     watcher_unread_bytes: int | None = None
     fatal: str | None = None  # the error that stopped the run early
+    stuck: dict = field(default_factory=dict)  # member -> thread dump, when it stopped answering
     log: list = field(default_factory=list)
 
     # ------------------------------------------------------------- derived
@@ -136,6 +137,8 @@ class Result:
                 f.append(f"{what}: {err}")
         if self.same_keys is False:
             f.append(f"new member has {self.new_member_keys} keys, leader {self.leader_keys}")
+        for name, dump in self.stuck.items():
+            f.append(f"{name} alive but not answering; its threads:\n{dump}")
         return f
 
 
@@ -295,6 +298,10 @@ def _run(cl: Cluster, p: Params, res: Result, note, procs: list) -> None:
                  else int(a - changes0[m.name]))
         for m in members if m.name in changes0}
     res.peak_rss_kb = {m.name: proc_status_kb(m.pid, "VmHWM") for m in members}
+    for m in members:
+        if res.leader_changes.get(m.name) is None and m.alive():
+            # Alive but not answering: what its threads wait on goes into the report.
+            res.stuck[m.name] = thread_dump(m.pid) or "(no gdb to look)"
     if new is not None and new.alive() and not res.catchup_error:
         compare_keys(leader, new, p, res, note)
 

@@ -31,7 +31,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Debian packages: install only the missing ones (one apt-get update, only when needed).
-pkgs=(etcd-server etcd-client python3-venv postgresql-15)
+# gdb: a scale-test member that stops answering gets its threads dumped into the failure.
+pkgs=(etcd-server etcd-client python3-venv postgresql-15 gdb)
 if [ "$pgext" = 1 ]; then
   pkgs+=(postgresql-server-dev-15 libclang-dev clang sudo)
 fi
