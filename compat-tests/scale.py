@@ -299,7 +299,7 @@ def _run(cl: Cluster, p: Params, res: Result, note, procs: list) -> None:
         for m in members if m.name in changes0}
     res.peak_rss_kb = {m.name: proc_status_kb(m.pid, "VmHWM") for m in members}
     for m in members:
-        if res.leader_changes.get(m.name) is None and m.alive():
+        if m.name in res.leader_changes and res.leader_changes[m.name] is None and m.alive():
             # Alive but not answering: what its threads wait on goes into the report.
             res.stuck[m.name] = thread_dump(m.pid) or "(no gdb to look)"
     if new is not None and new.alive() and not res.catchup_error:

@@ -18,7 +18,7 @@
 //! fdatasync runs on our own descriptor of the active journal file, without it.
 
 use crate::error::{Error, Result};
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{AbstractTree, Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use parking_lot::Mutex;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -31,6 +31,9 @@ const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 /// memory at rest: 4 MiB (rather than 16) took the idle RSS of a benchmarked member from 59 to
 /// 45 MiB, with put throughput unchanged within the run-to-run noise.
 const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
+/// fjall's own trigger for sealing a memtable, set far above [`MEMTABLE_BYTES`]: a backstop
+/// only, as pgraft seals them itself (see [`Backend::rotate_full_memtables`]).
+const FJALL_ROTATION_BACKSTOP: u64 = 64 * 1024 * 1024;
 
 /// fjall's background threads (memtable flushes, compactions). One: with two, fjall 3.1's first
 /// worker hands every compaction request back to the queue for the other, and while that one is
@@ -149,7 +152,7 @@ impl Backend {
             .open()?;
         let ks = |name: &str| {
             db.keyspace(name, || {
-                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+                KeyspaceCreateOptions::default().max_memtable_size(FJALL_ROTATION_BACKSTOP)
             })
         };
         Ok(Backend {
@@ -194,16 +197,39 @@ impl Backend {
         Ok(get_i64(&self.meta, key)?.map(|v| v as u64))
     }
 
-    fn keyspaces(&self) -> [&Keyspace; 7] {
+    fn keyspaces(&self) -> [&Keyspace; 8] {
         [
             &self.kv,
             &self.meta,
             &self.lease,
             &self.members,
+            &self.auth,
             &self.raft_log,
             &self.raft_meta,
             &self.alarm,
         ]
+    }
+
+    /// Seals every keyspace memtable that holds [`MEMTABLE_BYTES`] or more, for fjall's worker
+    /// to flush. Called by each writer after its commits (the raft loop once a turn, the
+    /// compactor and the snapshot installer after each batch): cheap when nothing is due.
+    ///
+    /// fjall's own trigger cannot be relied on: past its size, every commit to a keyspace
+    /// queues a rotation request (its queue holds 1000) until the one worker gets to it, and
+    /// the worker, rotating, queues the flush with a blocking send on that same queue. Under a
+    /// heavy load with the worker busy the queue filled, the worker blocked on itself, no
+    /// memtable was flushed again, and at 4 sealed memtables fjall halted every write for
+    /// good: the raft loop stopped inside a commit holding the index lock, every reader
+    /// behind it, and the member answered nothing (seen once in a dozen scale-test runs).
+    /// Sealed here, a memtable never reaches fjall's trigger, and the worker only sends to
+    /// its queue what pgraft's rotations put there: a flush each, never 1000.
+    pub fn rotate_full_memtables(&self) -> Result<()> {
+        for ks in self.keyspaces() {
+            if ks.tree.active_memtable().size() >= MEMTABLE_BYTES {
+                ks.rotate_memtable()?;
+            }
+        }
+        Ok(())
     }
 
     /// Bytes the data directory takes on disk: allocated blocks, not apparent sizes (fjall's
@@ -295,6 +321,7 @@ mod tests {
             .collect();
         for i in 0..66u32 {
             b.kv.insert(i.to_be_bytes(), &value).unwrap();
+            b.rotate_full_memtables().unwrap();
         }
         b.meta.insert("x", "y").unwrap();
         b.meta.rotate_memtable_and_wait().unwrap();
@@ -325,5 +352,39 @@ mod tests {
         let now = b.journal.lock().id.unwrap();
         assert!(now >= second + 2, "syncing journal {now}, not the newest");
         assert_eq!(newest_journal(&dir.path().join("db")), Some(now));
+    }
+
+    /// pgraft seals memtables at MEMTABLE_BYTES itself, far below fjall's own trigger: a
+    /// writer that goes on committing past that size keeps its memtable bounded, and what it
+    /// wrote is flushed to tables by fjall's worker.
+    #[test]
+    fn memtables_are_sealed_at_their_size_by_pgraft() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Backend::open(dir.path()).unwrap();
+        let value = vec![7u8; 4096];
+        let mut largest = 0;
+        // 24 MiB in 4 KiB puts, a batch of 16 at a time.
+        for i in 0..384u32 {
+            let mut batch = b.db.batch();
+            for j in 0..16u32 {
+                batch.insert(&b.kv, (i * 16 + j).to_be_bytes(), &value);
+            }
+            batch.commit().unwrap();
+            b.rotate_full_memtables().unwrap();
+            largest = largest.max(b.kv.tree.active_memtable().size());
+        }
+        assert!(
+            largest < MEMTABLE_BYTES + 16 * 8192,
+            "the active memtable reached {largest} bytes"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while b.kv.table_count() == 0 {
+            assert!(std::time::Instant::now() < deadline, "nothing was flushed");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(
+            b.kv.get(1000u32.to_be_bytes()).unwrap().as_deref(),
+            Some(&value[..])
+        );
     }
 }

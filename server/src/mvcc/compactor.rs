@@ -241,7 +241,11 @@ fn pass(weak: &Weak<Store>, target: i64) -> Pass {
             for rev in &dropped {
                 batch.remove(&store.backend.kv, rev.to_bytes());
             }
-            if let Err(e) = batch.commit() {
+            if let Err(e) = batch
+                .commit()
+                .map_err(crate::error::Error::from)
+                .and_then(|()| store.backend.rotate_full_memtables())
+            {
                 tracing::error!(error = %e, "compaction: deleting revisions failed");
                 drop(store);
                 std::thread::sleep(ERROR_BACKOFF);

@@ -540,6 +540,7 @@ impl<S: StateMachine> Loop<S> {
                 return Ok(());
             }
             self.apply_ahead()?;
+            self.storage.backend().rotate_full_memtables()?;
             crate::metrics::warn_if_slow("raft loop turn", turn);
         }
     }

@@ -117,6 +117,7 @@ pub(crate) fn clear(backend: &Backend) -> Result<()> {
             batch.remove(ks, key);
             if bytes >= BATCH_BYTES {
                 std::mem::replace(&mut batch, backend.db.batch()).commit()?;
+                backend.rotate_full_memtables()?;
                 bytes = 0;
             }
         }
@@ -159,6 +160,7 @@ fn fill(
         batch.insert(keyspace(backend, tag).expect("checked tag"), key, value);
         if bytes >= BATCH_BYTES {
             std::mem::replace(&mut batch, backend.db.batch()).commit()?;
+            backend.rotate_full_memtables()?;
             bytes = 0;
         }
     }
