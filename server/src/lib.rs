@@ -21,6 +21,7 @@ pub mod raft;
 pub mod request;
 pub mod service;
 pub mod snapshot;
+pub mod systemd;
 pub mod txn;
 pub mod wait;
 pub mod watch;

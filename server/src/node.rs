@@ -37,6 +37,8 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     raft_thread: Option<std::thread::JoinHandle<()>>,
+    /// True once clients are served (see [`Node::ready`]).
+    ready: watch::Receiver<bool>,
 }
 
 /// How long a joining member keeps asking the existing members for the cluster's identity.
@@ -319,7 +321,17 @@ impl Node {
             shutdown,
             tasks,
             raft_thread: Some(raft_thread),
+            ready: ready_rx,
         })
+    }
+
+    /// Resolves once this member serves clients: it has published its name and client URLs
+    /// through the log (etcd's `ReadyNotify`). Never, if it stops first.
+    pub async fn ready(&self) {
+        let mut ready = self.ready.clone();
+        if ready.wait_for(|r| *r).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// On the leader: moves leadership to the voter with the longest matching log among those

@@ -9,7 +9,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use pgraft_server::config_file::{self, LoadError};
-use pgraft_server::{logging, Node};
+use pgraft_server::{logging, systemd, Node};
 
 fn main() -> std::process::ExitCode {
     // `pgraftd snapshot save|status|restore ...`: etcdctl's and etcdutl's backup commands.
@@ -51,12 +51,21 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
+        // Under systemd with `Type=notify` (as etcd's own units are), the start is done once
+        // clients are served, as with etcd.
+        let notified = async {
+            node.ready().await;
+            systemd::notify("READY=1");
+            std::future::pending::<()>().await
+        };
         tokio::select! {
             _ = wait_for_signal() => tracing::info!("shutting down"),
             _ = node.removed() => {
                 tracing::warn!("the member has been permanently removed from the cluster; exiting");
             }
+            _ = notified => {}
         }
+        systemd::notify("STOPPING=1");
         node.stop().await;
         tracing::info!("stopped");
         std::process::ExitCode::SUCCESS
