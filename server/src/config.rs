@@ -156,6 +156,21 @@ pub struct Config {
     )]
     pub pre_vote: bool,
 
+    /// Restart this member as a one-member cluster, keeping its data: every other member is
+    /// removed through its own log (etcd's disaster recovery for a cluster that lost its
+    /// quorum for good). Only on a restart; a new data directory starts as usual.
+    #[arg(
+        long,
+        env = "ETCD_FORCE_NEW_CLUSTER",
+        default_value = "false",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = parse_go_bool,
+        action = clap::ArgAction::Set
+    )]
+    pub force_new_cluster: bool,
+
     /// Maximum concurrent gRPC streams each client connection can open.
     #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
     pub max_concurrent_streams: u32,
@@ -658,7 +673,7 @@ mod tests {
         );
         assert!(v(&["--logger=capnslog", "--log-outputs=stderr,stdout"]).is_err());
         assert!(v(&["--listen-metrics-urls=ftp://x:1"]).is_err());
-        assert!(v(&["--force-new-cluster"]).is_err());
+        v(&["--force-new-cluster"]).unwrap();
         v(&["--force-new-cluster=false"]).unwrap();
         assert!(v(&["--discovery-srv=example.com"]).is_err());
     }

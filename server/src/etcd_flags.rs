@@ -4,7 +4,7 @@
 //! Each is parsed with etcd's value syntax (Go bools, durations, numbers, its enums) and read
 //! from its `ETCD_*` variable too, so a bad value is refused as etcd refuses it; the ones given
 //! are reported once at startup ([`CompatFlags::given`]). A few would change what the process
-//! is (proxy mode, discovery, `--force-new-cluster`): pgraftd does not do those, so a value other
+//! is (proxy mode, discovery): pgraftd does not do those, so a value other
 //! than the default is refused rather than silently ignored. The flags pgraftd honours live in
 //! [`crate::Config`].
 
@@ -115,7 +115,6 @@ pub const INERT_FLAGS: &[InertFlag] = &[
     flag("log-rotation-config-json", "ETCD_LOG_ROTATION_CONFIG_JSON", Text, Some(r#"{"maxsize": 100, "maxage": 0, "maxbackups": 0, "localtime": false, "compress": false}"#), NoEffect(NO_NOTE)),
     flag("debug", "ETCD_DEBUG", Bool, Some("false"), NoEffect("deprecated in etcd; use --log-level=debug")),
     flag("log-package-levels", "ETCD_LOG_PACKAGE_LEVELS", Text, Some(""), NoEffect("deprecated in etcd; use --log-level")),
-    flag("force-new-cluster", "ETCD_FORCE_NEW_CLUSTER", Bool, Some("false"), DefaultOnly("pgraftd cannot yet rebuild a one-member cluster from a surviving member's data")),
     flag("unsafe-no-fsync", "ETCD_UNSAFE_NO_FSYNC", Bool, Some("false"), NoEffect("pgraftd always syncs its raft log")),
     flag("experimental-initial-corrupt-check", "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", Bool, Some("false"), NoEffect(NO_NOTE)),
     flag("experimental-compact-hash-check-enabled", "ETCD_EXPERIMENTAL_COMPACT_HASH_CHECK_ENABLED", Bool, Some("false"), NoEffect(NO_NOTE)),

@@ -139,6 +139,14 @@ impl Node {
         }
         let applied = backend.get_meta_u64(meta_key::APPLIED_INDEX)?.unwrap_or(0);
         raft_storage.ensure_commit(applied)?;
+        if cfg.force_new_cluster && origin == Origin::Restarted {
+            let removed = raft_storage.force_new_cluster(membership.member_id, applied)?;
+            tracing::warn!(
+                removed = ?removed.iter().map(|m| format!("{m:x}")).collect::<Vec<_>>(),
+                "--force-new-cluster: this member is now the cluster's only one; add members \
+                 back with `member add`, each from an empty data directory"
+            );
+        }
 
         let (store, leased_keys) = Store::open(backend.clone())?;
         let store = Arc::new(store);

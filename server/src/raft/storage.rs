@@ -11,7 +11,10 @@ use crate::error::{Error, Result};
 use crate::snapshot::source::SnapshotSource;
 use parking_lot::RwLock;
 use protobuf::Message as PbMessage;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState, Snapshot,
+    SnapshotMetadata,
+};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -303,6 +306,92 @@ impl RaftStorage {
     /// The database the log lives in (shared with the state machine: one journal).
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    /// etcd's `--force-new-cluster`, before raft starts: makes this member (`id`) the only one,
+    /// keeping its data. The entries not yet committed are dropped (no quorum will ever commit
+    /// them), and one committed conf change per other member removes it, appended after the
+    /// commit index with the current term: raft applies them at start like any committed
+    /// entry, the membership follows, and the member, a lone voter then, elects itself.
+    /// Simple (v1) changes, one member each, as etcd writes them: a joint change would need
+    /// the old quorum to leave it. Returns the members removed (none when it is alone already).
+    pub fn force_new_cluster(&self, id: u64, applied: u64) -> Result<Vec<u64>> {
+        let (mut hs, cs, start) = {
+            let h = self.header.read();
+            (h.hard_state.clone(), h.conf_state.clone(), h.start.0)
+        };
+        // The members as of the commit index: the applied configuration, then the conf
+        // changes committed after it.
+        let mut members: std::collections::BTreeSet<u64> =
+            cs.voters.iter().chain(&cs.learners).copied().collect();
+        let mut next = applied.max(start) + 1;
+        while next <= hs.commit {
+            let got = self
+                .entries(
+                    next,
+                    hs.commit + 1,
+                    4 << 20,
+                    GetEntriesContext::empty(false),
+                )
+                .map_err(Error::internal)?;
+            let Some(last) = got.last().map(|e| e.index) else {
+                break;
+            };
+            for e in &got {
+                let cc = match e.get_entry_type() {
+                    EntryType::EntryConfChange => {
+                        ConfChange::parse_from_bytes(&e.data).map(raft_proto::ConfChangeI::into_v2)
+                    }
+                    EntryType::EntryConfChangeV2 => ConfChangeV2::parse_from_bytes(&e.data),
+                    EntryType::EntryNormal => continue,
+                };
+                for c in cc.map_err(Error::internal)?.get_changes() {
+                    match c.get_change_type() {
+                        ConfChangeType::RemoveNode => members.remove(&c.node_id),
+                        _ => members.insert(c.node_id),
+                    };
+                }
+            }
+            next = last + 1;
+        }
+        if !members.contains(&id) {
+            return Err(Error::Internal(format!(
+                "pgraft: --force-new-cluster: member {id:x} is not in its own configuration"
+            )));
+        }
+        let others: Vec<u64> = members.into_iter().filter(|m| *m != id).collect();
+        let mut entries = Vec::with_capacity(others.len());
+        for (i, other) in others.iter().enumerate() {
+            let mut cc = ConfChange::default();
+            cc.set_change_type(ConfChangeType::RemoveNode);
+            cc.node_id = *other;
+            let mut e = Entry::default();
+            e.set_entry_type(EntryType::EntryConfChange);
+            e.term = hs.term;
+            e.index = hs.commit + 1 + i as u64;
+            e.data = cc.write_to_bytes().map_err(Error::internal)?.into();
+            entries.push(e);
+        }
+        let last = self.header.read().last_index;
+        if entries.is_empty() && last == hs.commit {
+            return Ok(others);
+        }
+        if entries.is_empty() {
+            // Alone already: only the uncommitted tail goes.
+            let mut batch = self.backend.db.batch();
+            for i in hs.commit + 1..=last {
+                batch.remove(&self.backend.raft_log, idx_key(i));
+            }
+            batch.commit()?;
+            self.cache.lock().clear();
+            self.header.write().last_index = hs.commit;
+        } else {
+            hs.commit += entries.len() as u64;
+            // Replaces everything after the old commit index.
+            self.persist(&entries, Some(&hs))?;
+        }
+        self.backend.sync_journal()?;
+        Ok(others)
     }
 
     /// Drops log entries up to and including `index` (already applied and reflected in the
