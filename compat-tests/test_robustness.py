@@ -24,6 +24,7 @@ RUNS = [
     ("pgraftd", 13, "partition-leader"),
     ("pgraftd", 14, "oneway-leader"),
     ("pgraftd", 15, "member-replace"),
+    ("pgraftd", 17, "slow-disk-leader"),
     ("etcd", 16, "kill-follower"),
 ]
 
@@ -39,6 +40,9 @@ def test_robustness(kind, seed, fault):
     assert not r["client_bugs"], r["client_bugs"]
     assert r["fault_detail"] and r["fault_detail"][0]["end"] > r["fault_detail"][0]["start"]
     assert r["ops_ok"] >= 100, f"too little load to show anything: {r['ops_ok']} ops"
+    if fault.startswith("slow-disk"):
+        notes = r["fault_detail"][0]["notes"]
+        assert " 0 slow journal fsyncs" not in notes, f"the failpoint did not slow the disk: {notes}"
     assert r["verdicts"]["watch"]["stats"]["events"] >= 50
     bad = failed(r)
     assert not bad, "checkers did not pass: " + ", ".join(

@@ -13,6 +13,8 @@ from .history import Fault
 DOWN_S = 1.5      # how long a killed member stays down
 PAUSE_S = 3.0     # SIGSTOP .. SIGCONT
 PARTITION_S = 4.0
+SLOW_DISK_S = 4.0
+SLOW_DISK_MS = 300  # each journal fsync of the member waits this long
 
 
 def _pick(c, rng, role):
@@ -97,6 +99,27 @@ def member_replace(c, rng, role="follower") -> Fault:
     return f
 
 
+def slow_disk(c, rng, role) -> Fault:
+    """pgraftd only: every journal fsync of one member waits SLOW_DISK_MS for SLOW_DISK_S
+    (its PGRAFT_FAILPOINT_SLOW_DISK failpoint, which the runner turns on for such runs)."""
+    if c.kind != "pgraftd":
+        raise ValueError("the slow-disk fault needs pgraftd's failpoint")
+    m = _pick(c, rng, role)
+    f = Fault(f"slow-disk-{role}", m.name, time.monotonic(), affects_leader=role == "leader",
+              notes=f"fsync +{SLOW_DISK_MS} ms")
+    knob = m.data_dir / "failpoint-fsync-delay-ms"
+    knob.write_text(str(SLOW_DISK_MS))
+    try:
+        time.sleep(SLOW_DISK_S)
+    finally:
+        knob.unlink(missing_ok=True)
+    f.end = time.monotonic()
+    # The member's own account: syncs over 100 ms are logged as slow disk writes.
+    slow = m.log_since_start().count('"what":"journal fdatasync"')
+    f.notes += f"; {slow} slow journal fsyncs logged"
+    return f
+
+
 FAULTS = {
     "kill-leader": lambda c, r: kill(c, r, "leader"),
     "kill-follower": lambda c, r: kill(c, r, "follower"),
@@ -106,4 +129,15 @@ FAULTS = {
     "partition-follower": lambda c, r: partition(c, r, "follower"),
     "oneway-leader": lambda c, r: one_way(c, r, "leader"),
     "member-replace": lambda c, r: member_replace(c, r),
+    "slow-disk-leader": lambda c, r: slow_disk(c, r, "leader"),
+    "slow-disk-follower": lambda c, r: slow_disk(c, r, "follower"),
 }
+
+# Faults that need a pgraftd failpoint (not drawn for etcd runs).
+PGRAFTD_ONLY = {"slow-disk-leader", "slow-disk-follower"}
+
+
+def faults_for(kind: str) -> list[str]:
+    """The fault kinds a run against `kind` may draw."""
+    return sorted(f for f in FAULTS if kind == "pgraftd" or f not in PGRAFTD_ONLY)
+

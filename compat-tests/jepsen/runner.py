@@ -6,6 +6,7 @@ look."""
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -15,7 +16,7 @@ from cluster import Cluster
 from .clients import ClientError, Gateway, b64, unb64
 from .driver import EtcdctlWatcher, GatewayWatcher, KvWorker, LeaseWorker, _prefix_end
 from .durability import check_durability
-from .faults import FAULTS
+from .faults import FAULTS, PGRAFTD_ONLY, faults_for
 from .history import GET, WRITES, History, Op, WatchStream
 from .lincheck import check_linearizable, check_revision_order, check_serializable_reads
 from .leasecheck import check_leases
@@ -75,7 +76,22 @@ def check(h: History, election_s: float) -> dict:
 def run_once(kind: str, seed: int, fault: str | None = None, duration: float = 4.0,
              election_ms: int = 1000, members: int = 3, log=print) -> dict:
     rng = random.Random(seed)
-    fault = fault or rng.choice(sorted(FAULTS))
+    fault = fault or rng.choice(faults_for(kind))
+    if fault in PGRAFTD_ONLY and kind != "pgraftd":
+        raise ValueError(f"fault {fault} needs pgraftd")
+    # The slow-disk failpoint is read by the members at their start.
+    failpoint = fault in PGRAFTD_ONLY and "PGRAFT_FAILPOINT_SLOW_DISK" not in os.environ
+    if failpoint:
+        os.environ["PGRAFT_FAILPOINT_SLOW_DISK"] = "1"
+    try:
+        return _run(kind, seed, fault, rng, duration, election_ms, members, log)
+    finally:
+        if failpoint:
+            del os.environ["PGRAFT_FAILPOINT_SLOW_DISK"]
+
+
+def _run(kind: str, seed: int, fault: str, rng: random.Random, duration: float,
+         election_ms: int, members: int, log) -> dict:
     c = Cluster(kind, members, proxy=True, election_ms=election_ms, heartbeat_ms=100)
     h = History()
     t_start = time.monotonic()

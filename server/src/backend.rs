@@ -179,6 +179,7 @@ impl Backend {
         // between synced them already.
         let start = std::time::Instant::now();
         self.db.persist(PersistMode::Buffer)?;
+        slow_disk_failpoint(&self.dir);
         let mut journal = self.journal.lock();
         match journal.current()? {
             Some(file) => file.sync_data().map_err(Error::internal)?,
@@ -268,6 +269,36 @@ impl Backend {
             ks.major_compact()?;
         }
         Ok(())
+    }
+}
+
+/// The slow-disk fault of the robustness tests (compat-tests/jepsen): with
+/// `PGRAFT_FAILPOINT_SLOW_DISK=1` in its environment, every journal sync of a member first
+/// sleeps the milliseconds written in `<data-dir>/failpoint-fsync-delay-ms` (while that file
+/// exists), so that a test can make one member's disk slow and fast again. Read once; never
+/// set it outside those tests.
+fn slow_disk_failpoint(dir: &Path) {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| {
+        let on = std::env::var_os("PGRAFT_FAILPOINT_SLOW_DISK").is_some_and(|v| v == "1");
+        if on {
+            tracing::warn!(
+                "PGRAFT_FAILPOINT_SLOW_DISK=1: journal syncs wait for what \
+                 failpoint-fsync-delay-ms in the data directory says (a test fault)"
+            );
+        }
+        on
+    });
+    if !on {
+        return;
+    }
+    let ms = std::fs::read_to_string(dir.join("failpoint-fsync-delay-ms"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        .min(60_000);
+    if ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 }
 
