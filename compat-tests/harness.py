@@ -246,6 +246,8 @@ class Server:
         self.initial_cluster = initial_cluster or f"{self.name}={self.advertise_peer_url}"
         self.cluster_state = cluster_state
         self.extra_args = list(extra_args)
+        # Variables added to the process's environment (the test process's own, inherited).
+        self.env: dict[str, str] = {}
         if ready_check not in ("health", "status"):
             raise ValueError(f"ready_check {ready_check!r}: expected 'health' or 'status'")
         self.ready_check = ready_check
@@ -290,6 +292,7 @@ class Server:
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
             start_new_session=True,
+            env={**os.environ, **self.env} if self.env else None,
         )
         _live_servers.add(self)
         if not wait:

@@ -25,6 +25,7 @@ RUNS = [
     ("pgraftd", 14, "oneway-leader"),
     ("pgraftd", 15, "member-replace"),
     ("pgraftd", 17, "slow-disk-leader"),
+    ("pgraftd", 18, "clock-jump-leader"),
     ("etcd", 16, "kill-follower"),
 ]
 
@@ -43,6 +44,10 @@ def test_robustness(kind, seed, fault):
     if fault.startswith("slow-disk"):
         notes = r["fault_detail"][0]["notes"]
         assert " 0 slow journal fsyncs" not in notes, f"the failpoint did not slow the disk: {notes}"
+    if fault.startswith("clock-jump"):
+        notes = r["fault_detail"][0]["notes"]
+        assert "header +3599s" in notes or "header +3600s" in notes, \
+            f"the member's wall clock did not move: {notes}"
     assert r["verdicts"]["watch"]["stats"]["events"] >= 50
     bad = failed(r)
     assert not bad, "checkers did not pass: " + ", ".join(

@@ -32,7 +32,8 @@ fi
 
 # Debian packages: install only the missing ones (one apt-get update, only when needed).
 # gdb: a scale-test member that stops answering gets its threads dumped into the failure.
-pkgs=(etcd-server etcd-client python3-venv postgresql-15 gdb)
+# libfaketime: the robustness runs' clock-jump fault moves one member's wall clock.
+pkgs=(etcd-server etcd-client python3-venv postgresql-15 gdb libfaketime)
 if [ "$pgext" = 1 ]; then
   pkgs+=(postgresql-server-dev-15 libclang-dev clang sudo)
 fi

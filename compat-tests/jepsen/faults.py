@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 from .history import Fault
 
@@ -120,6 +121,59 @@ def slow_disk(c, rng, role) -> Fault:
     return f
 
 
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+CLOCK_JUMP_S = 3.0   # how long the member's wall clock stays moved, each way
+CLOCK_JUMP = 3600    # seconds
+
+
+def faketime_env(m) -> dict[str, str]:
+    """pgraftd only: what runs member m under libfaketime with a wall clock (CLOCK_REALTIME)
+    that its `faketime` file moves; its monotonic clock stays true. Written "+0" here."""
+    knob = m.workdir / "faketime"
+    knob.write_text("+0\n")
+    return {"LD_PRELOAD": LIBFAKETIME, "FAKETIME_TIMESTAMP_FILE": str(knob),
+            "FAKETIME_CACHE_DURATION": "1", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+def _wall_offset(m) -> float | None:
+    """Member m's wall clock less ours, from the Date header of its /health (to a second)."""
+    import email.utils
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"{m.client_url}/health", timeout=3) as r:
+            date = r.headers.get("Date")
+    except OSError:
+        return None
+    return email.utils.parsedate_to_datetime(date).timestamp() - time.time() if date else None
+
+
+def clock_jump(c, rng, role) -> Fault:
+    """pgraftd only: one member's wall clock jumps an hour ahead, then an hour behind, then
+    back (an NTP step, a VM migrated), each for CLOCK_JUMP_S. Leases run on the monotonic
+    clock, so none may expire early or late (the lease checker looks at both)."""
+    if c.kind != "pgraftd":
+        raise ValueError("the clock-jump fault needs pgraftd under libfaketime")
+    m = _pick(c, rng, role)
+    knob = Path(m.env["FAKETIME_TIMESTAMP_FILE"])
+    f = Fault(f"clock-jump-{role}", m.name, time.monotonic(), affects_leader=role == "leader")
+    seen = None
+    try:
+        knob.write_text(f"{CLOCK_JUMP:+d}\n")
+        time.sleep(1.5)  # libfaketime reads the file again within a second
+        # The jump ahead shows in the member's HTTP Date header (hyper caches the date until
+        # the next second it expects, so the jump back does not show there).
+        seen = _wall_offset(m)
+        time.sleep(CLOCK_JUMP_S - 1.5)
+        knob.write_text(f"{-CLOCK_JUMP:+d}\n")
+        time.sleep(CLOCK_JUMP_S)
+    finally:
+        knob.write_text("+0\n")
+    f.notes = (f"wall clock moved {CLOCK_JUMP:+d}s then {-CLOCK_JUMP:+d}s; the member's Date "
+               f"header {'unread' if seen is None else f'{seen:+.0f}s'} off during the first")
+    f.end = time.monotonic()
+    return f
+
+
 FAULTS = {
     "kill-leader": lambda c, r: kill(c, r, "leader"),
     "kill-follower": lambda c, r: kill(c, r, "follower"),
@@ -131,10 +185,13 @@ FAULTS = {
     "member-replace": lambda c, r: member_replace(c, r),
     "slow-disk-leader": lambda c, r: slow_disk(c, r, "leader"),
     "slow-disk-follower": lambda c, r: slow_disk(c, r, "follower"),
+    "clock-jump-leader": lambda c, r: clock_jump(c, r, "leader"),
+    "clock-jump-follower": lambda c, r: clock_jump(c, r, "follower"),
 }
 
 # Faults that need a pgraftd failpoint (not drawn for etcd runs).
-PGRAFTD_ONLY = {"slow-disk-leader", "slow-disk-follower"}
+PGRAFTD_ONLY = {"slow-disk-leader", "slow-disk-follower", "clock-jump-leader",
+                "clock-jump-follower"}
 
 
 def faults_for(kind: str) -> list[str]:

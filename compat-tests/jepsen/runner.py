@@ -16,7 +16,7 @@ from cluster import Cluster
 from .clients import ClientError, Gateway, b64, unb64
 from .driver import EtcdctlWatcher, GatewayWatcher, KvWorker, LeaseWorker, _prefix_end
 from .durability import check_durability
-from .faults import FAULTS, PGRAFTD_ONLY, faults_for
+from .faults import FAULTS, PGRAFTD_ONLY, faketime_env, faults_for
 from .history import GET, WRITES, History, Op, WatchStream
 from .lincheck import check_linearizable, check_revision_order, check_serializable_reads
 from .leasecheck import check_leases
@@ -80,7 +80,7 @@ def run_once(kind: str, seed: int, fault: str | None = None, duration: float = 4
     if fault in PGRAFTD_ONLY and kind != "pgraftd":
         raise ValueError(f"fault {fault} needs pgraftd")
     # The slow-disk failpoint is read by the members at their start.
-    failpoint = fault in PGRAFTD_ONLY and "PGRAFT_FAILPOINT_SLOW_DISK" not in os.environ
+    failpoint = fault.startswith("slow-disk") and "PGRAFT_FAILPOINT_SLOW_DISK" not in os.environ
     if failpoint:
         os.environ["PGRAFT_FAILPOINT_SLOW_DISK"] = "1"
     try:
@@ -93,6 +93,9 @@ def run_once(kind: str, seed: int, fault: str | None = None, duration: float = 4
 def _run(kind: str, seed: int, fault: str, rng: random.Random, duration: float,
          election_ms: int, members: int, log) -> dict:
     c = Cluster(kind, members, proxy=True, election_ms=election_ms, heartbeat_ms=100)
+    if fault.startswith("clock-jump"):
+        for m in c.members:
+            m.env.update(faketime_env(m))
     h = History()
     t_start = time.monotonic()
     try:
