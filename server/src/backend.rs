@@ -34,6 +34,10 @@ const MEMTABLE_BYTES: u64 = 4 * 1024 * 1024;
 /// fjall's own trigger for sealing a memtable, set far above [`MEMTABLE_BYTES`]: a backstop
 /// only, as pgraft seals them itself (see [`Backend::rotate_full_memtables`]).
 const FJALL_ROTATION_BACKSTOP: u64 = 64 * 1024 * 1024;
+/// Journal bytes past which fjall flushes the memtables that keep old journals alive: its
+/// least (512 MiB by default, which the rarely written keyspaces of a small database can pin
+/// on disk: a one-member soak of a few MB of state held 74 MB of journals after 7 minutes).
+const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 
 /// fjall's background threads (memtable flushes, compactions). One: with two, fjall 3.1's first
 /// worker hands every compaction request back to the queue for the other, and while that one is
@@ -149,6 +153,7 @@ impl Backend {
         let db = Database::builder(&db_dir)
             .cache_size(CACHE_BYTES)
             .worker_threads(FJALL_WORKERS)
+            .max_journaling_size(MAX_JOURNAL_BYTES)
             .open()?;
         let ks = |name: &str| {
             db.keyspace(name, || {

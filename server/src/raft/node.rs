@@ -484,11 +484,12 @@ pub(super) fn poll_recv<T>(
 /// Log entries dropped per applied chunk while compacting: a 100k-entry compaction in one
 /// batch held the loop (and every put) for tens of milliseconds.
 const COMPACT_STEP: u64 = 2048;
-/// Entries a leader keeps for a follower that still needs them, at least (else up to
-/// `--snapshot-count`): a member installing a big snapshot appends the entries that follow it
-/// meanwhile, but slower than usual (its disk is busy with the install), and with a small
-/// `--snapshot-count` it fell that far behind and was sent one snapshot after another (4 at
-/// 100k keys, `--snapshot-count=1000`, 40 s to catch up). On disk, not in memory.
+/// Entries a leader keeps, at least, for a follower that still needs them and is catching up
+/// (heard from lately; a member that is down gets `--snapshot-count` more, then a snapshot): a
+/// member installing a big snapshot appends the entries that follow it meanwhile, but slower
+/// than usual (its disk is busy with the install), and with a small `--snapshot-count` it fell
+/// that far behind and was sent one snapshot after another (4 at 100k keys,
+/// `--snapshot-count=1000`, 40 s to catch up). On disk, not in memory.
 const MIN_FOLLOWER_RETENTION: u64 = 20_000;
 /// Bytes of entries a leader holds uncommitted before it refuses proposals (etcd: 1 GiB).
 const MAX_UNCOMMITTED_BYTES: u64 = 1 << 30;
@@ -1000,7 +1001,10 @@ impl<S: StateMachine> Loop<S> {
     fn maybe_compact_log(&mut self, applied: u64) -> Result<()> {
         let first = self.storage.first_index().unwrap_or(1);
         let mut keep_from = applied.saturating_sub(self.cfg.catch_up_entries);
-        if let Some(needed) = self.followers_need_from() {
+        if let Some(needed) = self.followers_need_from(false) {
+            keep_from = keep_from.min(needed.max(applied.saturating_sub(self.cfg.snapshot_count)));
+        }
+        if let Some(needed) = self.followers_need_from(true) {
             let extra = self.cfg.snapshot_count.max(MIN_FOLLOWER_RETENTION);
             keep_from = keep_from.min(needed.max(applied.saturating_sub(extra)));
         }
@@ -1020,15 +1024,16 @@ impl<S: StateMachine> Loop<S> {
     }
 
     /// On the leader: the lowest log position a follower still needs, the index of the snapshot
-    /// it is being sent, or the entry before the next one it is to get.
-    fn followers_need_from(&self) -> Option<u64> {
+    /// it is being sent, or the entry before the next one it is to get. With `active_only`,
+    /// among the followers heard from lately (catching up now, not down).
+    fn followers_need_from(&self, active_only: bool) -> Option<u64> {
         let r = &self.raw.raft;
         if r.state != StateRole::Leader {
             return None;
         }
         r.prs()
             .iter()
-            .filter(|(id, _)| **id != self.cfg.id)
+            .filter(|(id, p)| **id != self.cfg.id && (!active_only || p.recent_active))
             .map(|(_, p)| match p.state {
                 raft::ProgressState::Snapshot => p.pending_snapshot,
                 _ => p.next_idx.saturating_sub(1),
