@@ -181,7 +181,13 @@ pub(super) async fn browse(
             },
         )
         .await?;
-    let rev = keys.header.as_ref().map_or(0, |h| h.revision);
+    // The revision read: the one asked for, else the latest (a header names the store's
+    // current revision whatever was asked).
+    let rev = if revision > 0 {
+        revision
+    } else {
+        keys.header.as_ref().map_or(0, |h| h.revision)
+    };
     let mut more = keys.more;
     let mut kvs = Vec::with_capacity(keys.kvs.len());
     let mut next_key = keys.kvs.last().map(|kv| {
