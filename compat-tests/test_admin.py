@@ -7,7 +7,8 @@
 - The dashboard in headless Chromium (Debian's chromium and chromium-driver, driven by
   Selenium): it shows the 3 members and the leader; a leader transfer made through the API
   shows without a reload; a killed member shows unhealthy within 5 s; a key saved from the
-  page with the token is in the store. Screenshots are kept in compat-tests/.work/
+  page with the token is in the store; a PostgreSQL server registered in client mode
+  (`pgraft/postgres/<name>`) is listed. Screenshots are kept in compat-tests/.work/
   (admin-dashboard.png, admin-dashboard-phone.png).
 
 Skipped, with the reason, where Schemathesis, Selenium or Chromium is missing; with
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -244,6 +244,17 @@ def test_dashboard_follows_the_cluster_live(cluster, browser):
     assert [kv["value"] for kv in page["kvs"]] == ["from the browser"], page
     wait_until("the key in the page's list", 5,
                lambda: "ui/key" in d.find_element("id", "kv-keys").text)
+
+    # A PostgreSQL server registered in client mode (the extension's key and JSON value).
+    reg = {"name": "pg-east-1", "host": "10.0.1.5", "port": 5432, "in_recovery": False,
+           "pid": 42, "server_version": "15.8"}
+    status, body = call(page_member, "PUT", "/admin/v1/kv",
+                        {"key": "pgraft/postgres/pg-east-1", "value": json.dumps(reg)}, token=TOKEN)
+    assert status == 200, body
+    wait_until("the registered PostgreSQL server on the page", 6,
+               lambda: "pg-east-1" in d.find_element("id", "postgres").text
+               and "10.0.1.5:5432" in d.find_element("id", "postgres").text
+               and "primary" in d.find_element("id", "postgres").text)
 
     # Readable on a phone: nothing wider than the screen but the members table's own scroller.
     d.set_window_size(390, 844)

@@ -267,7 +267,11 @@ async fn probe_remote(url: String) -> Probe {
 
 async fn probe(s: &Server, m: &Member) -> Probe {
     if m.id == s.member_id() {
-        let raft = s.raft_status().await.map_err(|e| e.to_string())?;
+        // The raft loop answers a report between its turns; a stuck loop is an answer too.
+        let raft = tokio::time::timeout(PROBE_TIMEOUT * 2, s.raft_status())
+            .await
+            .map_err(|_| format!("no raft status within {:?}", PROBE_TIMEOUT * 2))?
+            .map_err(|e| e.to_string())?;
         return Ok((raft, s.status()));
     }
     match m.client_ur_ls.first() {

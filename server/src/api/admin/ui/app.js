@@ -279,6 +279,44 @@ async function openKey(kv, li) {
   } catch (e) { showError(e); }
 }
 
+// ---- PostgreSQL servers registered in client mode (pgraft/postgres/<name>) ----
+
+const PG_PREFIX = "pgraft/postgres/";
+let pgPolls = 0;
+
+async function pollPostgres() {
+  const tbody = $("postgres").querySelector("tbody");
+  let page;
+  try {
+    page = await api("GET", "/admin/v1/kv?" + new URLSearchParams({ prefix: PG_PREFIX, limit: "200" }));
+  } catch (e) {
+    const td = el("td", "cannot list " + PG_PREFIX + ": " + e.message);
+    td.colSpan = 5;
+    const tr = el("tr"); tr.appendChild(td);
+    tbody.replaceChildren(tr);
+    return;
+  }
+  const rows = page.kvs.map((kv) => {
+    let v = {};
+    try { v = kv.value_encoding === "utf8" ? JSON.parse(kv.value) : {}; } catch (e) { v = {}; }
+    const tr = el("tr");
+    tr.dataset.name = v.name || kv.key.slice(PG_PREFIX.length);
+    tr.appendChild(el("td", tr.dataset.name));
+    tr.appendChild(el("td", v.host !== undefined ? v.host + ":" + v.port : "–"));
+    tr.appendChild(el("td", v.in_recovery === undefined ? "–" : (v.in_recovery ? "replica" : "primary")));
+    tr.appendChild(el("td", v.server_version || "–"));
+    tr.appendChild(el("td", kv.lease || "none"));
+    return tr;
+  });
+  if (!rows.length) {
+    const td = el("td", "none registered");
+    td.colSpan = 5;
+    const tr = el("tr"); tr.appendChild(td);
+    rows.push(tr);
+  }
+  tbody.replaceChildren(...rows);
+}
+
 // ---- polling ----
 
 let polling = false;
@@ -295,6 +333,7 @@ async function poll() {
     renderHistory(hist);
     renderAlarms(alarms);
     $("conn").className = "dot ok";
+    if (pgPolls++ % 3 === 0) pollPostgres();
     try {
       const m = await fetch("/metrics");
       if (m.ok) sample(parseMetrics(await m.text()));
