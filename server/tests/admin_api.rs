@@ -1059,3 +1059,21 @@ async fn a_page_of_values_stops_at_its_byte_budget() {
     }
     assert_eq!(seen, ["big/0", "big/1", "big/2", "big/3"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_voter_stays_without_the_strict_reconfig_check_too() {
+    let n = TestNode::start_with(&["--admin-token", TOKEN, "--strict-reconfig-check=false"]).await;
+    let api = Api::of(&n);
+    let id = member_id(&api).await;
+    let start = Instant::now();
+    let a = api
+        .admin(Method::DELETE, &format!("/admin/v1/members/{id}"), None)
+        .await;
+    refused(&a, StatusCode::CONFLICT);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "answered at once, not after a timeout"
+    );
+    let m = api.get("/admin/v1/members").await;
+    assert_eq!(m.body["members"][0]["id"], id.as_str());
+}
