@@ -279,6 +279,18 @@ async fn keys_are_written_browsed_by_page_and_revision_and_deleted() {
         assert!(a.body["revision"].as_i64().unwrap() > 1);
     }
     n.put("q", "outside").await;
+    // JSON whatever the content type says (`curl -d` sends a form type).
+    let form = api
+        .http
+        .put(format!("{}/admin/v1/kv", api.base))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(r#"{"key":"r","value":"curl"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::OK);
+    assert_eq!(value_of(&api, "r").await.as_deref(), Some("curl"));
     // A binary key and value travel as base64.
     let a = api
         .admin(
@@ -500,6 +512,22 @@ async fn bad_input_is_refused_with_400_and_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(a.status(), StatusCode::BAD_REQUEST);
+    // No body at all.
+    refused(
+        &api.admin(Method::POST, "/admin/v1/compaction", None).await,
+        StatusCode::BAD_REQUEST,
+    );
+    // Too large for any put.
+    let huge = "x".repeat(4 << 20);
+    refused(
+        &api.admin(
+            Method::PUT,
+            "/admin/v1/kv",
+            Some(json!({"key": "k", "value": huge})),
+        )
+        .await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    );
     assert_eq!(n.rev().await, rev);
     assert_eq!(value_of(&api, "k").await.as_deref(), Some("v"));
     assert_eq!(

@@ -8,11 +8,12 @@
 //! that and shows as unhealthy.
 
 use super::access::{authorize, Need};
+use super::body::JsonBody;
 use super::error::{ApiError, ErrorBody};
 use super::{Api, Server};
 use crate::config::{ETCD_VERSION, PGRAFT_VERSION};
 use crate::raft::leader_log::LeaderChange;
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::Json;
@@ -400,14 +401,15 @@ pub(super) async fn list_members(
         (status = 401, description = "No or a wrong credential", body = ErrorBody),
         (status = 403, description = "Not permitted (not root, or writes are off)", body = ErrorBody),
         (status = 409, description = "Conflicts with the cluster: URL taken, too many learners, not enough started members", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
         (status = 503, description = "No leader, or the cluster is unhealthy", body = ErrorBody)))]
 pub(super) async fn add_member(
     State(s): State<Server>,
     headers: HeaderMap,
-    body: Result<Json<AddMember>, JsonRejection>,
+    body: Result<JsonBody<AddMember>, ApiError>,
 ) -> Result<(StatusCode, Json<MemberAdded>), ApiError> {
     authorize(&s, &headers, Need::Admin).await?;
-    let Json(add) = body?;
+    let JsonBody(add) = body?;
     let r = s
         .member_add(MemberAddRequest {
             peer_ur_ls: add.peer_urls,
@@ -484,14 +486,15 @@ pub(super) async fn promote_member(
         (status = 403, description = "Not permitted", body = ErrorBody),
         (status = 404, description = "No such member", body = ErrorBody),
         (status = 409, description = "The target is a learner", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
         (status = 503, description = "No leader, or the transfer did not finish in time", body = ErrorBody)))]
 pub(super) async fn transfer_leader(
     State(s): State<Server>,
     headers: HeaderMap,
-    body: Result<Json<TransferLeader>, JsonRejection>,
+    body: Result<JsonBody<TransferLeader>, ApiError>,
 ) -> Result<Json<LeaderIs>, ApiError> {
     authorize(&s, &headers, Need::Admin).await?;
-    let Json(t) = body?;
+    let JsonBody(t) = body?;
     let target = parse_id(&t.target)?;
     if s.membership.get(target).is_none() {
         return Err(crate::error::Error::MemberNotFound.into());

@@ -9,9 +9,10 @@
 //! values read one by one at the page's revision, so no page materialises more than that.
 
 use super::access::{authorize, Need};
+use super::body::JsonBody;
 use super::error::{ApiError, ErrorBody};
 use super::{Api, Server};
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method};
 use axum::Json;
@@ -290,10 +291,10 @@ pub struct Written {
 pub(super) async fn put(
     State(s): State<Server>,
     headers: HeaderMap,
-    body: Result<Json<PutKv>, JsonRejection>,
+    body: Result<JsonBody<PutKv>, ApiError>,
 ) -> Result<Json<Written>, ApiError> {
     let who = authorize(&s, &headers, Need::Write).await?;
-    let Json(p) = body?;
+    let JsonBody(p) = body?;
     let key = bytes_param("key", p.key, p.key_b64)?
         .ok_or_else(|| ApiError::bad_request("give key or key_b64"))?;
     let value = bytes_param("value", p.value, p.value_b64)?
@@ -403,14 +404,15 @@ pub struct Compacted {
         (status = 400, description = "Bad body, or a revision already compacted or in the future", body = ErrorBody),
         (status = 401, description = "No or a wrong credential", body = ErrorBody),
         (status = 403, description = "Not permitted (root only while auth is on)", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
         (status = 503, description = "No leader", body = ErrorBody)))]
 pub(super) async fn compact(
     State(s): State<Server>,
     headers: HeaderMap,
-    body: Result<Json<Compact>, JsonRejection>,
+    body: Result<JsonBody<Compact>, ApiError>,
 ) -> Result<Json<Compacted>, ApiError> {
     let who = authorize(&s, &headers, Need::Admin).await?;
-    let Json(c) = body?;
+    let JsonBody(c) = body?;
     if c.revision <= 0 {
         return Err(ApiError::bad_request("revision must be positive"));
     }

@@ -9,6 +9,7 @@
 //! serves so a test can hold the two together.
 
 mod access;
+mod body;
 mod cluster;
 mod error;
 mod kv;
