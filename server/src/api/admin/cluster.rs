@@ -190,6 +190,7 @@ pub struct MemberAdded {
 #[serde(deny_unknown_fields)]
 pub struct TransferLeader {
     /// The member to lead, hex.
+    #[schema(pattern = "^[0-9a-fA-F]{1,16}$")]
     pub target: String,
 }
 
@@ -430,7 +431,7 @@ pub(super) async fn add_member(
 }
 
 #[utoipa::path(delete, path = "/admin/v1/members/{id}", tag = "cluster",
-    params(("id" = String, Path, description = "Member ID, hex")),
+    params(("id" = String, Path, description = "Member ID, hex", pattern = "^[0-9a-fA-F]{1,16}$")),
     security(("token" = [])),
     responses(
         (status = 200, description = "Removed; the remaining members", body = MemberList),
@@ -454,7 +455,7 @@ pub(super) async fn remove_member(
 }
 
 #[utoipa::path(post, path = "/admin/v1/members/{id}/promote", tag = "cluster",
-    params(("id" = String, Path, description = "Member ID, hex")),
+    params(("id" = String, Path, description = "Member ID, hex", pattern = "^[0-9a-fA-F]{1,16}$")),
     security(("token" = [])),
     responses(
         (status = 200, description = "Promoted to a voter; the members", body = MemberList),

@@ -97,8 +97,10 @@ pub struct Browse {
     /// The start key in base64: a previous page's `next_b64`.
     pub start_b64: Option<String>,
     /// Keys per page (1 to 1000; default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Read at this revision (default: the latest).
+    #[param(minimum = 0)]
     pub revision: Option<i64>,
     /// Keys and their metadata only, without values.
     pub keys_only: Option<bool>,
@@ -384,6 +386,7 @@ pub(super) async fn delete(
 #[serde(deny_unknown_fields)]
 pub struct Compact {
     /// Compact the history up to this revision (not beyond the current one).
+    #[schema(minimum = 1)]
     pub revision: i64,
     /// Answer only once the space is reclaimed on this member.
     #[serde(default)]

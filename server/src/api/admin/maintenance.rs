@@ -78,6 +78,7 @@ pub(super) async fn list_alarms(
 #[into_params(parameter_in = Query)]
 pub struct Disarm {
     /// Only this member's alarms (hex).
+    #[param(pattern = "^[0-9a-fA-F]{1,16}$")]
     pub member_id: Option<String>,
     /// Only this kind: "NOSPACE" or "CORRUPT".
     pub alarm: Option<String>,
