@@ -122,7 +122,8 @@ def run_schemathesis(st: str, server, *extra: str) -> str:
            "--max-examples", "40", "--generation-database", "none", "--seed", "1",
            "--no-color", "--workers", "1", "--request-timeout", "10",
            "--report", "junit", "--report-dir", str(out_dir), *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # Its cache (.schemathesis/) goes to the git-ignored work dir, not the checkout.
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=out_dir)
     out = r.stdout + r.stderr
     assert r.returncode == 0, f"schemathesis failed ({' '.join(cmd)}):\n{out[-6000:]}"
     assert "passed" in out and "generated" in out, out[-3000:]
