@@ -45,6 +45,8 @@ if [ "$setup" = 1 ]; then
   else
     bash scripts/test-deps.sh --no-pgext
   fi
+  # Installed by the setup: the dashboard's browser test must run, not skip.
+  export PGRAFT_REQUIRE_BROWSER=1
 fi
 
 if [ "$lint" = 1 ]; then

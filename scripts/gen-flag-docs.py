@@ -44,7 +44,8 @@ def parse(help_text: str) -> list[tuple[str, str, str, str]]:
             desc_lines.append(lines[i].strip())
             i += 1
         desc = " ".join(desc_lines)
-        env = re.search(r"\[env: ([A-Z0-9_]+)=[^\]]*\]", desc)
+        # A secret's variable is printed without its value (`[env: NAME]`).
+        env = re.search(r"\[env: ([A-Z0-9_]+)(?:=[^\]]*)?\]", desc)
         default = re.search(r"\[default: ([^\]]*)\]", desc)
         possible = re.search(r"\[possible values: ([^\]]*)\]", desc)
         text = re.sub(r"\s*\[(env|default|possible values): [^\]]*\]", "", desc).strip()

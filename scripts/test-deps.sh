@@ -7,10 +7,12 @@
 #   Debian packages  etcd-server etcd-client (the differential tests' etcd 3.4.23 and etcdctl),
 #                    python3-venv, postgresql-15 (Patroni and extension tests); for the
 #                    extension also postgresql-server-dev-15, libclang-dev, clang (pgrx runs
-#                    bindgen over the server headers) and sudo (`cargo pgrx test --runas`)
+#                    bindgen over the server headers) and sudo (`cargo pgrx test --runas`);
+#                    chromium and chromium-driver (the dashboard's browser test)
 #   cargo-pgrx       0.18.0, the extension's build tool (must match pgext's pgrx =0.18.0),
 #                    and pgrx registered with the system PostgreSQL 15 (no download, no initdb)
-#   .venv            a virtualenv with compat-tests/requirements.txt (pytest, etcd3gw, Patroni)
+#   .venv            a virtualenv with compat-tests/requirements.txt (pytest, etcd3gw, Patroni,
+#                    Schemathesis, Selenium)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +35,8 @@ fi
 # Debian packages: install only the missing ones (one apt-get update, only when needed).
 # gdb: a scale-test member that stops answering gets its threads dumped into the failure.
 # libfaketime: the robustness runs' clock-jump fault moves one member's wall clock.
-pkgs=(etcd-server etcd-client python3-venv postgresql-15 gdb libfaketime)
+# chromium, chromium-driver: the dashboard's browser test (compat-tests/test_admin.py).
+pkgs=(etcd-server etcd-client python3-venv postgresql-15 gdb libfaketime chromium chromium-driver)
 if [ "$pgext" = 1 ]; then
   pkgs+=(postgresql-server-dev-15 libclang-dev clang sudo)
 fi

@@ -252,6 +252,51 @@ pub struct Config {
     #[arg(long, env = "ETCD_BCRYPT_COST", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
+
+    // --- pgraft's own flags (not etcd's) ---
+    /// Token that authorizes writes through the admin API (/admin/v1) while etcd auth is off,
+    /// sent as "Authorization: Bearer <token>". Unset: the admin API refuses every write until
+    /// etcd auth is enabled (then the etcd token of a user with the needed permission).
+    #[arg(long, env = "PGRAFT_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_admin_token)]
+    pub admin_token: Option<AdminToken>,
+}
+
+/// `--admin-token`: a secret, never printed (`Debug` shows it redacted), compared in constant
+/// time.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// Whether `given` is this token (by SHA-256 digests, compared without an early exit).
+    pub fn matches(&self, given: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        let (a, b) = (
+            Sha256::digest(self.0.as_bytes()),
+            Sha256::digest(given.as_bytes()),
+        );
+        a.iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// An admin token must be something to guess: at least 8 characters, no whitespace (it
+/// travels in an HTTP header).
+fn parse_admin_token(s: &str) -> Result<AdminToken, String> {
+    if s.chars().count() < 8 {
+        return Err("the admin token must be at least 8 characters".into());
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the admin token must not contain whitespace".into());
+    }
+    Ok(AdminToken(s.to_string()))
 }
 
 /// `--auth-token`: etcd's `simple` or `jwt,<options>` (the key files are read at start).

@@ -48,6 +48,11 @@ where
     let text = std::fs::read_to_string(&path)
         .map_err(|e| LoadError::File(format!("cannot read {}: {e}", path.display())))?;
     let mut loaded = from_yaml(&text, &path)?;
+    // pgraft's own `--admin-token` / `PGRAFT_ADMIN_TOKEN` is no etcd setting: it still applies
+    // beside a config file (which may set `admin-token` itself).
+    if loaded.config.admin_token.is_none() {
+        loaded.config.admin_token = cfg.admin_token.clone();
+    }
     loaded.notes.insert(
         0,
         format!(

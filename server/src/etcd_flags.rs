@@ -435,6 +435,9 @@ mod tests {
         "trusted-ca-file",
     ];
 
+    /// pgraft's own flags, with their variables (not etcd's, so not `ETCD_*`).
+    const PGRAFT_FLAGS: &[(&str, &str)] = &[("admin-token", "PGRAFT_ADMIN_TOKEN")];
+
     fn parser_flags() -> Vec<(String, Option<String>)> {
         let cmd = Config::command();
         let mut v: Vec<(String, Option<String>)> = cmd
@@ -464,6 +467,9 @@ mod tests {
             assert!(ours.iter().any(|o| o == f), "etcd's --{f} is not accepted");
         }
         for o in &ours {
+            if PGRAFT_FLAGS.iter().any(|(f, _)| f == o) {
+                continue;
+            }
             assert!(
                 ETCD_FLAGS.contains(&o.as_str()),
                 "--{o} is not an etcd flag: add it to ETCD_FLAGS if etcd has it"
@@ -477,7 +483,10 @@ mod tests {
             if name == "version" {
                 continue;
             }
-            let expected = format!("ETCD_{}", name.to_uppercase().replace('-', "_"));
+            let expected = match PGRAFT_FLAGS.iter().find(|(f, _)| *f == name) {
+                Some((_, env)) => env.to_string(),
+                None => format!("ETCD_{}", name.to_uppercase().replace('-', "_")),
+            };
             assert_eq!(env.as_deref(), Some(expected.as_str()), "--{name}");
         }
     }

@@ -2,6 +2,7 @@
 //! layer's calls and back. gRPC (HTTP/2) and the JSON gateway plus the plain HTTP endpoints
 //! (HTTP/1.1) share one listener, as on etcd's client port.
 
+pub mod admin;
 mod authority;
 mod coalesce;
 pub mod grpc;

@@ -5,6 +5,7 @@
 //! ReadIndex, read the leader and term. Committed entries reach the [`StateMachine`] in log
 //! order.
 
+pub mod leader_log;
 pub mod node;
 pub mod queued;
 pub mod storage;

@@ -79,6 +79,8 @@ pub struct RaftStatus {
     pub removed: AtomicBool,
     /// Elections (campaigns, pre-vote included) this member started since it started.
     pub elections: AtomicU64,
+    /// The last leadership changes this member saw (for the admin API).
+    pub leader_log: super::leader_log::LeaderLog,
     /// Held from the moment a snapshot stream is accepted until raft refused the snapshot or
     /// its install is done: one snapshot at a time. A second one, received while the first
     /// waited for the loop, once deleted the first one's staged file (the member stopped on
@@ -317,6 +319,7 @@ pub fn start<S: StateMachine>(
         removed: AtomicBool::new(false),
         // A lone member's campaign above already made it leader.
         elections: AtomicU64::new(u64::from(single)),
+        leader_log: Default::default(),
         snapshot_slot: AtomicBool::new(false),
         applied: applied_tx,
     });
@@ -1089,6 +1092,7 @@ impl<S: StateMachine> Loop<S> {
         self.status.term.store(r.term, Ordering::Release);
         let prev = self.status.leader.swap(r.leader_id, Ordering::AcqRel);
         crate::metrics::leader_seen(prev, r.leader_id);
+        self.status.leader_log.record(prev, r.leader_id, r.term);
         let is_leader = r.state == StateRole::Leader;
         self.status
             .leader_term

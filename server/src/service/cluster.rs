@@ -237,8 +237,13 @@ impl EtcdServer {
 
     pub async fn member_remove(&self, r: MemberRemoveRequest) -> Result<MemberRemoveResponse> {
         self.check_not_learner()?;
-        if self.membership.get(r.id).is_none() {
+        let Some(target) = self.membership.get(r.id) else {
             return Err(Error::MemberNotFound);
+        };
+        // Raft refuses to remove the last voter (the proposal would only time out): refused
+        // here whatever --strict-reconfig-check says.
+        if !target.is_learner && self.voters().len() == 1 {
+            return Err(Error::NotEnoughStartedMembers);
         }
         self.may_remove_member(r.id)?;
         let members = self

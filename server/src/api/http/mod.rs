@@ -1,5 +1,6 @@
 //! The HTTP/1.1 side of the client port: etcd's JSON gateway (`/v3/...`, grpc-gateway v1 as in
-//! etcd 3.5) and the plain endpoints (`/version`, `/health`, `/livez`, `/readyz`, `/metrics`).
+//! etcd 3.5), the plain endpoints (`/version`, `/health`, `/livez`, `/readyz`, `/metrics`), and
+//! pgraft's admin API and dashboard (`/admin/v1`, `/`, see [`crate::api::admin`]).
 //!
 //! The gateway is the gRPC face transcoded, as in etcd (where the gateway is a gRPC client of the
 //! same member): each unary route decodes its JSON body into the request message and calls the
@@ -27,7 +28,8 @@ pub fn router(
     stopping: tokio::sync::watch::Receiver<bool>,
 ) -> axum::Router {
     gateway::router(server.clone(), stopping)
-        .merge(endpoints::router(server))
+        .merge(endpoints::router(server.clone()))
+        .merge(crate::api::admin::router(server))
         .layer(axum::middleware::from_fn(cors))
 }
 
