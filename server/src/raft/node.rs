@@ -764,9 +764,10 @@ impl<S: StateMachine> Loop<S> {
             Some((next, _)) => self.raw.advance_apply_to(next - 1),
             None => self.raw.advance_apply(),
         }
+        // Never lowered: entries applied ahead (their index raised it) count as committed.
         self.status
             .commit_index
-            .store(self.raw.raft.raft_log.committed, Ordering::Release);
+            .fetch_max(self.raw.raft.raft_log.committed, Ordering::AcqRel);
         self.update_status();
         Ok(false)
     }

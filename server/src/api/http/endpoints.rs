@@ -97,8 +97,9 @@ fn metrics_text(s: &EtcdServer) -> Response {
     let g = metrics::ServerGauges {
         has_leader: st.leader() != 0,
         is_leader: st.is_leader(),
-        committed_index: st.commit_index(),
+        // Read after the applied index, and never below it: what is applied is committed.
         applied_index: st.applied_index(),
+        committed_index: st.commit_index().max(st.applied_index()),
         db_size: s.backend.disk_space(),
         db_size_in_use: s.backend.backend_size(),
         keys: i64::try_from(s.store.live_keys()).unwrap_or(i64::MAX),
