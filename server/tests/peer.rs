@@ -132,3 +132,55 @@ async fn a_conf_change_raft_refuses_is_skipped() {
     assert!(n.put("k", "v").await > 0);
     assert_eq!(server.membership.members().len(), 1);
 }
+
+/// Raft messages no member sends, on a stream from a peer: raft-rs panics on each of them (an
+/// empty proposal; a heartbeat committing past the log; entries not following the append's
+/// position), which stopped the member. They are dropped, and the member serves on.
+#[tokio::test]
+async fn malformed_raft_messages_from_a_peer_are_dropped() {
+    use raft::eraftpb::{Entry, Message, MessageType};
+    let n = TestNode::start().await;
+    let node = n.node.as_ref().unwrap();
+    let peer = node.peer_addrs[0];
+    let cluster_id = node.server.cluster_id();
+    let me = node.server.member_id();
+    let term = node.server.raft.status.term();
+    let base = |kind: MessageType| {
+        let mut m = Message::default();
+        m.set_msg_type(kind);
+        m.from = 99;
+        m.to = me;
+        m
+    };
+    let empty_proposal = base(MessageType::MsgPropose);
+    let mut heartbeat = base(MessageType::MsgHeartbeat);
+    heartbeat.term = term + 1;
+    heartbeat.commit = 1 << 40;
+    let mut append = base(MessageType::MsgAppend);
+    append.term = term + 2;
+    append.index = 1;
+    append.log_term = 1;
+    let mut e = Entry::default();
+    e.index = 1000;
+    e.term = term + 2;
+    append.entries = vec![e].into();
+
+    for m in [empty_proposal, heartbeat, append] {
+        let kind = m.get_msg_type();
+        let mut s = TcpStream::connect(peer).await.unwrap();
+        s.write_all(&wire::preamble(cluster_id, 99)).await.unwrap();
+        let mut out = Vec::new();
+        wire::put_message(&mut out, &m);
+        s.write_all(&out).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(
+            n.put("k", "v").await > 0,
+            "the member stopped serving after a {kind:?}"
+        );
+        assert_eq!(
+            node.server.raft.status.term(),
+            term,
+            "a dropped {kind:?} changed the term"
+        );
+    }
+}

@@ -484,6 +484,49 @@ pub(super) fn poll_recv<T>(
     rx.recv_timeout(wait.saturating_sub(SPIN_BEFORE_SLEEP))
 }
 
+/// Whether a message from a peer may be stepped: raft-rs trusts its peers and panics on some
+/// malformed messages (an empty proposal; a heartbeat committing past this member's log;
+/// entries that do not follow the append's position), and a panic stops the raft loop, the
+/// member with it. No member sends these; anything on the peer port could.
+fn admissible(m: &Message, last_index: u64) -> std::result::Result<(), &'static str> {
+    match m.get_msg_type() {
+        MessageType::MsgPropose if m.entries.is_empty() => Err("a proposal without entries"),
+        // The leader sends min(the follower's match, its commit): never past this log.
+        MessageType::MsgHeartbeat if m.commit > last_index => {
+            Err("a heartbeat committing past this member's log")
+        }
+        MessageType::MsgAppend => {
+            let mut prev_term = m.log_term;
+            for (i, e) in m.entries.iter().enumerate() {
+                if e.index != m.index.saturating_add(1 + i as u64) {
+                    return Err("entries not following the append's position");
+                }
+                if e.term < prev_term || e.term > m.term {
+                    return Err("entry terms out of order");
+                }
+                prev_term = e.term;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Counts (and logs, the first time and every 1000th after) a refused peer message.
+fn refused_peer_message(m: &Message, why: &'static str) {
+    static REFUSED: AtomicU64 = AtomicU64::new(0);
+    let n = REFUSED.fetch_add(1, Ordering::Relaxed);
+    if n.is_multiple_of(1000) {
+        tracing::warn!(
+            from = %format!("{:x}", m.from),
+            kind = ?m.get_msg_type(),
+            why,
+            refused_so_far = n + 1,
+            "refused a malformed raft message from a peer"
+        );
+    }
+}
+
 /// Log entries dropped per applied chunk while compacting: a 100k-entry compaction in one
 /// batch held the loop (and every put) for tens of milliseconds.
 const COMPACT_STEP: u64 = 2048;
@@ -579,7 +622,9 @@ impl<S: StateMachine> Loop<S> {
                 self.step_snapshot(m)
             }
             Command::Step(m) => {
-                if let Err(e) = self.raw.step(m) {
+                if let Err(why) = admissible(&m, self.raw.raft.raft_log.last_index()) {
+                    refused_peer_message(&m, why);
+                } else if let Err(e) = self.raw.step(m) {
                     tracing::debug!(error = %e, "dropped a peer message");
                 }
             }
