@@ -160,9 +160,11 @@ async fn malformed_raft_messages_from_a_peer_are_dropped() {
     append.term = term + 2;
     append.index = 1;
     append.log_term = 1;
-    let mut e = Entry::default();
-    e.index = 1000;
-    e.term = term + 2;
+    let e = Entry {
+        index: 1000,
+        term: term + 2,
+        ..Default::default()
+    };
     append.entries = vec![e].into();
 
     for m in [empty_proposal, heartbeat, append] {
