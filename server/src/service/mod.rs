@@ -7,6 +7,7 @@ pub mod autocompact;
 mod backup;
 mod cluster;
 mod concurrency;
+pub(crate) use concurrency::prefix_end;
 mod election;
 mod idgen;
 mod lock;

@@ -12,6 +12,7 @@ use super::access::{authorize, Need};
 use super::body::JsonBody;
 use super::error::{ApiError, ErrorBody};
 use super::{Api, Server};
+use crate::service::prefix_end;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method};
@@ -68,19 +69,6 @@ fn bytes_param(
             .map_err(|e| ApiError::bad_request(format!("{name}_b64 is not base64: {e}"))),
         (None, None) => Ok(None),
     }
-}
-
-/// etcd's `GetPrefixRangeEnd`: the first key past every key starting with `prefix` (`\0`,
-/// "to the end", for an empty prefix or one of only 0xff bytes).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 /// A page of keys.

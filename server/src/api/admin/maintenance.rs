@@ -60,16 +60,20 @@ pub(super) async fn list_alarms(
     headers: HeaderMap,
 ) -> Result<Json<Alarms>, ApiError> {
     authorize(&s, &headers, Need::Read).await?;
-    let r = s
-        .alarm(AlarmRequest {
-            action: AlarmAction::Get as i32,
-            member_id: 0,
-            alarm: AlarmType::None as i32,
-        })
-        .await?;
     Ok(Json(Alarms {
-        alarms: views(&r.alarms),
+        alarms: views(&raised_alarms(&s).await?),
     }))
+}
+
+/// The alarms raised in the cluster now.
+async fn raised_alarms(s: &Server) -> Result<Vec<AlarmMember>, ApiError> {
+    Ok(s.alarm(AlarmRequest {
+        action: AlarmAction::Get as i32,
+        member_id: 0,
+        alarm: AlarmType::None as i32,
+    })
+    .await?
+    .alarms)
 }
 
 /// Which alarms to disarm: all by default, or those of one member and/or one kind.
@@ -111,14 +115,7 @@ pub(super) async fn disarm(
             }
         },
     };
-    let raised = s
-        .alarm(AlarmRequest {
-            action: AlarmAction::Get as i32,
-            member_id: 0,
-            alarm: AlarmType::None as i32,
-        })
-        .await?
-        .alarms;
+    let raised = raised_alarms(&s).await?;
     // As `etcdctl alarm disarm`: one DEACTIVATE per raised alarm, through the log.
     for a in raised
         .iter()
@@ -132,15 +129,8 @@ pub(super) async fn disarm(
         })
         .await?;
     }
-    let after = s
-        .alarm(AlarmRequest {
-            action: AlarmAction::Get as i32,
-            member_id: 0,
-            alarm: AlarmType::None as i32,
-        })
-        .await?;
     Ok(Json(Alarms {
-        alarms: views(&after.alarms),
+        alarms: views(&raised_alarms(&s).await?),
     }))
 }
 
