@@ -7,7 +7,7 @@
 mod common;
 
 use clap::Parser;
-use common::TestNode;
+use common::{free_port, TestNode};
 use etcd_proto::authpb::{permission::Type, Permission};
 use etcd_proto::etcdserverpb::alarm_request::AlarmAction;
 use etcd_proto::etcdserverpb::auth_client::AuthClient;
@@ -19,7 +19,6 @@ use pgraft_server::{Config, Node};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -886,15 +885,6 @@ async fn member_id_as(api: &Api, token: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-/// A port free now, for URLs that must be known before the member starts.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn cluster_config(dir: &Path, name: &str, client: u16, peer: u16, cluster: &str) -> Config {

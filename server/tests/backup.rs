@@ -7,7 +7,7 @@
 mod common;
 
 use clap::Parser;
-use common::TestNode;
+use common::{free_port, TestNode};
 use etcd_proto::etcdserverpb::{
     kv_client::KvClient, lease_client::LeaseClient, CompactionRequest, DeleteRangeRequest,
     LeaseLeasesRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest, RangeResponse,
@@ -16,17 +16,8 @@ use etcd_proto::etcdserverpb::{
 use pgraft_server::snapshot::restore::{restore, RestoreArgs};
 use pgraft_server::{Config, Node};
 use sha2::{Digest, Sha256};
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn everything(
     kv: &mut KvClient<Channel>,

@@ -5,7 +5,7 @@
 mod common;
 
 use clap::Parser;
-use common::{assert_status, put_op, TestNode};
+use common::{assert_status, free_port, put_op, TestNode};
 use etcd_proto::etcdserverpb::alarm_request::AlarmAction;
 use etcd_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use etcd_proto::etcdserverpb::{
@@ -14,7 +14,6 @@ use etcd_proto::etcdserverpb::{
     PutRequest, StatusRequest, StatusResponse, TxnRequest,
 };
 use pgraft_server::{Config, Node};
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -319,14 +318,6 @@ async fn hash_kv_of_a_revision_is_stable_and_checks_its_revision() {
     );
     let h = m.hash(HashRequest {}).await.unwrap().into_inner();
     assert_eq!(h.header.unwrap().revision, cur + 1);
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Three members bootstrapped together, with extra flags. Peer ports are picked before the

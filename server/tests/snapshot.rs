@@ -6,7 +6,7 @@
 mod common;
 
 use clap::Parser;
-use common::TestNode;
+use common::{free_port, TestNode};
 use etcd_proto::etcdserverpb::{
     kv_client::KvClient, DeleteRangeRequest, MemberAddRequest, PutRequest, RangeRequest,
     RangeResponse,
@@ -15,20 +15,10 @@ use etcd_proto::pgraftpb::{raft_peer_client::RaftPeerClient, SnapshotChunk};
 use pgraft_server::raft::wire;
 use pgraft_server::{Config, Node};
 use raft::eraftpb::{Message, MessageType};
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
-
-/// A port free now, for a peer URL that must be known before the member starts.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn config(dir: &Path, name: &str, peer: &str, cluster: &str, state: &str) -> Config {
     Config::parse_from([

@@ -293,3 +293,13 @@ pub fn assert_status<T: std::fmt::Debug>(
     let e = r.expect_err("expected an error");
     assert_eq!((e.code(), e.message()), (code, msg), "{e:?}");
 }
+
+/// A port free now, for URLs that must be known before a member starts.
+#[allow(dead_code)]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
