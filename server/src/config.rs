@@ -3,6 +3,7 @@
 
 pub use crate::etcd_flags::parse_go_bool;
 use crate::etcd_flags::CompatFlags;
+use crate::tls::TlsFiles;
 use clap::Parser;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -253,6 +254,80 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(4..=31))]
     pub bcrypt_cost: u32,
 
+    // --- TLS (see `crate::tls`); `https://` listen URLs need a certificate and key ---
+    /// Path to the client server TLS cert file.
+    #[arg(long, env = "ETCD_CERT_FILE", default_value = "")]
+    pub cert_file: String,
+
+    /// Path to the client server TLS key file.
+    #[arg(long, env = "ETCD_KEY_FILE", default_value = "")]
+    pub key_file: String,
+
+    /// Path to the client server TLS trusted CA cert file.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE", default_value = "")]
+    pub trusted_ca_file: String,
+
+    /// Enable client cert authentication (with auth on, a gRPC client's certificate CN is
+    /// its user name).
+    #[arg(
+        long,
+        env = "ETCD_CLIENT_CERT_AUTH",
+        default_value = "false",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = parse_go_bool,
+        action = clap::ArgAction::Set
+    )]
+    pub client_cert_auth: bool,
+
+    /// Path to the peer server TLS cert file.
+    #[arg(long, env = "ETCD_PEER_CERT_FILE", default_value = "")]
+    pub peer_cert_file: String,
+
+    /// Path to the peer server TLS key file.
+    #[arg(long, env = "ETCD_PEER_KEY_FILE", default_value = "")]
+    pub peer_key_file: String,
+
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE", default_value = "")]
+    pub peer_trusted_ca_file: String,
+
+    /// Enable peer client cert authentication.
+    #[arg(
+        long,
+        env = "ETCD_PEER_CLIENT_CERT_AUTH",
+        default_value = "false",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = parse_go_bool,
+        action = clap::ArgAction::Set
+    )]
+    pub peer_client_cert_auth: bool,
+
+    /// Path to an explicit peer client TLS cert file, otherwise peer cert file will be used
+    /// when client auth is required.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_FILE", default_value = "")]
+    pub peer_client_cert_file: String,
+
+    /// Path to an explicit peer client TLS key file, otherwise peer key file will be used
+    /// when client auth is required.
+    #[arg(long, env = "ETCD_PEER_CLIENT_KEY_FILE", default_value = "")]
+    pub peer_client_key_file: String,
+
+    /// Allowed CN for inter peer authentication.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN", default_value = "")]
+    pub peer_cert_allowed_cn: String,
+
+    /// Minimum TLS version supported by pgraftd (TLS1.2 or TLS1.3).
+    #[arg(long, env = "ETCD_TLS_MIN_VERSION", default_value = "TLS1.2")]
+    pub tls_min_version: String,
+
+    /// Maximum TLS version supported by pgraftd (empty: TLS1.3).
+    #[arg(long, env = "ETCD_TLS_MAX_VERSION", default_value = "")]
+    pub tls_max_version: String,
+
     // --- pgraft's own flags (not etcd's) ---
     /// Token that authorizes writes through the admin API (/admin/v1) while etcd auth is off,
     /// sent as "Authorization: Bearer <token>". Unset: the admin API refuses every write until
@@ -456,6 +531,7 @@ impl Config {
         for u in self.advertise_peer_urls() {
             parse_url(&u)?;
         }
+        self.validate_tls()?;
         Ok(())
     }
 
@@ -519,19 +595,133 @@ impl Config {
             .collect()
     }
 
-    pub fn peer_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
-        split_urls(&self.listen_peer_urls)
-            .iter()
-            .map(|u| parse_url(u))
-            .collect()
+    /// Addresses of `--listen-peer-urls`, each with whether it is `https://`.
+    pub fn peer_listen_addrs(&self) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
+        listen_addrs(&self.listen_peer_urls)
     }
 
-    pub fn client_listen_addrs(&self) -> Result<Vec<SocketAddr>, ConfigError> {
-        split_urls(&self.listen_client_urls)
-            .iter()
-            .map(|u| parse_url(u))
-            .collect()
+    /// Addresses of `--listen-client-urls`, each with whether it is `https://`.
+    pub fn client_listen_addrs(&self) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
+        listen_addrs(&self.listen_client_urls)
     }
+
+    fn versions(&self) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, ConfigError> {
+        crate::tls::versions(&self.tls_min_version, &self.tls_max_version).map_err(ConfigError)
+    }
+
+    /// The client port's TLS files: `None` without `--cert-file`/`--key-file`.
+    pub fn client_tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        let trusted_ca = non_empty(&self.trusted_ca_file);
+        if self.client_cert_auth && trusted_ca.is_none() {
+            return Err(ConfigError(
+                "--client-cert-auth needs --trusted-ca-file (the CA client certificates must chain to)".into(),
+            ));
+        }
+        let (Some(cert), Some(key)) = (non_empty(&self.cert_file), non_empty(&self.key_file))
+        else {
+            if !self.cert_file.is_empty() || !self.key_file.is_empty() {
+                return Err(ConfigError("--cert-file and --key-file go together".into()));
+            }
+            return Ok(None);
+        };
+        Ok(Some(TlsFiles {
+            cert,
+            key,
+            trusted_ca,
+            client_cert_auth: self.client_cert_auth,
+            client_cert: None,
+            versions: self.versions()?,
+        }))
+    }
+
+    /// The peer port's TLS files: `None` without `--peer-cert-file`/`--peer-key-file`.
+    pub fn peer_tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        let trusted_ca = non_empty(&self.peer_trusted_ca_file);
+        if self.peer_client_cert_auth && trusted_ca.is_none() {
+            return Err(ConfigError(
+                "--peer-client-cert-auth needs --peer-trusted-ca-file (the CA peer certificates must chain to)".into(),
+            ));
+        }
+        let client_cert = match (
+            non_empty(&self.peer_client_cert_file),
+            non_empty(&self.peer_client_key_file),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError(
+                    "--peer-client-cert-file and --peer-client-key-file go together".into(),
+                ))
+            }
+        };
+        let (Some(cert), Some(key)) = (
+            non_empty(&self.peer_cert_file),
+            non_empty(&self.peer_key_file),
+        ) else {
+            if !self.peer_cert_file.is_empty() || !self.peer_key_file.is_empty() {
+                return Err(ConfigError(
+                    "--peer-cert-file and --peer-key-file go together".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        Ok(Some(TlsFiles {
+            cert,
+            key,
+            trusted_ca,
+            client_cert_auth: self.peer_client_cert_auth,
+            client_cert,
+            versions: self.versions()?,
+        }))
+    }
+
+    /// `https://` URLs need the certificate and key of their side (etcd's check); TLS files
+    /// that load.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let client = self.client_tls()?;
+        if client.is_none() {
+            if let Some(u) = split_urls(&self.listen_client_urls)
+                .into_iter()
+                .find(|u| u.starts_with("https://"))
+            {
+                return Err(ConfigError(format!(
+                    "TLS key/cert (--cert-file, --key-file) must be provided for client url {u} with HTTPS scheme"
+                )));
+            }
+        }
+        let peer = self.peer_tls()?;
+        if peer.is_none() {
+            let https = split_urls(&self.listen_peer_urls)
+                .into_iter()
+                .chain(self.advertise_peer_urls())
+                .find(|u| u.starts_with("https://"));
+            if let Some(u) = https {
+                return Err(ConfigError(format!(
+                    "TLS key/cert (--peer-cert-file, --peer-key-file) must be provided for peer url {u} with HTTPS scheme"
+                )));
+            }
+        }
+        if let Some(u) = split_urls(&self.listen_metrics_urls)
+            .into_iter()
+            .find(|u| u.starts_with("https://"))
+        {
+            return Err(ConfigError(format!(
+                "{u}: pgraftd serves metrics over http:// only"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn non_empty(s: &str) -> Option<PathBuf> {
+    (!s.is_empty()).then(|| PathBuf::from(s))
+}
+
+fn listen_addrs(urls: &str) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
+    split_urls(urls)
+        .iter()
+        .map(|u| Ok((parse_url(u)?, u.starts_with("https://"))))
+        .collect()
 }
 
 fn split_urls(s: &str) -> Vec<String> {
@@ -546,12 +736,7 @@ fn split_urls(s: &str) -> Vec<String> {
 pub fn parse_url(u: &str) -> Result<SocketAddr, ConfigError> {
     let parsed = url::Url::parse(u).map_err(|e| ConfigError(format!("invalid URL {u:?}: {e}")))?;
     match parsed.scheme() {
-        "http" => {}
-        "https" => {
-            return Err(ConfigError(format!(
-                "{u:?}: TLS is not supported yet; use http://"
-            )))
-        }
+        "http" | "https" => {}
         s => return Err(ConfigError(format!("{u:?}: unsupported scheme {s:?}"))),
     }
     let host = parsed
@@ -641,7 +826,7 @@ mod tests {
         assert_eq!(c.min_lease_ttl(), 2);
         assert_eq!(
             c.client_listen_addrs().unwrap(),
-            vec!["127.0.0.1:2379".parse().unwrap()]
+            vec![("127.0.0.1:2379".parse().unwrap(), false)]
         );
         assert_eq!(
             c.initial_members().unwrap(),
@@ -729,7 +914,19 @@ mod tests {
         assert!(c.validate().is_err());
         let c = Config::parse_from(["pgraftd", "--initial-cluster", "other=http://127.0.0.1:1"]);
         assert!(c.validate().is_err());
+        // https:// needs its side's certificate and key, as etcd says.
         let c = Config::parse_from(["pgraftd", "--listen-client-urls", "https://127.0.0.1:1"]);
+        let e = c.validate().unwrap_err().0;
+        assert!(e.contains("--cert-file, --key-file"), "{e}");
+        let c = Config::parse_from(["pgraftd", "--listen-peer-urls", "https://127.0.0.1:1"]);
+        let e = c.validate().unwrap_err().0;
+        assert!(e.contains("--peer-cert-file"), "{e}");
+        let c = Config::parse_from(["pgraftd", "--cert-file", "/x.pem"]);
         assert!(c.validate().is_err());
+        let c = Config::parse_from(["pgraftd", "--client-cert-auth"]);
+        assert!(c.validate().unwrap_err().0.contains("--trusted-ca-file"));
+        let c = Config::parse_from(["pgraftd", "--tls-min-version", "TLS1.1"]);
+        let c = c.client_tls().map(|_| ()).and(c.peer_tls().map(|_| ()));
+        assert!(c.is_ok(), "versions are read only with TLS files");
     }
 }

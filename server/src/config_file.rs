@@ -139,10 +139,7 @@ pub fn from_yaml(text: &str, path: &Path) -> Result<Loaded, LoadError> {
 
 /// etcd's defaults for the keys pgraftd does not parse yet (TLS): a file that
 /// gives them their default asks for nothing pgraftd lacks.
-const ETCD_DEFAULTS: &[(&str, &str)] = &[
-    ("self-signed-cert-validity", "1"),
-    ("tls-min-version", "TLS1.2"),
-];
+const ETCD_DEFAULTS: &[(&str, &str)] = &[("self-signed-cert-validity", "1")];
 
 /// The flag a key of a nested section stands for (etcd's `configYAML` mapping).
 fn nested_flag(section: &str, key: &str) -> String {
@@ -298,9 +295,20 @@ mod tests {
         assert!(file_error(yaml("enable-v2: maybe")).contains("maybe"));
         assert!(file_error(yaml("heartbeat-interval: fast")).contains("fast"));
         assert!(file_error(yaml("- a\n- b")).contains("mapping"));
-        // TLS is not served: a file that asks for it is refused, not silently plaintext.
-        let e = file_error(yaml("client-transport-security:\n  cert-file: /x.pem"));
-        assert!(e.contains("cert-file"), "{e}");
+        // The TLS sections map to etcd's flags; what pgraftd lacks (automatic certificates)
+        // is refused, not silently plaintext.
+        let l = yaml(
+            "client-transport-security:\n  cert-file: /c.pem\n  key-file: /k.pem\n  client-cert-auth: true\n  trusted-ca-file: /ca.pem\npeer-transport-security:\n  cert-file: /pc.pem\n  allowed-cn: member",
+        )
+        .unwrap();
+        assert_eq!(
+            (l.config.cert_file.as_str(), l.config.key_file.as_str()),
+            ("/c.pem", "/k.pem")
+        );
+        assert!(l.config.client_cert_auth);
+        assert_eq!(l.config.trusted_ca_file, "/ca.pem");
+        assert_eq!(l.config.peer_cert_file, "/pc.pem");
+        assert_eq!(l.config.peer_cert_allowed_cn, "member");
         let e = file_error(yaml("peer-transport-security:\n  auto-tls: true"));
         assert!(e.contains("peer-auto-tls"), "{e}");
         let l = yaml("log-outputs: [stderr, stdout]\nlogger: capnslog").unwrap();

@@ -407,32 +407,20 @@ mod tests {
         "wal-dir",
     ];
 
-    /// etcd flags pgraftd does not accept yet (TLS: they come with it).
+    /// etcd flags pgraftd does not accept yet (automatic certificates, CRLs, cipher suites, the
+    /// server's own client certificate, host name checks).
     const ELSEWHERE: &[&str] = &[
         "auto-tls",
-        "cert-file",
         "cipher-suites",
         "client-cert-allowed-hostname",
-        "client-cert-auth",
         "client-cert-file",
         "client-crl-file",
         "client-key-file",
         "experimental-peer-skip-client-san-verification",
-        "key-file",
         "peer-auto-tls",
-        "peer-cert-allowed-cn",
         "peer-cert-allowed-hostname",
-        "peer-cert-file",
-        "peer-client-cert-auth",
-        "peer-client-cert-file",
-        "peer-client-key-file",
         "peer-crl-file",
-        "peer-key-file",
-        "peer-trusted-ca-file",
         "self-signed-cert-validity",
-        "tls-max-version",
-        "tls-min-version",
-        "trusted-ca-file",
     ];
 
     /// pgraft's own flags, with their variables (not etcd's, so not `ETCD_*`).

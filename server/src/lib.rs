@@ -22,6 +22,7 @@ pub mod request;
 pub mod service;
 pub mod snapshot;
 pub mod systemd;
+pub mod tls;
 pub mod txn;
 pub mod wait;
 pub mod watch;

@@ -230,6 +230,11 @@ impl Membership {
         batch.insert(&self.backend.meta, REMOVED_MEMBERS, bytes);
     }
 
+    /// Whether `id` is a member (voter or learner) as far as this member has applied.
+    pub fn contains(&self, id: u64) -> bool {
+        self.members.read().iter().any(|m| m.id == id)
+    }
+
     pub fn is_removed(&self, id: u64) -> bool {
         self.removed.read().contains(&id)
     }

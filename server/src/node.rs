@@ -11,8 +11,10 @@ use crate::error::{Error, Result};
 use crate::lease::Lessor;
 use crate::membership::{Membership, Origin};
 use crate::mvcc::Store;
+use crate::raft::dial::Dialer;
 use crate::raft::{self, RaftConfig, RaftStorage};
 use crate::service::{EtcdServer, IdGen, LEASE_CHECK_INTERVAL};
+use crate::tls::{ClientTls, ServerTls};
 use crate::wait::Wait;
 use crate::watch::WatchHub;
 use etcd_proto::pgraftpb::raft_peer_client::RaftPeerClient;
@@ -50,20 +52,25 @@ fn cfg_err(ConfigError(e): ConfigError) -> Error {
     Error::Internal(e)
 }
 
-async fn bind_all(addrs: Vec<SocketAddr>, what: &str) -> Result<Vec<TcpListener>> {
+/// Binds every listen address, each with whether it serves TLS (an `https://` URL).
+async fn bind_all(addrs: Vec<(SocketAddr, bool)>, what: &str) -> Result<Vec<(TcpListener, bool)>> {
     let mut out = Vec::new();
-    for addr in addrs {
+    for (addr, tls) in addrs {
         let l = TcpListener::bind(addr)
             .await
             .map_err(|e| Error::Internal(format!("listen for {what} on {addr}: {e}")))?;
-        tracing::info!(address = %l.local_addr().map_err(Error::internal)?, "serving {what} traffic");
-        out.push(l);
+        let scheme = if tls { "https" } else { "http" };
+        tracing::info!(address = %l.local_addr().map_err(Error::internal)?, scheme, "serving {what} traffic");
+        out.push((l, tls));
     }
     Ok(out)
 }
 
 /// Asks the other members of `--initial-cluster` for the cluster's ID and member list.
-async fn fetch_cluster(cfg: &Config) -> Result<(u64, Vec<etcd_proto::etcdserverpb::Member>)> {
+async fn fetch_cluster(
+    cfg: &Config,
+    dialer: &Dialer,
+) -> Result<(u64, Vec<etcd_proto::etcdserverpb::Member>)> {
     let mine = cfg.advertise_peer_urls();
     let urls: Vec<String> = cfg
         .initial_members()
@@ -75,17 +82,17 @@ async fn fetch_cluster(cfg: &Config) -> Result<(u64, Vec<etcd_proto::etcdserverp
     let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
     while tokio::time::Instant::now() < deadline {
         for url in &urls {
-            let Ok(ep) = tonic::transport::Endpoint::from_shared(url.clone()) else {
+            let Ok(ch) = dialer.channel(url) else {
                 continue;
             };
-            let ep = ep
-                .connect_timeout(Duration::from_secs(1))
-                .timeout(Duration::from_secs(2));
-            if let Ok(ch) = ep.connect().await {
-                if let Ok(r) = RaftPeerClient::new(ch).members(MembersRequest {}).await {
-                    let r = r.into_inner();
-                    return Ok((r.cluster_id, r.members));
-                }
+            let asked = tokio::time::timeout(
+                Duration::from_secs(2),
+                RaftPeerClient::new(ch).members(MembersRequest {}),
+            )
+            .await;
+            if let Ok(Ok(r)) = asked {
+                let r = r.into_inner();
+                return Ok((r.cluster_id, r.members));
             }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -103,8 +110,33 @@ impl Node {
         let peer_listeners = bind_all(cfg.peer_listen_addrs().map_err(cfg_err)?, "peer").await?;
         let client_listeners =
             bind_all(cfg.client_listen_addrs().map_err(cfg_err)?, "client").await?;
-        let metrics_listeners =
-            bind_all(cfg.metrics_listen_addrs().map_err(cfg_err)?, "metrics").await?;
+        let metrics_listeners = bind_all(
+            cfg.metrics_listen_addrs()
+                .map_err(cfg_err)?
+                .into_iter()
+                .map(|a| (a, false))
+                .collect(),
+            "metrics",
+        )
+        .await?;
+        // Certificates are loaded now, so that a bad file stops the start.
+        let tls_err = |e: String| Error::Internal(format!("TLS: {e}"));
+        let client_tls = match cfg.client_tls().map_err(cfg_err)? {
+            Some(f) => Some(Arc::new(ServerTls::new(f, None).map_err(tls_err)?)),
+            None => None,
+        };
+        let peer_tls = match cfg.peer_tls().map_err(cfg_err)? {
+            Some(f) => {
+                let allowed_cn = (!cfg.peer_cert_allowed_cn.is_empty())
+                    .then(|| cfg.peer_cert_allowed_cn.clone());
+                Some(Arc::new(ServerTls::new(f, allowed_cn).map_err(tls_err)?))
+            }
+            None => None,
+        };
+        let dialer = match cfg.peer_tls().map_err(cfg_err)? {
+            Some(f) => Dialer::new(Some(Arc::new(ClientTls::new(f).map_err(tls_err)?))),
+            None => Dialer::default(),
+        };
 
         let backend = Backend::open(&cfg.data_dir())?;
         // Before anything reads the state: a snapshot install a stop interrupted is redone.
@@ -112,7 +144,7 @@ impl Node {
         let (membership, origin) = match Membership::load(backend.clone())? {
             Some(m) => (m, Origin::Restarted),
             None if cfg.initial_cluster_state == "existing" => {
-                let (cid, members) = fetch_cluster(&cfg).await?;
+                let (cid, members) = fetch_cluster(&cfg, &dialer).await?;
                 let m =
                     Membership::join(backend.clone(), cid, members, &cfg.advertise_peer_urls())?;
                 (m, Origin::Joined)
@@ -181,6 +213,7 @@ impl Node {
             catch_up_entries: cfg.snapshot_catchup_entries.min(cfg.snapshot_count),
             snapshot_count: cfg.snapshot_count,
             pre_vote: cfg.pre_vote,
+            dialer,
         };
         let (raft, raft_thread) = raft::node::start(
             rc,
@@ -283,7 +316,7 @@ impl Node {
             ));
         }
         let mut metrics_addrs = Vec::new();
-        for l in metrics_listeners {
+        for (l, _) in metrics_listeners {
             metrics_addrs.push(l.local_addr().map_err(Error::internal)?);
             let app = crate::api::http::metrics_router(server.clone());
             let stop = stopped(shutdown.subscribe());
@@ -294,19 +327,21 @@ impl Node {
             });
         }
         let mut peer_addrs = Vec::new();
-        for l in peer_listeners {
+        for (l, https) in peer_listeners {
             peer_addrs.push(l.local_addr().map_err(Error::internal)?);
             let server = server.clone();
             let stop = stopped(shutdown.subscribe());
+            let tls = if https { peer_tls.clone() } else { None };
             tasks.spawn(async move {
-                if let Err(e) = crate::api::peer::serve_peer(server, l, stop).await {
+                if let Err(e) = crate::api::peer::serve_peer(server, l, tls, stop).await {
                     tracing::error!(error = %e, "peer listener failed");
                 }
             });
         }
         let mut client_addrs = Vec::new();
-        for l in client_listeners {
+        for (l, https) in client_listeners {
             client_addrs.push(l.local_addr().map_err(Error::internal)?);
+            let tls = if https { client_tls.clone() } else { None };
             let server = server.clone();
             let mut ready = ready_rx.clone();
             let mut stop_wait = shutdown.subscribe();
@@ -316,7 +351,7 @@ impl Node {
                     r = ready.wait_for(|r| *r) => if r.is_err() { return },
                     _ = stop_wait.changed() => return,
                 }
-                if let Err(e) = crate::api::serve_client(server, l, stop).await {
+                if let Err(e) = crate::api::serve_client(server, l, tls, stop).await {
                     tracing::error!(error = %e, "client listener failed");
                 }
             });

@@ -47,16 +47,26 @@ async fn peer_port_serves_grpc_and_refuses_foreign_raft_streams() {
     assert_eq!(answer(s).await, "etcdserver: cluster ID mismatch");
 
     // A frame over the limit breaks the stream, with the reason.
+    let me = node.server.member_id();
     let mut s = TcpStream::connect(peer).await.unwrap();
-    s.write_all(&wire::preamble(cluster_id, 99)).await.unwrap();
+    s.write_all(&wire::preamble(cluster_id, me)).await.unwrap();
     s.write_all(&((wire::MAX_FRAME + 1) as u32).to_be_bytes())
         .await
         .unwrap();
     assert!(answer(s).await.contains("over the limit"));
 
-    // A stream from this cluster with heartbeats only is kept open; the member still serves.
+    // Only members speak raft: a stream whose hello names no member is refused (etcd's
+    // "sender not found").
     let mut s = TcpStream::connect(peer).await.unwrap();
     s.write_all(&wire::preamble(cluster_id, 99)).await.unwrap();
+    s.write_all(&wire::HEARTBEAT).await.unwrap();
+    let reason = answer(s).await;
+    assert!(reason.contains("63 is not a member"), "{reason}");
+
+    // A stream from a member with heartbeats only is kept open; the member still serves. (The
+    // only member of a one-member cluster is the member itself.)
+    let mut s = TcpStream::connect(peer).await.unwrap();
+    s.write_all(&wire::preamble(cluster_id, me)).await.unwrap();
     s.write_all(&wire::HEARTBEAT).await.unwrap();
     let mut one = [0u8; 1];
     let read = tokio::time::timeout(std::time::Duration::from_millis(300), s.read(&mut one)).await;
@@ -85,17 +95,17 @@ async fn raft_stream_refuses_messages_not_from_its_sender_or_not_to_this_member(
     };
 
     let mut s = TcpStream::connect(peer).await.unwrap();
-    s.write_all(&wire::preamble(cluster_id, 99)).await.unwrap();
+    s.write_all(&wire::preamble(cluster_id, me)).await.unwrap();
     s.write_all(&message(98, me)).await.unwrap();
     let reason = answer(s).await;
     assert!(
-        reason.contains("from member 62 on the stream of member 63"),
+        reason.contains(&format!("from member 62 on the stream of member {me:x}")),
         "{reason}"
     );
 
     let mut s = TcpStream::connect(peer).await.unwrap();
-    s.write_all(&wire::preamble(cluster_id, 99)).await.unwrap();
-    s.write_all(&message(99, me ^ 1)).await.unwrap();
+    s.write_all(&wire::preamble(cluster_id, me)).await.unwrap();
+    s.write_all(&message(me, me ^ 1)).await.unwrap();
     let reason = answer(s).await;
     assert!(
         reason.contains(&format!("to member {:x}", me ^ 1)),
@@ -148,7 +158,9 @@ async fn malformed_raft_messages_from_a_peer_are_dropped() {
     let base = |kind: MessageType| {
         let mut m = Message::default();
         m.set_msg_type(kind);
-        m.from = 99;
+        // From a member (the only one: the member itself), so that the stream is admitted
+        // and the messages reach the raft loop's checks.
+        m.from = me;
         m.to = me;
         m
     };
@@ -170,7 +182,7 @@ async fn malformed_raft_messages_from_a_peer_are_dropped() {
     for m in [empty_proposal, heartbeat, append] {
         let kind = m.get_msg_type();
         let mut s = TcpStream::connect(peer).await.unwrap();
-        s.write_all(&wire::preamble(cluster_id, 99)).await.unwrap();
+        s.write_all(&wire::preamble(cluster_id, me)).await.unwrap();
         let mut out = Vec::new();
         wire::put_message(&mut out, &m);
         s.write_all(&out).await.unwrap();

@@ -187,14 +187,17 @@ async fn oversized_chunks_and_snapshots_off_the_snapshot_stream_are_refused() {
     // A snapshot message on the raft stream (its data could name any file) is refused.
     let mut m = Message::default();
     m.set_msg_type(MessageType::MsgSnapshot);
-    m.from = 99;
-    // Addressed to this member, or the check of `to` refuses it before this one.
+    // From a member (the member itself, the only one), to this member: checks that refuse
+    // before this one would otherwise answer.
+    m.from = node.server.member_id();
     m.to = node.server.member_id();
     m.mut_snapshot().mut_metadata().index = 1000;
     let mut frames = Vec::new();
     wire::put_message(&mut frames, &m);
     let mut s = tokio::net::TcpStream::connect(peer).await.unwrap();
-    s.write_all(&wire::preamble(cluster_id, 99)).await.unwrap();
+    s.write_all(&wire::preamble(cluster_id, m.from))
+        .await
+        .unwrap();
     s.write_all(&frames).await.unwrap();
     let mut buf = Vec::new();
     tokio::time::timeout(common::TIMEOUT, s.read_to_end(&mut buf))

@@ -13,7 +13,6 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER: usize = 9;
@@ -47,8 +46,8 @@ struct PendingBlock {
     fragment: Vec<u8>,
 }
 
-pub struct AuthorityFix {
-    inner: TcpStream,
+pub struct AuthorityFix<T> {
+    inner: T,
     mode: Mode,
     /// Bytes read from the socket, not yet examined.
     input: BytesMut,
@@ -61,8 +60,8 @@ pub struct AuthorityFix {
     preface_seen: bool,
 }
 
-impl AuthorityFix {
-    pub fn new(inner: TcpStream) -> Self {
+impl<T> AuthorityFix<T> {
+    pub fn new(inner: T) -> Self {
         AuthorityFix {
             inner,
             mode: Mode::Sniffing,
@@ -271,7 +270,7 @@ fn size_update(size: usize) -> Vec<u8> {
     b
 }
 
-impl AsyncRead for AuthorityFix {
+impl<T: AsyncRead + Unpin> AsyncRead for AuthorityFix<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -314,7 +313,7 @@ impl AsyncRead for AuthorityFix {
     }
 }
 
-impl AsyncWrite for AuthorityFix {
+impl<T: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -344,8 +343,10 @@ impl AsyncWrite for AuthorityFix {
     }
 }
 
-impl tonic::transport::server::Connected for AuthorityFix {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected
+    for AuthorityFix<T>
+{
+    type ConnectInfo = T::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
@@ -371,7 +372,9 @@ mod tests {
     #[tokio::test]
     async fn an_oversized_frame_is_handed_on_not_buffered() {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let _client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
         let (sock, _) = l.accept().await.unwrap();
         let mut fix = AuthorityFix::new(sock);
         fix.input.extend_from_slice(PREFACE);

@@ -5,28 +5,31 @@
 pub mod admin;
 mod authority;
 mod coalesce;
+pub mod conn;
 pub mod grpc;
 pub mod http;
 pub mod peer;
 
 use crate::service::EtcdServer;
+use crate::tls::ServerTls;
 use futures::StreamExt;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
-/// Serves the client API on `listener` until `shutdown` resolves. Long-lived streams (Watch,
-/// LeaseKeepAlive) then end with `etcdserver: server stopped`, so a client that keeps one open
-/// does not hold the member (and its database) past its stop.
+/// Serves the client API on `listener` (over TLS when `tls` is given: an `https://` URL)
+/// until `shutdown` resolves. Long-lived streams (Watch, LeaseKeepAlive) then end with
+/// `etcdserver: server stopped`, so a client that keeps one open does not hold the member (and
+/// its database) past its stop.
 pub async fn serve_client(
     server: Arc<EtcdServer>,
     listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = no_delay(listener).map(|conn| {
-        conn.map(|tcp| coalesce::CoalescedWrites::new(authority::AuthorityFix::new(tcp)))
-    });
+    let incoming = conn::incoming(listener, tls)
+        .map(|conn| conn.map(|c| coalesce::CoalescedWrites::new(authority::AuthorityFix::new(c))));
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let signal = async move {
         shutdown.await;
@@ -48,10 +51,4 @@ pub async fn serve_client(
         .add_routes(Routes::from(app))
         .serve_with_incoming_shutdown(incoming, signal)
         .await
-}
-
-/// Accepted connections with Nagle's algorithm off (tonic ignores its own `tcp_nodelay` when
-/// given a listener), so small responses leave at once instead of after the delayed-ACK timer.
-fn no_delay(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }

@@ -4,23 +4,26 @@
 //! connection's first byte: raft message streams ([`crate::raft::wire`]) and gRPC (snapshots,
 //! forwarding, the member list for joining).
 
+use super::conn::{self, Conn};
 use crate::error::Error;
 use crate::raft::transport::MEMBER_REMOVED;
 use crate::raft::wire::{self, Frame};
 use crate::service::EtcdServer;
+use crate::tls::ServerTls;
 use etcd_proto::etcdserverpb::{
     HashKvRequest, HashKvResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberPromoteRequest, MemberPromoteResponse,
 };
 use etcd_proto::pgraftpb::raft_peer_server::{RaftPeer, RaftPeerServer};
 use etcd_proto::pgraftpb::{MembersRequest, MembersResponse, SendAck, SnapshotChunk};
+use futures::StreamExt;
 use protobuf::Message as PbMessage;
 use raft::eraftpb::{Message, MessageType};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
 /// The answer to a snapshot stream while this member still handles another snapshot.
@@ -108,6 +111,13 @@ impl RaftPeer for PeerService {
                 crate::snapshot::receive::discard(&m);
                 return Err(Status::failed_precondition(MEMBER_REMOVED));
             }
+            if !self.0.membership.contains(m.from) {
+                crate::snapshot::receive::discard(&m);
+                return Err(Status::permission_denied(format!(
+                    "pgraft: member {:x} is not a member of this cluster",
+                    m.from
+                )));
+            }
             self.0.raft.step(m.clone()).map_err(|e| {
                 crate::snapshot::receive::discard(&m);
                 Status::from(e)
@@ -177,53 +187,44 @@ impl RaftPeer for PeerService {
     }
 }
 
-/// Serves the peer protocols on `listener` until `shutdown` resolves. Not gracefully: peer
-/// streams are long-lived and never finish by themselves, so waiting for them would only
-/// delay the stop (as etcd, the member just closes its peer connections): raft streams end
-/// with `shutdown`, gRPC streams still open with the raft loop, whose messages they can no
-/// longer deliver.
+/// Serves the peer protocols on `listener` (over TLS when `tls` is given: an `https://` URL)
+/// until `shutdown` resolves. Not gracefully: peer streams are long-lived and never finish by
+/// themselves, so waiting for them would only delay the stop (as etcd, the member just closes
+/// its peer connections): raft streams end with `shutdown`, gRPC streams still open with the
+/// raft loop, whose messages they can no longer deliver.
 pub async fn serve_peer(
     server: Arc<EtcdServer>,
     listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let peer = Arc::new(PeerService(server));
     let svc = RaftPeerServer::from_arc(peer.clone())
         .max_decoding_message_size(MAX_PEER_REQUEST)
         .max_encoding_message_size(MAX_PEER_MESSAGE);
-    let (grpc_tx, grpc_rx) = tokio::sync::mpsc::channel::<std::io::Result<TcpStream>>(64);
+    // Handshakes done: each connection's first byte tells a raft stream from gRPC.
+    let mut accepted = conn::incoming(listener, tls);
+    let (grpc_tx, grpc_rx) = tokio::sync::mpsc::channel::<std::io::Result<Conn>>(64);
     // Dropped when this function returns: every raft stream task then ends.
     let (_stop, stopped) = tokio::sync::watch::channel(());
     let accept = async move {
-        loop {
-            let conn = match listener.accept().await {
-                Ok((conn, _)) => conn,
-                Err(e) => {
-                    // Out of descriptors, mostly: wait instead of spinning.
-                    tracing::warn!(error = %e, "peer accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let _ = conn.set_nodelay(true);
+        while let Some(Ok(mut conn)) = accepted.next().await {
             let (peer, grpc_tx, mut stopped) = (peer.clone(), grpc_tx.clone(), stopped.clone());
             tokio::spawn(async move {
-                let mut first = [0u8; 1];
-                match tokio::time::timeout(HELLO_TIMEOUT, conn.peek(&mut first)).await {
-                    Ok(Ok(1)) if first[0] == wire::MAGIC[0] => tokio::select! {
+                match conn.peek_first(HELLO_TIMEOUT).await {
+                    Ok(first) if first == wire::MAGIC[0] => tokio::select! {
                         _ = peer.serve_raft_stream(conn) => {}
                         _ = stopped.changed() => {}
                     },
-                    Ok(Ok(1)) => {
+                    Ok(_) => {
                         let _ = grpc_tx.send(Ok(conn)).await;
                     }
-                    _ => {}
+                    Err(_) => {}
                 }
             });
         }
     };
     let serve = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(svc)
         .serve_with_incoming(tokio_stream::wrappers::ReceiverStream::new(grpc_rx));
     tokio::select! {
@@ -238,7 +239,7 @@ impl PeerService {
     /// arrives, until the peer closes it; refuses it (with the reason, then closing) to another
     /// cluster, to a member removed from this one, and at the first message that does not come
     /// from the member the hello named or is not addressed to this member.
-    async fn serve_raft_stream(&self, mut conn: TcpStream) {
+    async fn serve_raft_stream(&self, mut conn: Conn) {
         let mut preamble = [0u8; wire::PREAMBLE_LEN];
         let read = tokio::time::timeout(HELLO_TIMEOUT, conn.read_exact(&mut preamble)).await;
         let Some((cluster_id, from)) = read
@@ -253,6 +254,12 @@ impl PeerService {
         }
         if self.0.membership.is_removed(from) {
             return refuse(conn, MEMBER_REMOVED).await;
+        }
+        // Only members speak raft here (etcd's "sender not found"): a member this one has not
+        // yet applied the addition of is refused until it has, and its sender retries.
+        if !self.0.membership.contains(from) {
+            let reason = format!("pgraft: member {from:x} is not a member of this cluster");
+            return refuse(conn, &reason).await;
         }
         let transport = &self.0.raft.transport;
         transport.heard_from(from);
@@ -299,7 +306,7 @@ impl PeerService {
 /// Tells a raft stream's sender why it is refused, then closes the stream: after the sender
 /// closes its side (or a second), so that frames it sent meanwhile, left unread, do not make
 /// the kernel reset the connection and drop the reason before the sender reads it.
-async fn refuse(mut conn: TcpStream, reason: &str) {
+async fn refuse(mut conn: Conn, reason: &str) {
     let mut frame = Vec::new();
     wire::put_frame(&mut frame, reason.as_bytes());
     let _ = conn.write_all(&frame).await;

@@ -62,6 +62,8 @@ pub struct RaftConfig {
     pub snapshot_count: u64,
     /// Raft pre-vote (`--pre-vote`).
     pub pre_vote: bool,
+    /// How peers are reached (TLS for https peer URLs).
+    pub dialer: super::dial::Dialer,
 }
 
 /// What the rest of the server may read about consensus, updated by the loop.
@@ -327,6 +329,7 @@ pub fn start<S: StateMachine>(
     let transport = Arc::new(Transport::new(
         cfg.id,
         cfg.cluster_id,
+        cfg.dialer.clone(),
         runtime,
         tx.clone(),
         storage.snapshot_source(),

@@ -8,6 +8,7 @@
 //! network: a full peer queue drops messages (raft retransmits) and reports the peer
 //! unreachable; a broken stream reports the link lost (see [`Command::LinkLost`]).
 
+use super::dial::Dialer;
 use super::node::Command;
 use super::wire;
 use crate::snapshot::source::{Captured, SnapshotSource};
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// What a member answers to peer traffic from a member removed from the cluster.
 pub const MEMBER_REMOVED: &str = "pgraft: the member has been permanently removed from the cluster";
@@ -35,11 +36,11 @@ pub const MEMBER_REMOVED: &str = "pgraft: the member has been permanently remove
 const PEER_QUEUE_BYTES: usize = 32 * 1024 * 1024;
 /// A queue buffer grown past this is freed once written, not kept for the next burst.
 const KEEP_QUEUE_CAPACITY: usize = 1024 * 1024;
-/// Connecting to a peer gives up after this long.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// A stream whose sent bytes stay unacknowledged this long is broken (TCP_USER_TIMEOUT): a
-/// black-holed link is found and reconnected, as gRPC's keepalive did before.
-const UNACKED_TIMEOUT: Duration = Duration::from_secs(5);
+/// Plaintext handed to a TLS session at a time, once it has sent what it had: a session holds
+/// at most about this much ciphertext beyond the queue.
+const TLS_CHUNK: usize = 64 * 1024;
+/// Most bytes read back from a peer on a raft stream (only a refusal's reason comes back).
+const MAX_ANSWER: usize = 64 * 1024;
 /// Snapshot chunks read ahead of the gRPC stream: with the chunk being filled and the one the
 /// stream is sending, a sender holds at most this many + 2 chunks.
 const SNAPSHOT_CHUNKS_AHEAD: usize = 2;
@@ -80,6 +81,9 @@ struct Link {
 struct Outbox {
     /// The connected stream; `None` while (re)connecting.
     stream: Option<Arc<TcpStream>>,
+    /// The TLS session over `stream`, for an https peer URL: frames are encrypted through it
+    /// (under this lock, by whichever thread writes) and its records written to the socket.
+    tls: Option<rustls::ClientConnection>,
     /// Whole frames the socket has not taken yet; the first `written` bytes are sent.
     queue: Vec<u8>,
     written: usize,
@@ -106,7 +110,7 @@ impl Link {
             return false;
         }
         let mut rest = frames;
-        if waiting == 0 {
+        if waiting == 0 && out.tls.is_none() {
             if let Some(s) = &out.stream {
                 // Would-block leaves it all to the link task; an error too (its read side
                 // sees the stream broken).
@@ -120,24 +124,22 @@ impl Link {
             out.clear();
         }
         out.queue.extend_from_slice(rest);
+        // Through TLS: encrypted and written now as far as the socket takes it.
+        let sent = out.tls.is_some()
+            && out
+                .stream
+                .clone()
+                .is_some_and(|s| matches!(out.flush(&s), Ok(true)));
         drop(out);
-        self.wake.notify_one();
+        if !sent {
+            self.wake.notify_one();
+        }
         true
     }
 
     /// Writes queued frames while the socket takes them: true when none are left.
     fn flush(&self, s: &TcpStream) -> io::Result<bool> {
-        let mut out = self.out.lock();
-        while out.written < out.queue.len() {
-            match s.try_write(&out.queue[out.written..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => out.written += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
-            }
-        }
-        out.clear();
-        Ok(true)
+        self.out.lock().flush(s)
     }
 
     fn closed(&self) -> bool {
@@ -146,6 +148,40 @@ impl Link {
 }
 
 impl Outbox {
+    /// Writes queued frames (through the TLS session, if any) while the socket takes them:
+    /// true when none are left.
+    fn flush(&mut self, s: &TcpStream) -> io::Result<bool> {
+        let Some(tls) = self.tls.as_mut() else {
+            while self.written < self.queue.len() {
+                match s.try_write(&self.queue[self.written..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => self.written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+            }
+            self.clear();
+            return Ok(true);
+        };
+        loop {
+            while tls.wants_write() {
+                match tls.write_tls(&mut TryWrite(s)) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.written == self.queue.len() {
+                self.clear();
+                return Ok(true);
+            }
+            let end = self.queue.len().min(self.written + TLS_CHUNK);
+            io::Write::write_all(&mut tls.writer(), &self.queue[self.written..end])?;
+            self.written = end;
+        }
+    }
+
     fn clear(&mut self) {
         if self.queue.capacity() > KEEP_QUEUE_CAPACITY {
             self.queue = Vec::new();
@@ -155,9 +191,32 @@ impl Outbox {
     }
 }
 
+/// A socket as `std::io` sees it, never blocking: rustls writes its records through it.
+struct TryWrite<'a>(&'a TcpStream);
+
+impl io::Write for TryWrite<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The same, reading: rustls reads records from it.
+struct TryRead<'a>(&'a TcpStream);
+
+impl io::Read for TryRead<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
 pub struct Transport {
     id: u64,
     cluster_id: u64,
+    dialer: Dialer,
     runtime: Handle,
     loop_tx: LoopSender<Command>,
     /// The storage snapshots raft's snapshot messages name.
@@ -171,6 +230,7 @@ impl Transport {
     pub fn new(
         id: u64,
         cluster_id: u64,
+        dialer: Dialer,
         runtime: Handle,
         loop_tx: LoopSender<Command>,
         snapshots: Arc<SnapshotSource>,
@@ -178,6 +238,7 @@ impl Transport {
         Transport {
             id,
             cluster_id,
+            dialer,
             runtime,
             loop_tx,
             snapshots,
@@ -224,13 +285,8 @@ impl Transport {
             if map.contains_key(&id) {
                 continue;
             }
-            let channel = match Endpoint::from_shared(url.clone()) {
-                Ok(e) => e
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .connect_lazy(),
+            let channel = match self.dialer.channel(&url) {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::error!(peer = %format!("{id:x}"), url, error = %e, "bad peer URL");
                     continue;
@@ -240,6 +296,7 @@ impl Transport {
             self.runtime.spawn(run_link(
                 id,
                 wire::preamble(self.cluster_id, self.id),
+                self.dialer.clone(),
                 url.clone(),
                 link.clone(),
                 self.loop_tx.clone(),
@@ -305,6 +362,7 @@ enum LinkEnd {
 async fn run_link(
     id: u64,
     preamble: [u8; wire::PREAMBLE_LEN],
+    dialer: Dialer,
     url: String,
     link: Arc<Link>,
     loop_tx: LoopSender<Command>,
@@ -321,13 +379,18 @@ async fn run_link(
         if link.closed() {
             return;
         }
-        match connect(&url, &preamble).await {
-            Ok(stream) => {
+        match dialer.raft_stream(&url, &preamble).await {
+            Ok((stream, tls)) => {
                 let stream = Arc::new(stream);
-                link.out.lock().stream = Some(stream.clone());
+                {
+                    let mut out = link.out.lock();
+                    out.stream = Some(stream.clone());
+                    out.tls = tls;
+                }
                 let end = serve_link(id, &stream, &link, &loop_tx).await;
                 let mut out = link.out.lock();
                 out.stream = None;
+                out.tls = None;
                 // A frame may be cut short: what is queued cannot start the next stream.
                 out.clear();
                 drop(out);
@@ -358,26 +421,6 @@ async fn run_link(
     }
 }
 
-/// Opens a raft message stream to a peer URL (`http://host:port`).
-async fn connect(url: &str, preamble: &[u8]) -> io::Result<TcpStream> {
-    use tokio::io::AsyncWriteExt;
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e}")))?;
-    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
-    let port = uri.port_u16().unwrap_or(80);
-    let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
-        .await
-        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-    s.set_nodelay(true)?;
-    #[cfg(target_os = "linux")]
-    if let Err(e) = socket2::SockRef::from(&s).set_tcp_user_timeout(Some(UNACKED_TIMEOUT)) {
-        tracing::warn!(error = %e, "cannot set TCP_USER_TIMEOUT on a peer stream");
-    }
-    s.write_all(preamble).await?;
-    Ok(s)
-}
-
 /// Runs a connected stream: writes what the senders queued, heartbeats while idle, and reads
 /// the peer's refusal or the end of the stream.
 async fn serve_link(
@@ -399,7 +442,8 @@ async fn serve_link(
             Err(e) => {
                 // A peer that refused us may have reset the stream after saying why.
                 tracing::debug!(peer, error = %e, "peer stream broken");
-                return read_answer(&peer, stream, &mut answer, loop_tx).unwrap_or(LinkEnd::Broken);
+                return read_answer(&peer, stream, link, &mut answer, loop_tx)
+                    .unwrap_or(LinkEnd::Broken);
             }
         };
         if link.closed() {
@@ -414,7 +458,7 @@ async fn serve_link(
                 if r.is_err() {
                     return LinkEnd::Broken;
                 }
-                if let Some(end) = read_answer(&peer, stream, &mut answer, loop_tx) {
+                if let Some(end) = read_answer(&peer, stream, link, &mut answer, loop_tx) {
                     return end;
                 }
             }
@@ -432,21 +476,23 @@ async fn serve_link(
 fn read_answer(
     peer: &str,
     stream: &TcpStream,
+    link: &Link,
     answer: &mut Vec<u8>,
     loop_tx: &LoopSender<Command>,
 ) -> Option<LinkEnd> {
-    let mut buf = [0u8; 512];
-    let ended = loop {
-        match stream.try_read(&mut buf) {
-            Ok(0) => break true,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
-            Err(e) => {
-                tracing::debug!(peer, error = %e, "peer stream broken");
-                break true;
-            }
+    let through_tls = link.out.lock().tls.is_some();
+    let ended = if through_tls {
+        match link.out.lock().tls.as_mut() {
+            Some(tls) => read_tls(peer, stream, tls, answer),
+            None => true,
         }
+    } else {
+        read_plain(peer, stream, answer)
     };
+    if answer.len() > MAX_ANSWER {
+        // Only a short refusal is ever sent back.
+        return Some(LinkEnd::Broken);
+    }
     match wire::next_frame(answer) {
         wire::Frame::Whole(reason, _) => {
             let reason = String::from_utf8_lossy(reason);
@@ -459,6 +505,61 @@ fn read_answer(
         wire::Frame::TooLarge(_) => Some(LinkEnd::Broken),
         wire::Frame::Partial if ended => Some(LinkEnd::Broken),
         wire::Frame::Partial => None,
+    }
+}
+
+/// Reads what the socket has into `answer`: true when the stream ended or broke.
+fn read_plain(peer: &str, stream: &TcpStream, answer: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 512];
+    loop {
+        match stream.try_read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) if answer.len() + n > MAX_ANSWER => return false,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) => {
+                tracing::debug!(peer, error = %e, "peer stream broken");
+                return true;
+            }
+        }
+    }
+}
+
+/// The same through the stream's TLS session (which also takes the peer's post-handshake
+/// messages, such as session tickets, here).
+fn read_tls(
+    peer: &str,
+    stream: &TcpStream,
+    tls: &mut rustls::ClientConnection,
+    answer: &mut Vec<u8>,
+) -> bool {
+    loop {
+        match tls.read_tls(&mut TryRead(stream)) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) => {
+                tracing::debug!(peer, error = %e, "peer stream broken");
+                return true;
+            }
+        }
+        if let Err(e) = tls.process_new_packets() {
+            tracing::debug!(peer, error = %e, "peer TLS stream broken");
+            return true;
+        }
+        let mut buf = [0u8; 512];
+        loop {
+            match io::Read::read(&mut tls.reader(), &mut buf) {
+                Ok(0) => return true,
+                Ok(n) if answer.len() + n > MAX_ANSWER => return false,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return true,
+            }
+        }
+        if answer.len() > MAX_ANSWER {
+            return false;
+        }
     }
 }
 

@@ -72,6 +72,15 @@ impl EtcdServer {
         self.auth.caller(Some(token))
     }
 
+    /// The caller a verified client certificate's common name names: that user, at the
+    /// current auth revision.
+    pub fn caller_from_certificate(&self, common_name: &str) -> Caller {
+        Caller::User {
+            name: common_name.to_string(),
+            revision: self.auth.revision(),
+        }
+    }
+
     /// Root only, while auth is on (cluster and maintenance changes, etcd's
     /// `IsAdminPermitted`).
     pub fn check_admin(&self, who: &Caller) -> Result<()> {

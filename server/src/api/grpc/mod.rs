@@ -93,12 +93,23 @@ pub(crate) fn token<T>(req: &tonic::Request<T>) -> Result<Option<String>, Status
     Ok(Some(v.strip_prefix("Bearer ").unwrap_or(v).to_string()))
 }
 
-/// The caller a request's token names (see [`EtcdServer::caller`]).
+/// The caller a request's token names (see [`EtcdServer::caller`]); without a token, under
+/// `--client-cert-auth`, the user its client certificate's common name names (etcd's
+/// `AuthInfoFromTLS`; gateway requests carry no certificate, as etcd's gateway's do not).
 pub(crate) async fn caller<T>(
     server: &EtcdServer,
     req: &tonic::Request<T>,
 ) -> Result<crate::auth::Caller, Status> {
     let token = token(req)?;
+    if token.is_none() && server.cfg.client_cert_auth {
+        let cn = req
+            .extensions()
+            .get::<crate::api::conn::ConnInfo>()
+            .and_then(|c| c.common_name.as_deref());
+        if let Some(cn) = cn {
+            return Ok(server.caller_from_certificate(cn));
+        }
+    }
     server.caller(token.as_deref()).await.map_err(status)
 }
 
