@@ -173,3 +173,67 @@ def test_tls_session_matches_etcd(outcomes):
         assert etcd[fine][0] is True, (fine, etcd[fine])
     assert etcd["alice_put_b"][2] == ["etcdserver: permission denied"]
     assert etcd["gateway_range"] == (0, "MQ==")
+
+
+PATRONI_NAMESPACE = "/pgraft-compat/"
+
+
+@pytest.fixture(scope="module")
+def shared_pki() -> Path:
+    """A PKI Patroni (running as PostgreSQL's OS user) can read: outside pytest's private
+    temporary tree, as PatroniCluster's own directories are."""
+    import os
+    import shutil
+    import tempfile
+    d = Path(tempfile.mkdtemp(prefix="pgraft-pki-", dir=os.environ.get("PATRONI_TMP") or "/tmp"))
+    try:
+        make_ca(d, "ca")
+        for cn in ("server", "root", "patroni"):
+            issue(d, "ca", cn)
+        for p in [d, *d.iterdir()]:
+            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_patroni_over_https_with_auth(shared_pki):
+    """Patroni's etcd3 DCS with `protocol: https`, `cacert`, `cert`, `key`, `username` and
+    `password` against a member serving https only with client certificates required and auth
+    on: a leader and a streaming replica bootstrap, their keys are in the DCS."""
+    from patroni_cluster import PatroniCluster, check_patroni_runnable
+    check_patroni_runnable()
+    pki = shared_pki
+    s = TlsServer(candidate_kind(), pki)
+    s.start()
+    try:
+        for args in (("user", "add", "root:rootpw"), ("role", "add", "patroni"),
+                     ("role", "grant-permission", "patroni", "readwrite", PATRONI_NAMESPACE,
+                      "--prefix"),
+                     ("user", "add", "patroni:patroni-pw"),
+                     ("user", "grant-role", "patroni", "patroni"), ("auth", "enable")):
+            rc, out, err = s.ctl("root", *args)
+            assert rc == 0, (args, out, err)
+        pc = PatroniCluster([s.endpoint.removeprefix("https://")], 2, ttl=20, loop_wait=2,
+                            retry_timeout=5, etcd3_auth={
+                                "protocol": "https",
+                                "cacert": str(pki / "ca.pem"),
+                                "cert": str(pki / "patroni.pem"),
+                                "key": str(pki / "patroni.key"),
+                                "username": "patroni", "password": "patroni-pw"})
+        try:
+            pc.start()
+            leader, _ = pc.wait_healthy(timeout=180, replicas=1)
+            rc, out, err = pc.patronictl("list", timeout=30)
+            assert rc == 0 and leader in out and out.count("streaming") == 1, \
+                f"{rc}\n{out}\n{err}"
+            rc, out, err = s.ctl("root", "--user=root:rootpw", "get",
+                                 f"{PATRONI_NAMESPACE}{pc.scope}/leader", "--print-value-only")
+            assert rc == 0 and out.strip() == leader, (out, err)
+        except Exception:
+            print(f"\n{pc.describe()}\n{pc.log_tails(80)}\n{s.describe()}\n{s.log_tail(40)}")
+            raise
+        finally:
+            pc.stop(cleanup=True)
+    finally:
+        s.stop()
