@@ -600,9 +600,20 @@ impl Config {
         listen_addrs(&self.listen_peer_urls)
     }
 
-    /// Addresses of `--listen-client-urls`, each with whether it is `https://`.
-    pub fn client_listen_addrs(&self) -> Result<Vec<(SocketAddr, bool)>, ConfigError> {
-        listen_addrs(&self.listen_client_urls)
+    /// What `--listen-client-urls` asks to listen on: TCP addresses (`http://`, `https://`)
+    /// and Unix sockets (`unix://<path>`, as etcd: the URL's host and path make the path).
+    pub fn client_listen_addrs(&self) -> Result<Vec<Listen>, ConfigError> {
+        split_urls(&self.listen_client_urls)
+            .iter()
+            .map(|u| match u.strip_prefix("unix://") {
+                Some("") => Err(ConfigError(format!("{u:?}: missing socket path"))),
+                Some(path) => Ok(Listen::Unix(PathBuf::from(path))),
+                None => Ok(Listen::Tcp {
+                    addr: parse_url(u)?,
+                    tls: u.starts_with("https://"),
+                }),
+            })
+            .collect()
     }
 
     fn versions(&self) -> Result<Vec<&'static rustls::SupportedProtocolVersion>, ConfigError> {
@@ -711,6 +722,18 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// One client listener's place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Tcp {
+        addr: SocketAddr,
+        tls: bool,
+    },
+    /// A Unix socket: reachable only by who may open its path (pgraft's extension serves its
+    /// backends this way, so that no other local process reaches the member).
+    Unix(PathBuf),
 }
 
 fn non_empty(s: &str) -> Option<PathBuf> {
@@ -826,7 +849,10 @@ mod tests {
         assert_eq!(c.min_lease_ttl(), 2);
         assert_eq!(
             c.client_listen_addrs().unwrap(),
-            vec![("127.0.0.1:2379".parse().unwrap(), false)]
+            vec![Listen::Tcp {
+                addr: "127.0.0.1:2379".parse().unwrap(),
+                tls: false
+            }]
         );
         assert_eq!(
             c.initial_members().unwrap(),
@@ -922,6 +948,20 @@ mod tests {
         let e = c.validate().unwrap_err().0;
         assert!(e.contains("--peer-cert-file"), "{e}");
         let c = Config::parse_from(["pgraftd", "--cert-file", "/x.pem"]);
+        assert!(c.validate().is_err());
+        let c = Config::parse_from([
+            "pgraftd",
+            "--listen-client-urls",
+            "unix:///run/pg.sock,unix://rel.sock,http://127.0.0.1:1",
+        ]);
+        assert_eq!(
+            c.client_listen_addrs().unwrap()[..2],
+            [
+                Listen::Unix("/run/pg.sock".into()),
+                Listen::Unix("rel.sock".into())
+            ]
+        );
+        let c = Config::parse_from(["pgraftd", "--listen-client-urls", "unix://"]);
         assert!(c.validate().is_err());
         let c = Config::parse_from(["pgraftd", "--client-cert-auth"]);
         assert!(c.validate().unwrap_err().0.contains("--trusted-ca-file"));

@@ -4,8 +4,10 @@
 //! binary and the PostgreSQL extension's background worker both run a member through this.
 
 use crate::alarm::AlarmStore;
+use crate::api::conn::Listener;
 use crate::apply::{load_leases, Applier};
 use crate::backend::{meta_key, Backend};
+use crate::config::Listen;
 use crate::config::{Config, ConfigError};
 use crate::error::{Error, Result};
 use crate::lease::Lessor;
@@ -30,7 +32,8 @@ use tokio::task::JoinSet;
 
 pub struct Node {
     pub server: Arc<EtcdServer>,
-    /// The client addresses actually bound (useful with port 0).
+    /// The TCP client addresses actually bound (useful with port 0); Unix sockets are where
+    /// `--listen-client-urls` put them.
     pub client_addrs: Vec<SocketAddr>,
     /// The peer addresses actually bound.
     pub peer_addrs: Vec<SocketAddr>,
@@ -62,6 +65,30 @@ async fn bind_all(addrs: Vec<(SocketAddr, bool)>, what: &str) -> Result<Vec<(Tcp
         let scheme = if tls { "https" } else { "http" };
         tracing::info!(address = %l.local_addr().map_err(Error::internal)?, scheme, "serving {what} traffic");
         out.push((l, tls));
+    }
+    Ok(out)
+}
+
+/// Binds the client listeners: TCP, each with whether it serves TLS, and Unix sockets (a stale
+/// socket file from an earlier run is removed first, as etcd does).
+async fn bind_clients(places: Vec<Listen>) -> Result<Vec<(Listener, bool)>> {
+    let mut out = Vec::new();
+    for place in places {
+        match place {
+            Listen::Tcp { addr, tls } => {
+                let mut l = bind_all(vec![(addr, tls)], "client").await?;
+                let (l, tls) = l.remove(0);
+                out.push((Listener::Tcp(l), tls));
+            }
+            Listen::Unix(path) => {
+                let _ = std::fs::remove_file(&path);
+                let l = tokio::net::UnixListener::bind(&path).map_err(|e| {
+                    Error::Internal(format!("listen for client on {}: {e}", path.display()))
+                })?;
+                tracing::info!(path = %path.display(), scheme = "unix", "serving client traffic");
+                out.push((Listener::Unix(l), false));
+            }
+        }
     }
     Ok(out)
 }
@@ -108,8 +135,7 @@ impl Node {
         cfg.validate().map_err(cfg_err)?;
         // Bind first, so a port conflict fails before anything is written.
         let peer_listeners = bind_all(cfg.peer_listen_addrs().map_err(cfg_err)?, "peer").await?;
-        let client_listeners =
-            bind_all(cfg.client_listen_addrs().map_err(cfg_err)?, "client").await?;
+        let client_listeners = bind_clients(cfg.client_listen_addrs().map_err(cfg_err)?).await?;
         let metrics_listeners = bind_all(
             cfg.metrics_listen_addrs()
                 .map_err(cfg_err)?
@@ -340,7 +366,9 @@ impl Node {
         }
         let mut client_addrs = Vec::new();
         for (l, https) in client_listeners {
-            client_addrs.push(l.local_addr().map_err(Error::internal)?);
+            if let Listener::Tcp(t) = &l {
+                client_addrs.push(t.local_addr().map_err(Error::internal)?);
+            }
             let tls = if https { client_tls.clone() } else { None };
             let server = server.clone();
             let mut ready = ready_rx.clone();

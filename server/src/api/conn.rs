@@ -1,4 +1,5 @@
-//! One accepted connection of the client or peer port: plain TCP, or TLS over it, and who is
+//! One accepted connection of the client or peer port: plain TCP, TLS over it, or a Unix
+//! socket (`unix://` client URLs), and who is
 //! on the other end (its address, and the common name of the certificate it proved when the
 //! port asks for one). TLS handshakes run in tasks of their own, under a deadline and a cap on
 //! how many run at once, so a client that stalls its handshake holds up no other connection.
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_stream::wrappers::ReceiverStream;
 
 /// A TLS handshake not done within this long is dropped.
@@ -33,6 +34,26 @@ pub struct ConnInfo {
 enum Io {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Unix(UnixStream),
+}
+
+/// A bound listener of the client or peer port.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    async fn accept(&self) -> io::Result<Conn> {
+        match self {
+            Listener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::plain(s)),
+            Listener::Unix(l) => l.accept().await.map(|(s, _)| Conn {
+                io: Io::Unix(s),
+                unread: None,
+                info: ConnInfo::default(),
+            }),
+        }
+    }
 }
 
 pub struct Conn {
@@ -102,6 +123,7 @@ impl Conn {
             match &mut self.io {
                 Io::Plain(tcp) => tcp.peek(&mut first).await,
                 Io::Tls(tls) => tls.read(&mut first).await,
+                Io::Unix(unix) => unix.read(&mut first).await,
             }
         };
         match tokio::time::timeout(timeout, read).await {
@@ -110,7 +132,7 @@ impl Conn {
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(io::ErrorKind::TimedOut.into()),
         }
-        if matches!(self.io, Io::Tls(_)) {
+        if !matches!(self.io, Io::Plain(_)) {
             self.unread = Some(first[0]);
         }
         Ok(first[0])
@@ -132,6 +154,7 @@ impl AsyncRead for Conn {
         match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -145,6 +168,7 @@ impl AsyncWrite for Conn {
         match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -156,6 +180,7 @@ impl AsyncWrite for Conn {
         match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Io::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -163,6 +188,7 @@ impl AsyncWrite for Conn {
         match &self.io {
             Io::Plain(s) => s.is_write_vectored(),
             Io::Tls(s) => s.is_write_vectored(),
+            Io::Unix(s) => s.is_write_vectored(),
         }
     }
 
@@ -170,6 +196,7 @@ impl AsyncWrite for Conn {
         match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -177,6 +204,7 @@ impl AsyncWrite for Conn {
         match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -194,9 +222,10 @@ impl tonic::transport::server::Connected for Conn {
 /// descriptors, mostly) waits a moment instead of spinning; a failed handshake is logged at
 /// debug level and dropped, as Go's server does.
 pub fn incoming(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     tls: Option<Arc<ServerTls>>,
 ) -> ReceiverStream<io::Result<Conn>> {
+    let listener = listener.into();
     let (tx, rx) = tokio::sync::mpsc::channel(ACCEPTED_QUEUE);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
@@ -212,21 +241,16 @@ pub fn incoming(
                 a = listener.accept() => a,
                 _ = tx.closed() => return,
             };
-            let tcp = match accepted {
-                Ok((tcp, _)) => tcp,
+            let conn = match accepted {
+                Ok(conn) => conn,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
-            match &tls {
-                None => {
-                    if tx.send(Ok(Conn::plain(tcp))).await.is_err() {
-                        return;
-                    }
-                }
-                Some(tls) => {
+            match (&tls, conn.io) {
+                (Some(tls), Io::Plain(tcp)) => {
                     let (tls, tx) = (tls.clone(), tx.clone());
                     tokio::spawn(async move {
                         let _permit = permit;
@@ -238,8 +262,20 @@ pub fn incoming(
                         }
                     });
                 }
+                (_, io) => {
+                    let conn = Conn { io, ..conn };
+                    if tx.send(Ok(conn)).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     });
     ReceiverStream::new(rx)
+}
+
+impl From<TcpListener> for Listener {
+    fn from(l: TcpListener) -> Self {
+        Listener::Tcp(l)
+    }
 }

@@ -15,7 +15,6 @@ use crate::tls::ServerTls;
 use futures::StreamExt;
 use std::future::Future;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tonic::service::Routes;
 
 /// Serves the client API on `listener` (over TLS when `tls` is given: an `https://` URL)
@@ -24,7 +23,7 @@ use tonic::service::Routes;
 /// its database) past its stop.
 pub async fn serve_client(
     server: Arc<EtcdServer>,
-    listener: TcpListener,
+    listener: conn::Listener,
     tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
