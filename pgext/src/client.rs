@@ -13,6 +13,11 @@ use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
 use std::future::Future;
 use std::time::Duration;
+use etcd_proto::etcdserverpb::auth_client::AuthClient;
+use etcd_proto::etcdserverpb::AuthenticateRequest;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -99,6 +104,8 @@ struct Conn {
     /// The endpoints this connection was made for (settings may differ per session).
     endpoints: Vec<String>,
     channel: Channel,
+    /// The token of `pgraft.username` on this connection's cluster, once authenticated.
+    token: Option<Token>,
 }
 
 thread_local! {
@@ -107,6 +114,45 @@ thread_local! {
         .build()
         .expect("pgraft: cannot build the client runtime");
     static CONN: RefCell<Option<Conn>> = const { RefCell::new(None) };
+}
+
+/// A channel that sends the caller's etcd token (if any) with every request.
+pub type AuthChannel = InterceptedService<Channel, Token>;
+
+/// An etcd auth token, as request metadata (`token`, as etcd's Go client sends it); empty
+/// when the settings name no user.
+#[derive(Clone, Default)]
+pub struct Token(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Token {
+    fn call(&mut self, mut req: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("token", t.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// Logs `pgraft.username` in on `ch` (etcd's Authenticate); an empty token without a user.
+pub(crate) async fn authenticate(ch: &Channel) -> Result<Token> {
+    let Some((name, password)) = settings::credentials().map_err(Failure::Config)? else {
+        return Ok(Token(None));
+    };
+    let r = AuthClient::new(ch.clone())
+        .authenticate(AuthenticateRequest { name, password })
+        .await
+        .map_err(Failure::Status)?
+        .into_inner();
+    let v = MetadataValue::try_from(r.token.as_str())
+        .map_err(|_| Failure::Data("the cluster issued a token that is not text".into()))?;
+    Ok(Token(Some(v)))
+}
+
+/// Whether a failure means the token must be made again (it expired, or auth changed), after
+/// which the request, refused before it took effect, may be sent again.
+fn token_refused(f: &Failure) -> bool {
+    matches!(f, Failure::Status(s) if s.message() == "etcdserver: invalid auth token"
+        || s.message() == "etcdserver: revision of auth store is old")
 }
 
 /// The endpoints the SQL functions talk to in the current settings.
@@ -119,12 +165,12 @@ pub fn endpoints() -> Result<Vec<String>> {
                     "member mode needs shared_preload_libraries = 'pgraft' (and a restart)".into(),
                 ));
             }
-            match crate::shmem::client_port() {
-                0 => Err(Failure::Unreachable(
+            if !crate::shmem::serving() {
+                return Err(Failure::Unreachable(
                     "this server's pgraft member is not serving yet (starting, or failed: see the server log)".into(),
-                )),
-                port => Ok(vec![format!("http://127.0.0.1:{port}")]),
+                ));
             }
+            Ok(vec![format!("unix://{}", settings::MEMBER_SOCKET)])
         }
         Mode::Unconfigured => Err(Failure::Config(
             "not configured: set pgraft.initial_cluster (member mode) or pgraft.endpoints (client mode) in postgresql.conf".into(),
@@ -159,17 +205,15 @@ fn block_on<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
     })
 }
 
-/// A channel to the first of `endpoints` that accepts a connection.
+/// A channel to the first of `endpoints` that accepts a connection: `http://`, `https://`
+/// (TLS with `pgraft.ca_file`, `pgraft.cert_file` and `pgraft.key_file`) or this server's own
+/// member's `unix://` socket.
 pub(crate) async fn connect(endpoints: &[String]) -> Result<Channel> {
     let mut last = String::new();
     for url in endpoints {
-        let ep = Endpoint::from_shared(url.clone())
-            .map_err(|e| Failure::Config(format!("bad endpoint {url}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true);
-        match ep.connect().await {
+        match connect_one(url).await {
             Ok(ch) => return Ok(ch),
-            Err(e) => last = format!("{url}: {e}"),
+            Err(e) => last = format!("{url}: {}", e.message()),
         }
     }
     Err(Failure::Unreachable(format!(
@@ -178,25 +222,99 @@ pub(crate) async fn connect(endpoints: &[String]) -> Result<Channel> {
     )))
 }
 
-/// A channel to the cluster, made (or remade after a failure) as needed.
-pub fn channel() -> Result<Channel> {
+async fn connect_one(url: &str) -> Result<Channel> {
+    let unreachable = |e: tonic::transport::Error| {
+        use std::error::Error as _;
+        let cause = e.source().map(|s| format!(": {s}")).unwrap_or_default();
+        Failure::Unreachable(format!("{e}{cause}"))
+    };
+    if let Some(path) = url.strip_prefix("unix://") {
+        let path = path.to_string();
+        return Endpoint::from_static("http://localhost")
+            .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+                let path = path.clone();
+                async move {
+                    let s = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                }
+            }))
+            .await
+            .map_err(unreachable);
+    }
+    let ep = Endpoint::from_shared(url.to_string())
+        .map_err(|e| Failure::Config(format!("bad endpoint {url}: {e}")))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true);
+    if !url.starts_with("https://") {
+        return ep.connect().await.map_err(unreachable);
+    }
+    let parsed = url::Url::parse(url).map_err(|e| Failure::Config(format!("{url}: {e}")))?;
+    let host = parsed.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string();
+    let port = parsed.port_or_known_default().unwrap_or(443);
+    let tls = settings::tls().map_err(Failure::Config)?;
+    let identity = tls
+        .identity
+        .as_ref()
+        .map(|(c, k)| (std::path::Path::new(c.as_str()), std::path::Path::new(k.as_str())));
+    let cfg = pgraft_server::tls::client_config(
+        tls.ca_file.as_deref().map(std::path::Path::new),
+        identity,
+        rustls::DEFAULT_VERSIONS,
+        &[b"h2"],
+    )
+    .map_err(Failure::Config)?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let name = rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| Failure::Config(format!("{url}: {e}")))?;
+    ep.connect_with_connector(tower::service_fn(move |_: http::Uri| {
+        let (connector, name, host) = (connector.clone(), name.clone(), host.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    }))
+    .await
+    .map_err(unreachable)
+}
+
+/// A channel to the cluster with the caller's token, made (or remade after a failure) as
+/// needed.
+fn channel() -> Result<AuthChannel> {
     let endpoints = endpoints()?;
     let cached = CONN.with_borrow(|c| {
         c.as_ref()
             .filter(|c| c.endpoints == endpoints)
-            .map(|c| c.channel.clone())
+            .map(|c| (c.channel.clone(), c.token.clone()))
     });
-    if let Some(ch) = cached {
-        return Ok(ch);
-    }
-    let ch = block_on(connect(&endpoints))?;
-    CONN.with_borrow_mut(|c| {
-        *c = Some(Conn {
-            endpoints,
-            channel: ch.clone(),
-        })
-    });
-    Ok(ch)
+    let (ch, token) = match cached {
+        Some(c) => c,
+        None => {
+            let ch = block_on(connect(&endpoints))?;
+            CONN.with_borrow_mut(|c| {
+                *c = Some(Conn {
+                    endpoints,
+                    channel: ch.clone(),
+                    token: None,
+                })
+            });
+            (ch, None)
+        }
+    };
+    let token = match token {
+        Some(t) => t,
+        None => {
+            let t = block_on(authenticate(&ch))?;
+            CONN.with_borrow_mut(|c| {
+                if let Some(c) = c.as_mut() {
+                    c.token = Some(t.clone());
+                }
+            });
+            t
+        }
+    };
+    Ok(InterceptedService::new(ch, token))
 }
 
 /// A gRPC answer as this module's result.
@@ -212,28 +330,40 @@ async fn answer<T>(
 /// connection is not kept.
 pub fn call_at<T, F, Fut>(url: &str, f: F) -> Result<T>
 where
-    F: FnOnce(Channel) -> Fut,
+    F: FnOnce(AuthChannel) -> Fut,
     Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
 {
-    block_on(async { answer(f(connect(&[url.to_string()]).await?)).await })
+    block_on(async {
+        let ch = connect(&[url.to_string()]).await?;
+        let token = authenticate(&ch).await?;
+        answer(f(InterceptedService::new(ch, token))).await
+    })
 }
 
-/// Runs one request built by `f` on the cluster channel. A connection that broke is
+/// Runs one request built by `f` on the cluster channel. A request refused for its token (it
+/// expired, or auth changed) is sent once more with a new one. A connection that broke is
 /// forgotten, so the next call connects again (possibly to another endpoint); the request
 /// itself is not repeated, since it may have taken effect.
 pub fn call<T, F, Fut>(f: F) -> Result<T>
 where
-    F: FnOnce(Channel) -> Fut,
+    F: Fn(AuthChannel) -> Fut,
     Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
 {
-    let ch = channel()?;
-    let r = block_on(answer(f(ch)));
+    let mut r = block_on(answer(f(channel()?)));
+    if r.as_ref().err().is_some_and(token_refused) {
+        CONN.with_borrow_mut(|c| {
+            if let Some(c) = c.as_mut() {
+                c.token = None;
+            }
+        });
+        r = block_on(answer(f(channel()?)));
+    }
     if let Err(Failure::Status(s)) = &r {
         if s.code() == Code::Unavailable || s.code() == Code::Unknown {
             CONN.with_borrow_mut(|c| *c = None);
         }
     }
-    if matches!(r, Err(Failure::Timeout(_))) {
+    if matches!(r, Err(Failure::Timeout(_)) | Err(Failure::Unreachable(_))) {
         CONN.with_borrow_mut(|c| *c = None);
     }
     r

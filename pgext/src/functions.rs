@@ -32,7 +32,10 @@ fn hex(id: u64) -> String {
 }
 
 fn range(r: RangeRequest) -> Result<etcd_proto::etcdserverpb::RangeResponse> {
-    call(|ch| async move { KvClient::new(ch).range(r).await })
+    call(|ch| {
+        let r = r.clone();
+        async move { KvClient::new(ch).range(r).await }
+    })
 }
 
 pub(crate) fn raft_status() -> Result<RaftStatusResponse> {
@@ -70,7 +73,10 @@ fn pgraft_kv_put(key: &str, value: &str) -> bool {
         value: value.as_bytes().to_vec(),
         ..Default::default()
     };
-    or_raise(call(|ch| async move { KvClient::new(ch).put(req).await }));
+    or_raise(call(|ch| {
+        let req = req.clone();
+        async move { KvClient::new(ch).put(req).await }
+    }));
     true
 }
 
@@ -94,8 +100,9 @@ fn pgraft_kv_delete(key: &str) -> bool {
         key: key.as_bytes().to_vec(),
         ..Default::default()
     };
-    let r = or_raise(call(|ch| async move {
-        KvClient::new(ch).delete_range(req).await
+    let r = or_raise(call(|ch| {
+        let req = req.clone();
+        async move { KvClient::new(ch).delete_range(req).await }
     }));
     r.deleted > 0
 }
@@ -401,13 +408,22 @@ fn pgraft_add_node(
     } else {
         address.to_string()
     };
+    // The new member speaks the scheme this server's own member does (https:// peers when
+    // the cluster's peer links use TLS).
+    let scheme = match crate::settings::mode() {
+        Ok(crate::settings::Mode::Member(m)) if m.listen_peer_url.starts_with("https://") => {
+            "https"
+        }
+        _ => "http",
+    };
     let req = MemberAddWithIdRequest {
         id: node_id as u64,
-        peer_ur_ls: vec![format!("http://{host}:{port}")],
+        peer_ur_ls: vec![format!("{scheme}://{host}:{port}")],
         is_learner,
     };
-    or_raise(call(|ch| async move {
-        AdminClient::new(ch).member_add_with_id(req).await
+    or_raise(call(|ch| {
+        let req = req.clone();
+        async move { AdminClient::new(ch).member_add_with_id(req).await }
     }));
     true
 }

@@ -53,7 +53,7 @@ pub extern "C-unwind" fn _PG_init() {
             );
         }
         Ok(settings::Mode::Member(m)) => {
-            if let Err(e) = m.server_config(1) {
+            if let Err(e) = settings::tls().and_then(|t| m.server_config(&t)) {
                 ereport!(
                     FATAL,
                     PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,

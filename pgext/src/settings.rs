@@ -22,6 +22,16 @@ pub static ENDPOINTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>
 pub static REGISTRATION_TTL: GucSetting<i32> = GucSetting::<i32>::new(10);
 pub static ADVERTISE_HOST: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 pub static REQUEST_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(5000);
+pub static USERNAME: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static PASSWORD_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static CERT_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// The Unix socket, relative to the data directory (every PostgreSQL process runs there), on
+/// which the member hosted here (member mode) serves this server's backends: only the server's
+/// OS user can open it, so no other local process reaches the member around the SQL roles.
+pub const MEMBER_SOCKET: &str = "pgraft-client.sock";
 
 /// Where registration keys live (client mode): `<prefix><name>`.
 pub const REGISTRATION_PREFIX: &str = "pgraft/postgres/";
@@ -149,6 +159,46 @@ pub fn register(preloading: bool) {
         ctx(),
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"pgraft.username",
+        c"etcd user the pgraft_* functions and the workers act as, once the cluster has auth on.",
+        c"Its password is read from pgraft.password_file.",
+        &USERNAME,
+        ctx(),
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pgraft.password_file",
+        c"File holding the password of pgraft.username (its first line).",
+        c"",
+        &PASSWORD_FILE,
+        ctx(),
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"pgraft.ca_file",
+        c"CA bundle (PEM) that https:// cluster URLs must present certificates from.",
+        c"Member mode: peers and clients of pgraft.client_address must present certificates from it too. Default: the system's CAs.",
+        &CA_FILE,
+        ctx(),
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pgraft.cert_file",
+        c"Certificate (PEM) presented on TLS connections: to the cluster (client mode), on the peer and client ports (member mode).",
+        c"",
+        &CERT_FILE,
+        ctx(),
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pgraft.key_file",
+        c"Private key (PEM) of pgraft.cert_file.",
+        c"",
+        &KEY_FILE,
+        ctx(),
+        GucFlags::SUPERUSER_ONLY,
+    );
     GucRegistry::define_int_guc(
         c"pgraft.request_timeout",
         c"How long a pgraft_* function waits for the cluster before it fails.",
@@ -199,7 +249,8 @@ pub struct ClientSettings {
     pub advertise_host: Option<String>,
 }
 
-/// `host:port` (or a URL) as an http URL, checked.
+/// `host:port` (or an http:// or https:// URL) as a URL, checked; `http://` when no scheme
+/// is given.
 pub fn http_url(what: &str, s: &str) -> Result<String, String> {
     let s = s.trim();
     let url = if s.contains("://") {
@@ -209,17 +260,52 @@ pub fn http_url(what: &str, s: &str) -> Result<String, String> {
     };
     let parsed =
         url::Url::parse(&url).map_err(|e| format!("{what}: '{s}' is not host:port ({e})"))?;
-    if parsed.scheme() != "http" {
-        return Err(format!("{what}: '{s}': only http:// is supported"));
+    let scheme = parsed.scheme();
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("{what}: '{s}': only http:// and https:// are supported"));
     }
     if parsed.host_str().is_none_or(str::is_empty) || parsed.port().is_none() {
         return Err(format!("{what}: '{s}' must have a host and a port"));
     }
     Ok(format!(
-        "http://{}:{}",
+        "{scheme}://{}:{}",
         parsed.host_str().unwrap_or_default(),
         parsed.port().unwrap_or_default()
     ))
+}
+
+/// The TLS files the settings name (`pgraft.ca_file`, `pgraft.cert_file`, `pgraft.key_file`).
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    pub ca_file: Option<String>,
+    /// Certificate and key, set together.
+    pub identity: Option<(String, String)>,
+}
+
+pub fn tls() -> Result<Tls, String> {
+    let identity = match (text(&CERT_FILE), text(&KEY_FILE)) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => return Err("pgraft.cert_file and pgraft.key_file are set together".into()),
+    };
+    Ok(Tls {
+        ca_file: text(&CA_FILE),
+        identity,
+    })
+}
+
+/// `pgraft.username` and its password from `pgraft.password_file` (read now, so that a
+/// changed password needs no reload); `None` without a user name.
+pub fn credentials() -> Result<Option<(String, String)>, String> {
+    let Some(user) = text(&USERNAME) else {
+        return Ok(None);
+    };
+    let file = text(&PASSWORD_FILE)
+        .ok_or("pgraft.username is set but pgraft.password_file is not")?;
+    let content = std::fs::read_to_string(&file)
+        .map_err(|e| format!("pgraft.password_file: cannot read '{file}': {e}"))?;
+    let password = content.lines().next().unwrap_or_default().to_string();
+    Ok(Some((user, password)))
 }
 
 /// Reads and checks every setting; an error says which setting is wrong and why.
@@ -318,16 +404,41 @@ impl MemberSettings {
             .unwrap_or_default()
     }
 
-    /// The pgraftd configuration of this member. `internal_port` is the loopback client port
-    /// the backends use.
-    pub fn server_config(&self, internal_port: u16) -> Result<pgraft_server::Config, String> {
+    /// The pgraftd configuration of this member: its backends reach it on
+    /// [`MEMBER_SOCKET`]; TLS on https:// peer and client URLs from `tls`.
+    pub fn server_config(&self, tls: &Tls) -> Result<pgraft_server::Config, String> {
         use clap::Parser;
-        let internal = format!("http://127.0.0.1:{internal_port}");
+        let internal = format!("unix://{MEMBER_SOCKET}");
         let mut listen = vec![internal.clone()];
         let mut advertise = internal;
         if let Some(c) = &self.client_url {
             listen.push(c.clone());
             advertise = advertised_client_url(c, self.advertise_peer_url());
+        }
+        let https_peers = self.listen_peer_url.starts_with("https://")
+            || self.initial_cluster.iter().any(|(_, u)| u.starts_with("https://"));
+        let https_client = self.client_url.as_deref().is_some_and(|u| u.starts_with("https://"));
+        let mut tls_args = Vec::new();
+        if https_peers || https_client {
+            let (cert, key) = tls.identity.as_ref().ok_or(
+                "https:// member URLs need pgraft.cert_file and pgraft.key_file",
+            )?;
+            if https_peers {
+                tls_args.push(format!("--peer-cert-file={cert}"));
+                tls_args.push(format!("--peer-key-file={key}"));
+                if let Some(ca) = &tls.ca_file {
+                    tls_args.push(format!("--peer-trusted-ca-file={ca}"));
+                    tls_args.push("--peer-client-cert-auth=true".into());
+                }
+            }
+            if https_client {
+                tls_args.push(format!("--cert-file={cert}"));
+                tls_args.push(format!("--key-file={key}"));
+                if let Some(ca) = &tls.ca_file {
+                    tls_args.push(format!("--trusted-ca-file={ca}"));
+                    tls_args.push("--client-cert-auth=true".into());
+                }
+            }
         }
         let ic = self
             .initial_cluster
@@ -353,6 +464,7 @@ impl MemberSettings {
             format!("--listen-client-urls={}", listen.join(",")),
             format!("--advertise-client-urls={advertise}"),
         ];
+        let args = args.into_iter().chain(tls_args).collect::<Vec<_>>();
         let cfg = pgraft_server::Config::try_parse_from(args).map_err(|e| e.to_string())?;
         cfg.validate().map_err(|e| e.0)?;
         Ok(cfg)
@@ -366,7 +478,8 @@ fn advertised_client_url(client: &str, peer: &str) -> String {
     };
     match c.host_str() {
         Some("0.0.0.0") | Some("[::]") => format!(
-            "http://{}:{}",
+            "{}://{}:{}",
+            c.scheme(),
             p.host_str().unwrap_or("127.0.0.1"),
             c.port().unwrap_or_default()
         ),

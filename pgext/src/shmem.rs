@@ -1,22 +1,22 @@
-//! The little shared memory the extension uses: the loopback port on which this server's
-//! member (member mode) serves the client API, published by the worker, read by backends.
+//! The little shared memory the extension uses: whether this server's member (member mode)
+//! serves the client API yet, published by the worker, read by backends.
 
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PgAtomic};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-static CLIENT_PORT: PgAtomic<AtomicU32> = unsafe { PgAtomic::new(c"pgraft_client_port") };
+static SERVING: PgAtomic<AtomicBool> = unsafe { PgAtomic::new(c"pgraft_member_serving") };
 
 /// Called from `_PG_init` while shared_preload_libraries are loaded.
 pub fn init() {
-    pg_shmem_init!(CLIENT_PORT);
+    pg_shmem_init!(SERVING);
 }
 
-/// 0 until the member serves.
-pub fn client_port() -> u16 {
-    CLIENT_PORT.get().load(Ordering::Acquire) as u16
+/// False until the member serves on its socket, and again once it stops.
+pub fn serving() -> bool {
+    SERVING.get().load(Ordering::Acquire)
 }
 
-pub fn set_client_port(port: u16) {
-    CLIENT_PORT.get().store(port as u32, Ordering::Release);
+pub fn set_serving(on: bool) {
+    SERVING.get().store(on, Ordering::Release);
 }

@@ -273,8 +273,21 @@ mod tests {
         );
         assert_eq!(
             one::<i64>("SELECT count(*) FROM pg_settings WHERE name LIKE 'pgraft.%'"),
-            Some(14)
+            Some(19)
         );
+    }
+
+    /// Backends reach the member hosted here on a Unix socket in the data directory that only
+    /// the server's OS user may open: no TCP port on which any local process could talk to
+    /// the member around the SQL roles.
+    #[pg_test]
+    fn the_member_serves_backends_on_a_private_socket() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        ready();
+        let meta = std::fs::metadata(crate::settings::MEMBER_SOCKET).expect("member socket");
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert!(one::<bool>("SELECT pgraft_kv_put('over-the-socket', 'v')").unwrap());
     }
 
     /// Runs `sql` as a new role with no privileges beyond `grants`.

@@ -31,13 +31,6 @@ fn init_tracing() {
         .try_init();
 }
 
-/// Picks a free loopback port for the backends' client connections.
-fn free_loopback_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pgraft_member_main(_arg: pg_sys::Datum) {
@@ -47,10 +40,8 @@ pub extern "C-unwind" fn pgraft_member_main(_arg: pg_sys::Datum) {
         Ok(_) => return,
         Err(e) => error!("pgraft: {e}"),
     };
-    let port = free_loopback_port()
-        .unwrap_or_else(|e| error!("pgraft: no free loopback port for the client API: {e}"));
-    let cfg = m
-        .server_config(port)
+    let cfg = settings::tls()
+        .and_then(|tls| m.server_config(&tls))
         .unwrap_or_else(|e| error!("pgraft: invalid member settings: {e}"));
     init_tracing();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -64,13 +55,25 @@ pub extern "C-unwind" fn pgraft_member_main(_arg: pg_sys::Datum) {
         // The postmaster restarts the worker after a pause.
         Err(e) => error!("pgraft: member '{}' failed to start: {e}", m.name),
     };
-    crate::shmem::set_client_port(port);
+    // Only the server's OS user (the data directory's owner) may talk to the member behind
+    // the SQL roles' back: the socket is its alone, whatever the data directory's group mode.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let owner_only = std::fs::Permissions::from_mode(0o600);
+        if let Err(e) = std::fs::set_permissions(settings::MEMBER_SOCKET, owner_only) {
+            error!("pgraft: cannot restrict {}: {e}", settings::MEMBER_SOCKET);
+        }
+    }
+    crate::shmem::set_serving(true);
     log!(
         "pgraft: member '{}' (id {:x}) started; peer {}, client API {}",
         m.name,
         node.server.member_id(),
         m.listen_peer_url,
-        m.client_url.as_deref().unwrap_or("loopback only"),
+        m.client_url.clone().unwrap_or_else(|| format!(
+            "this server only (Unix socket {})",
+            settings::MEMBER_SOCKET
+        )),
     );
     let removed = rt.spawn(node.removed());
     while BackgroundWorker::wait_latch(Some(Duration::from_millis(200))) {
@@ -79,7 +82,7 @@ pub extern "C-unwind" fn pgraft_member_main(_arg: pg_sys::Datum) {
             break;
         }
     }
-    crate::shmem::set_client_port(0);
+    crate::shmem::set_serving(false);
     log!("pgraft: member '{}' stopping", m.name);
     rt.block_on(node.stop());
     rt.shutdown_timeout(Duration::from_secs(2));
@@ -133,19 +136,25 @@ struct Registrar {
     ttl: i64,
     lease: i64,
     written_recovery: Option<bool>,
-    channel: Option<tonic::transport::Channel>,
+    channel: Option<crate::client::AuthChannel>,
 }
 
 type AnyResult<T> = std::result::Result<T, String>;
 
 impl Registrar {
-    async fn channel(&mut self) -> AnyResult<tonic::transport::Channel> {
+    /// A channel with `pgraft.username`'s token, made again after any failure (a new login
+    /// then also replaces a token that expired).
+    async fn channel(&mut self) -> AnyResult<crate::client::AuthChannel> {
         if let Some(c) = &self.channel {
             return Ok(c.clone());
         }
         let ch = crate::client::connect(&self.endpoints)
             .await
             .map_err(|f| f.message())?;
+        let token = crate::client::authenticate(&ch)
+            .await
+            .map_err(|f| f.message())?;
+        let ch = tonic::service::interceptor::InterceptedService::new(ch, token);
         self.channel = Some(ch.clone());
         Ok(ch)
     }
@@ -162,7 +171,7 @@ impl Registrar {
 
     async fn refresh_on(
         &mut self,
-        ch: tonic::transport::Channel,
+        ch: crate::client::AuthChannel,
         reg: &Registration,
         in_recovery: bool,
     ) -> AnyResult<()> {

@@ -141,24 +141,41 @@ impl TlsFiles {
     /// The client side (dialing a peer): the peer's certificate checked against the trusted
     /// CAs (the system's when none is given), and this member's own presented.
     fn client_config(&self, alpn: &[&[u8]]) -> Result<ClientConfig, String> {
-        let ca = self
-            .trusted_ca
-            .as_deref()
-            .unwrap_or(Path::new(SYSTEM_ROOTS));
-        let builder = ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&self.versions)
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots(ca)?);
-        let (cert, key_file) = match &self.client_cert {
+        let identity = match &self.client_cert {
             Some((c, k)) => (c.as_path(), k.as_path()),
             None => (self.cert.as_path(), self.key.as_path()),
         };
-        let mut cfg = builder
-            .with_client_auth_cert(certs(cert)?, key(key_file)?)
-            .map_err(|e| format!("{} and {}: {e}", cert.display(), key_file.display()))?;
-        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Ok(cfg)
+        client_config(
+            self.trusted_ca.as_deref(),
+            Some(identity),
+            &self.versions,
+            alpn,
+        )
     }
+}
+
+/// A client's TLS configuration: servers checked against the CA bundle `ca` (the system's when
+/// `None`), presenting the certificate and key `identity` when given. For dialing peers, and
+/// for the PostgreSQL extension's connections to a cluster.
+pub fn client_config(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+    versions: &[&'static SupportedProtocolVersion],
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, String> {
+    let ca = ca.unwrap_or(Path::new(SYSTEM_ROOTS));
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots(ca)?);
+    let mut cfg = match identity {
+        Some((cert, key_file)) => builder
+            .with_client_auth_cert(certs(cert)?, key(key_file)?)
+            .map_err(|e| format!("{} and {}: {e}", cert.display(), key_file.display()))?,
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
 }
 
 /// A file's identity and version: a new one (rename into place) or a rewrite changes it.
