@@ -70,10 +70,10 @@ class TlsServer(Server):
     """A member serving clients on https:// only, client certificates required; its own
     etcdctl calls (readiness included) present root's certificate."""
 
-    def __init__(self, kind: str, pki: Path):
+    def __init__(self, kind: str, pki: Path, extra_args: tuple[str, ...] = ()):
         super().__init__(kind, name=f"tls-{kind}", extra_args=[
             f"--cert-file={pki / 'server.pem'}", f"--key-file={pki / 'server.key'}",
-            f"--trusted-ca-file={pki / 'ca.pem'}", "--client-cert-auth",
+            f"--trusted-ca-file={pki / 'ca.pem'}", "--client-cert-auth", *extra_args,
         ])
         self.pki = pki
         self.client_url = f"https://127.0.0.1:{self.client_port}"
