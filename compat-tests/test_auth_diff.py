@@ -118,6 +118,12 @@ step("alice_watch", ALICE, "watch", "a/", "--prefix", "--rev=1", seconds=WATCH_S
 step("alice_watch_denied", ALICE, "watch", "c", "--rev=1", seconds=WATCH_SECONDS, expect_rc=5)
 # Compaction checks no permission in etcd (any user may compact), nor do these.
 step("alice_compact", ALICE, "compaction", "2")
+# Lock acts as its caller: READWRITE on the lock's keys is needed, READ is not enough.
+step("root_grant_writer_locks", ROOT, "role", "grant-permission", "writer", "readwrite", "lk/",
+     "--prefix")
+step("alice_lock_exec", ALICE, "lock", "lk/one", "echo", "locked")
+step("alice_lock_denied", ALICE, "lock", "a/one", "echo", "locked", expect_rc=1)
+step("root_get_lock_keys", ROOT, "get", "", "--prefix", "--keys-only")
 step("alice_member_list", ALICE, "member", "list", "-w", "json")
 step("alice_endpoint_status", ALICE, "endpoint", "status", "-w", "json")
 step("alice_alarm_list", ALICE, "alarm", "list")

@@ -7,14 +7,14 @@
 //! them; `pgraft.request_timeout` bounds each call.
 
 use crate::settings::{self, Mode};
+use etcd_proto::etcdserverpb::auth_client::AuthClient;
+use etcd_proto::etcdserverpb::AuthenticateRequest;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;
 use std::cell::RefCell;
 use std::future::Future;
 use std::time::Duration;
-use etcd_proto::etcdserverpb::auth_client::AuthClient;
-use etcd_proto::etcdserverpb::AuthenticateRequest;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
@@ -125,7 +125,10 @@ pub type AuthChannel = InterceptedService<Channel, Token>;
 pub struct Token(Option<MetadataValue<Ascii>>);
 
 impl Interceptor for Token {
-    fn call(&mut self, mut req: tonic::Request<()>) -> std::result::Result<tonic::Request<()>, Status> {
+    fn call(
+        &mut self,
+        mut req: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, Status> {
         if let Some(t) = &self.0 {
             req.metadata_mut().insert("token", t.clone());
         }
@@ -249,13 +252,19 @@ async fn connect_one(url: &str) -> Result<Channel> {
         return ep.connect().await.map_err(unreachable);
     }
     let parsed = url::Url::parse(url).map_err(|e| Failure::Config(format!("{url}: {e}")))?;
-    let host = parsed.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string();
+    let host = parsed
+        .host_str()
+        .unwrap_or_default()
+        .trim_matches(['[', ']'])
+        .to_string();
     let port = parsed.port_or_known_default().unwrap_or(443);
     let tls = settings::tls().map_err(Failure::Config)?;
-    let identity = tls
-        .identity
-        .as_ref()
-        .map(|(c, k)| (std::path::Path::new(c.as_str()), std::path::Path::new(k.as_str())));
+    let identity = tls.identity.as_ref().map(|(c, k)| {
+        (
+            std::path::Path::new(c.as_str()),
+            std::path::Path::new(k.as_str()),
+        )
+    });
     let cfg = pgraft_server::tls::client_config(
         tls.ca_file.as_deref().map(std::path::Path::new),
         identity,

@@ -262,7 +262,9 @@ pub fn http_url(what: &str, s: &str) -> Result<String, String> {
         url::Url::parse(&url).map_err(|e| format!("{what}: '{s}' is not host:port ({e})"))?;
     let scheme = parsed.scheme();
     if scheme != "http" && scheme != "https" {
-        return Err(format!("{what}: '{s}': only http:// and https:// are supported"));
+        return Err(format!(
+            "{what}: '{s}': only http:// and https:// are supported"
+        ));
     }
     if parsed.host_str().is_none_or(str::is_empty) || parsed.port().is_none() {
         return Err(format!("{what}: '{s}' must have a host and a port"));
@@ -300,8 +302,8 @@ pub fn credentials() -> Result<Option<(String, String)>, String> {
     let Some(user) = text(&USERNAME) else {
         return Ok(None);
     };
-    let file = text(&PASSWORD_FILE)
-        .ok_or("pgraft.username is set but pgraft.password_file is not")?;
+    let file =
+        text(&PASSWORD_FILE).ok_or("pgraft.username is set but pgraft.password_file is not")?;
     let content = std::fs::read_to_string(&file)
         .map_err(|e| format!("pgraft.password_file: cannot read '{file}': {e}"))?;
     let password = content.lines().next().unwrap_or_default().to_string();
@@ -416,13 +418,20 @@ impl MemberSettings {
             advertise = advertised_client_url(c, self.advertise_peer_url());
         }
         let https_peers = self.listen_peer_url.starts_with("https://")
-            || self.initial_cluster.iter().any(|(_, u)| u.starts_with("https://"));
-        let https_client = self.client_url.as_deref().is_some_and(|u| u.starts_with("https://"));
+            || self
+                .initial_cluster
+                .iter()
+                .any(|(_, u)| u.starts_with("https://"));
+        let https_client = self
+            .client_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"));
         let mut tls_args = Vec::new();
         if https_peers || https_client {
-            let (cert, key) = tls.identity.as_ref().ok_or(
-                "https:// member URLs need pgraft.cert_file and pgraft.key_file",
-            )?;
+            let (cert, key) = tls
+                .identity
+                .as_ref()
+                .ok_or("https:// member URLs need pgraft.cert_file and pgraft.key_file")?;
             if https_peers {
                 tls_args.push(format!("--peer-cert-file={cert}"));
                 tls_args.push(format!("--peer-key-file={key}"));

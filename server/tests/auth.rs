@@ -1214,16 +1214,37 @@ async fn jwt_tokens_with_rsa_and_ec_keys() {
     }
 }
 
-/// Lock and Election act on keys as the member itself, so while auth is on only root may use
-/// them (never a way around key permissions).
+/// Lock and Election act on keys as their caller (as etcd's, whose servers run the
+/// concurrency recipes with the client's credentials): a user needs READWRITE on the lock's
+/// or election's keys, READ to ask who leads; errors are the client-side ones etcd answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lock_and_election_are_roots_while_auth_is_on() {
+async fn lock_and_election_act_as_the_caller() {
     use etcd_proto::v3electionpb::election_client::ElectionClient;
-    use etcd_proto::v3electionpb::LeaderRequest;
+    use etcd_proto::v3electionpb::{CampaignRequest, LeaderRequest, ResignRequest};
     use etcd_proto::v3lockpb::lock_client::LockClient;
-    use etcd_proto::v3lockpb::LockRequest;
+    use etcd_proto::v3lockpb::{LockRequest, UnlockRequest};
     let n = TestNode::start_with(ARGS).await;
     let mut root = setup(&n).await;
+    root.auth
+        .role_add(AuthRoleAddRequest {
+            name: "locks".into(),
+        })
+        .await
+        .unwrap();
+    root.auth
+        .role_grant_permission(AuthRoleGrantPermissionRequest {
+            name: "locks".into(),
+            perm: perm(Type::Readwrite, "l/", "l0"),
+        })
+        .await
+        .unwrap();
+    root.auth
+        .user_grant_role(AuthUserGrantRoleRequest {
+            user: "alice".into(),
+            role: "locks".into(),
+        })
+        .await
+        .unwrap();
     let lease = root
         .lease
         .lease_grant(LeaseGrantRequest { ttl: 60, id: 0 })
@@ -1232,38 +1253,69 @@ async fn lock_and_election_are_roots_while_auth_is_on() {
         .into_inner()
         .id;
     let alice = Token(Some(login(&n, "alice", "alicepw").await.unwrap()));
-    let root_token = Token(Some(login(&n, "root", "rootpw").await.unwrap()));
-    let req = || LockRequest {
-        name: b"a/lock".to_vec(),
+    let lock = |name: &str| LockRequest {
+        name: name.as_bytes().to_vec(),
         lease,
     };
+    let mut locks = LockClient::with_interceptor(n.channel.clone(), alice.clone());
+    let mut elections = ElectionClient::with_interceptor(n.channel.clone(), alice);
+
+    // Only READ on a/: no lock there, but the question who leads a/e may be asked.
     assert_status(
-        LockClient::with_interceptor(n.channel.clone(), alice.clone())
-            .lock(req())
-            .await,
-        Code::PermissionDenied,
+        locks.lock(lock("a/lock")).await,
+        Code::Unknown,
         "etcdserver: permission denied",
     );
     assert_status(
-        ElectionClient::with_interceptor(n.channel.clone(), alice)
+        elections
             .leader(LeaderRequest {
                 name: b"a/e".to_vec(),
             })
             .await,
-        Code::PermissionDenied,
-        "etcdserver: permission denied",
+        Code::Unknown,
+        "election: no leader",
     );
-    assert_status(
-        LockClient::new(n.channel.clone()).lock(req()).await,
-        Code::InvalidArgument,
-        "etcdserver: user name is empty",
-    );
-    let locked = LockClient::with_interceptor(n.channel.clone(), root_token)
-        .lock(req())
+    // Nothing was left behind by the refused lock.
+    let left = root.kv.range(range("a/lock", "a/lock0")).await.unwrap();
+    assert_eq!(left.into_inner().count, 0);
+
+    // READWRITE on l/: locks, campaigns, resigns and unlocks as alice.
+    let locked = locks.lock(lock("l/x")).await.unwrap().into_inner();
+    assert!(locked.key.starts_with(b"l/x/"));
+    locks
+        .unlock(UnlockRequest {
+            key: locked.key.clone(),
+        })
+        .await
+        .unwrap();
+    let won = elections
+        .campaign(CampaignRequest {
+            name: b"l/e".to_vec(),
+            lease,
+            value: b"alice".to_vec(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert!(locked.key.starts_with(b"a/lock/"));
+    let leads = elections
+        .leader(LeaderRequest {
+            name: b"l/e".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(leads.kv.unwrap().value, b"alice");
+    elections
+        .resign(ResignRequest { leader: won.leader })
+        .await
+        .unwrap();
+
+    // No user at all: etcd's `user name is empty`.
+    assert_status(
+        LockClient::new(n.channel.clone()).lock(lock("l/y")).await,
+        Code::Unknown,
+        "etcdserver: user name is empty",
+    );
 }
 
 /// The maintenance calls etcd's `authMaintenanceServer` guards need root while auth is on:

@@ -270,15 +270,13 @@ impl EtcdServer {
     /// the read that found none.
     pub(super) async fn wait_deletes(
         &self,
+        who: &Caller,
         prefix: &[u8],
         max_create_rev: i64,
     ) -> Result<ResponseHeader> {
         loop {
             let RangeResponse { header, kvs, .. } = self
-                .range(
-                    &Caller::Internal,
-                    get_last_created_before(prefix, max_create_rev),
-                )
+                .range(who, get_last_created_before(prefix, max_create_rev))
                 .await?;
             let header = header.unwrap_or_default();
             let Some(kv) = kvs.into_iter().next() else {
@@ -292,23 +290,23 @@ impl EtcdServer {
     /// The oldest key under `prefix`, linearizably read, with the read's header.
     pub(super) async fn first_created(
         &self,
+        who: &Caller,
         prefix: &[u8],
     ) -> Result<(ResponseHeader, Option<KeyValue>)> {
-        let r = self
-            .range(&Caller::Internal, get_first_created(prefix))
-            .await?;
+        let r = self.range(who, get_first_created(prefix)).await?;
         Ok((r.header.unwrap_or_default(), r.kvs.into_iter().next()))
     }
 
     /// One Txn: `If compare Then then Else otherwise`.
     pub(super) async fn txn_if(
         &self,
+        who: &Caller,
         compare: Compare,
         then: Vec<RequestOp>,
         otherwise: Vec<RequestOp>,
     ) -> Result<TxnResponse> {
         self.txn(
-            &Caller::Internal,
+            who,
             TxnRequest {
                 compare: vec![compare],
                 success: then,
@@ -325,13 +323,16 @@ impl EtcdServer {
 /// future is gone by then.
 pub struct CleanupOnDrop {
     server: Option<Arc<EtcdServer>>,
+    /// Who asked: the cleanup runs as that caller, as etcd's runs with the client's context.
+    who: Caller,
     txn: TxnRequest,
 }
 
 impl CleanupOnDrop {
-    pub fn new(server: &Arc<EtcdServer>, txn: TxnRequest) -> Self {
+    pub fn new(server: &Arc<EtcdServer>, who: &Caller, txn: TxnRequest) -> Self {
         CleanupOnDrop {
             server: Some(server.clone()),
+            who: who.clone(),
             txn,
         }
     }
@@ -348,9 +349,10 @@ impl Drop for CleanupOnDrop {
             return;
         };
         let txn = std::mem::take(&mut self.txn);
+        let who = self.who.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                if let Err(e) = server.txn(&Caller::Internal, txn).await {
+                if let Err(e) = server.txn(&who, txn).await {
                     tracing::warn!(error = %e, "could not remove the key of a cancelled lock or campaign");
                 }
             });

@@ -32,13 +32,18 @@ fn resign_txn(leader: &LeaderKey) -> TxnRequest {
 impl EtcdServer {
     /// Campaign: enters the election with `value` and waits until the candidate is the leader.
     /// If the client goes away while waiting, the candidacy is withdrawn.
-    pub async fn campaign(self: &Arc<Self>, r: CampaignRequest) -> Result<CampaignResponse> {
+    pub async fn campaign(
+        self: &Arc<Self>,
+        who: &Caller,
+        r: CampaignRequest,
+    ) -> Result<CampaignResponse> {
         self.check_not_learner()?;
         let lease = self.session_lease(r.lease).await?;
         let prefix = contender_prefix(&r.name);
         let key = contender_key(&prefix, lease);
         let resp = self
             .txn_if(
+                who,
                 compare_create(&key, 0),
                 vec![put_op(&key, &r.value, lease)],
                 vec![get_op(get_key(&key))],
@@ -55,15 +60,15 @@ impl EtcdServer {
             let kv = range_kvs(&resp, 0).first();
             leader.rev = kv.map_or(0, |kv| kv.create_revision);
             if kv.is_some_and(|kv| kv.value != r.value) {
-                if let Err(e) = self.proclaim_as(&leader, lease, r.value).await {
-                    let _ = self.txn(&Caller::Internal, resign_txn(&leader)).await;
+                if let Err(e) = self.proclaim_as(who, &leader, lease, r.value).await {
+                    let _ = self.txn(who, resign_txn(&leader)).await;
                     return Err(e);
                 }
             }
         }
 
-        let cleanup = CleanupOnDrop::new(self, resign_txn(&leader));
-        let waited = self.wait_deletes(&prefix, leader.rev - 1).await;
+        let cleanup = CleanupOnDrop::new(self, who, resign_txn(&leader));
+        let waited = self.wait_deletes(who, &prefix, leader.rev - 1).await;
         // On an error other than the client leaving, etcd leaves the key for its lease to end.
         cleanup.disarm();
         waited?;
@@ -76,12 +81,14 @@ impl EtcdServer {
     /// Puts `value` on the leader key if it is still the one created at `leader.rev`.
     async fn proclaim_as(
         &self,
+        who: &Caller,
         leader: &LeaderKey,
         lease: i64,
         value: Vec<u8>,
     ) -> Result<Option<ResponseHeader>> {
         let resp = self
             .txn_if(
+                who,
                 compare_create(&leader.key, leader.rev),
                 vec![put_op(&leader.key, &value, lease)],
                 Vec::new(),
@@ -95,17 +102,17 @@ impl EtcdServer {
 
     /// Proclaim: the leader announces a new value; `election: not leader` if it no longer
     /// leads with that key.
-    pub async fn proclaim(&self, r: ProclaimRequest) -> Result<ProclaimResponse> {
+    pub async fn proclaim(&self, who: &Caller, r: ProclaimRequest) -> Result<ProclaimResponse> {
         let leader = r.leader.ok_or(Error::MissingLeaderKey)?;
         self.check_not_learner()?;
         let lease = self.session_lease(leader.lease).await?;
-        let header = self.proclaim_as(&leader, lease, r.value).await?;
+        let header = self.proclaim_as(who, &leader, lease, r.value).await?;
         Ok(ProclaimResponse { header })
     }
 
     /// Leader: the current leader's key-value, or `election: no leader`.
-    pub async fn leader(&self, r: LeaderRequest) -> Result<LeaderResponse> {
-        let (header, kv) = self.first_created(&contender_prefix(&r.name)).await?;
+    pub async fn leader(&self, who: &Caller, r: LeaderRequest) -> Result<LeaderResponse> {
+        let (header, kv) = self.first_created(who, &contender_prefix(&r.name)).await?;
         let kv = kv.ok_or(Error::ElectionNoLeader)?;
         Ok(LeaderResponse {
             header: Some(header),
@@ -114,11 +121,11 @@ impl EtcdServer {
     }
 
     /// Resign: the leader gives up; nothing happens if that key no longer leads.
-    pub async fn resign(&self, r: ResignRequest) -> Result<ResignResponse> {
+    pub async fn resign(&self, who: &Caller, r: ResignRequest) -> Result<ResignResponse> {
         let leader = r.leader.ok_or(Error::MissingLeaderKey)?;
         self.check_not_learner()?;
         self.session_lease(leader.lease).await?;
-        let resp = self.txn(&Caller::Internal, resign_txn(&leader)).await?;
+        let resp = self.txn(who, resign_txn(&leader)).await?;
         Ok(ResignResponse {
             header: resp.header,
         })
@@ -128,10 +135,12 @@ impl EtcdServer {
     /// As etcd's, the stream just ends (no error) when a read or watch under it fails.
     pub fn observe(
         self: &Arc<Self>,
+        who: &Caller,
         r: LeaderRequest,
     ) -> impl Stream<Item = LeaderResponse> + Send + 'static {
         let st = Observer {
             server: self.clone(),
+            who: who.clone(),
             prefix: contender_prefix(&r.name),
             leader: None,
             ready: VecDeque::new(),
@@ -154,6 +163,8 @@ struct Followed {
 
 struct Observer {
     server: Arc<EtcdServer>,
+    /// Who observes: its reads need READ on the election's keys.
+    who: Caller,
     prefix: Vec<u8>,
     leader: Option<Followed>,
     /// Answers found but not yet sent (the puts of one batch of revisions).
@@ -203,7 +214,7 @@ impl Observer {
     /// The current leader, or else the first candidate to come (etcd's Observe waits for the
     /// first put under the prefix, whoever's it is).
     async fn find_leader(&self) -> Result<(ResponseHeader, KeyValue)> {
-        let (header, kv) = self.server.first_created(&self.prefix).await?;
+        let (header, kv) = self.server.first_created(&self.who, &self.prefix).await?;
         if let Some(kv) = kv {
             return Ok((header, kv));
         }

@@ -19,7 +19,7 @@ impl EtcdServer {
     /// lease that does not exist answers `etcdserver: requested lease not found`; a lease that
     /// expires while waiting, etcd 3.5's `mutex: session is expired`. If the client goes away
     /// while waiting, its key is deleted.
-    pub async fn lock(self: &Arc<Self>, r: LockRequest) -> Result<LockResponse> {
+    pub async fn lock(self: &Arc<Self>, who: &Caller, r: LockRequest) -> Result<LockResponse> {
         self.check_not_learner()?;
         let lease = self.session_lease(r.lease).await?;
         let prefix = contender_prefix(&r.name);
@@ -27,6 +27,7 @@ impl EtcdServer {
         // Join the queue (or find this lease already in it), and see who holds the lock.
         let resp = self
             .txn_if(
+                who,
                 compare_create(&key, 0),
                 vec![put_op(&key, b"", lease), get_op(get_first_created(&prefix))],
                 vec![get_op(get_key(&key)), get_op(get_first_created(&prefix))],
@@ -50,13 +51,13 @@ impl EtcdServer {
             success: vec![delete_op(&key)],
             ..Default::default()
         };
-        let cleanup = CleanupOnDrop::new(self, unlock);
-        let waited = self.wait_for_lock(&prefix, my_rev, &key).await;
+        let cleanup = CleanupOnDrop::new(self, who, unlock);
+        let waited = self.wait_for_lock(who, &prefix, my_rev, &key).await;
         cleanup.disarm();
         let mine = match waited {
             Ok(mine) => mine,
             Err(e) => {
-                self.release(&key).await;
+                self.release(who, &key).await;
                 return Err(e);
             }
         };
@@ -71,28 +72,34 @@ impl EtcdServer {
 
     /// Waits until every contender older than `my_rev` is gone, then reads `key` again: the
     /// lock is the caller's only if its key outlived the wait (etcd 3.5's check).
-    async fn wait_for_lock(&self, prefix: &[u8], my_rev: i64, key: &[u8]) -> Result<RangeResponse> {
-        self.wait_deletes(prefix, my_rev - 1).await?;
-        self.range(&Caller::Internal, get_key(key)).await
+    async fn wait_for_lock(
+        &self,
+        who: &Caller,
+        prefix: &[u8],
+        my_rev: i64,
+        key: &[u8],
+    ) -> Result<RangeResponse> {
+        self.wait_deletes(who, prefix, my_rev - 1).await?;
+        self.range(who, get_key(key)).await
     }
 
     /// Deletes a lock key after a failed wait (etcd's `Mutex.Unlock` there); the wait's own
     /// error is the answer, so a failure here is only logged.
-    async fn release(&self, key: &[u8]) {
+    async fn release(&self, who: &Caller, key: &[u8]) {
         let r = DeleteRangeRequest {
             key: key.to_vec(),
             ..Default::default()
         };
-        if let Err(e) = self.delete_range(&Caller::Internal, r).await {
+        if let Err(e) = self.delete_range(who, r).await {
             tracing::warn!(error = %e, "could not release a lock key after a failed wait");
         }
     }
 
     /// Unlock: deletes the key Lock answered (whoever holds it now).
-    pub async fn unlock(&self, r: UnlockRequest) -> Result<UnlockResponse> {
+    pub async fn unlock(&self, who: &Caller, r: UnlockRequest) -> Result<UnlockResponse> {
         let resp = self
             .delete_range(
-                &Caller::Internal,
+                who,
                 DeleteRangeRequest {
                     key: r.key,
                     ..Default::default()

@@ -23,9 +23,9 @@ impl Election for ElectionService {
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
         require_leader(&self.0, &req)?;
-        super::root_while_auth(&self.0, &req).await?;
+        let who = super::caller(&self.0, &req).await?;
         self.0
-            .campaign(req.into_inner())
+            .campaign(&who, req.into_inner())
             .await
             .map(Response::new)
             .map_err(client_side_status)
@@ -36,9 +36,9 @@ impl Election for ElectionService {
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
         require_leader(&self.0, &req)?;
-        super::root_while_auth(&self.0, &req).await?;
+        let who = super::caller(&self.0, &req).await?;
         self.0
-            .proclaim(req.into_inner())
+            .proclaim(&who, req.into_inner())
             .await
             .map(Response::new)
             .map_err(client_side_status)
@@ -49,9 +49,9 @@ impl Election for ElectionService {
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
         require_leader(&self.0, &req)?;
-        super::root_while_auth(&self.0, &req).await?;
+        let who = super::caller(&self.0, &req).await?;
         self.0
-            .leader(req.into_inner())
+            .leader(&who, req.into_inner())
             .await
             .map(Response::new)
             .map_err(client_side_status)
@@ -65,9 +65,9 @@ impl Election for ElectionService {
         req: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
         require_leader(&self.0, &req)?;
-        super::root_while_auth(&self.0, &req).await?;
+        let who = super::caller(&self.0, &req).await?;
         let monitor = wants_leader(&req);
-        let out = self.0.observe(req.into_inner()).map(Ok);
+        let out = self.0.observe(&who, req.into_inner()).map(Ok);
         let out = until_stopped(Box::pin(out), self.1.clone());
         if !monitor {
             return Ok(Response::new(Box::pin(out)));
@@ -87,9 +87,9 @@ impl Election for ElectionService {
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
         require_leader(&self.0, &req)?;
-        super::root_while_auth(&self.0, &req).await?;
+        let who = super::caller(&self.0, &req).await?;
         self.0
-            .resign(req.into_inner())
+            .resign(&who, req.into_inner())
             .await
             .map(Response::new)
             .map_err(client_side_status)

@@ -25,9 +25,9 @@ impl Lock for LockService {
     /// layer then removes the waiter's key.
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         require_leader(&self.0, &req)?;
-        super::root_while_auth(&self.0, &req).await?;
+        let who = super::caller(&self.0, &req).await?;
         self.0
-            .lock(req.into_inner())
+            .lock(&who, req.into_inner())
             .await
             .map(Response::new)
             .map_err(client_side_status)
@@ -38,9 +38,9 @@ impl Lock for LockService {
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
         require_leader(&self.0, &req)?;
-        super::root_while_auth(&self.0, &req).await?;
+        let who = super::caller(&self.0, &req).await?;
         self.0
-            .unlock(req.into_inner())
+            .unlock(&who, req.into_inner())
             .await
             .map(Response::new)
             .map_err(client_side_status)

@@ -113,17 +113,6 @@ pub(crate) async fn caller<T>(
     server.caller(token.as_deref()).await.map_err(status)
 }
 
-/// Lock and Election run their key operations as the member itself, so while auth is on
-/// they are root's only (etcd checks the caller's key permissions instead: stricter here,
-/// never a way around them).
-pub(crate) async fn root_while_auth<T>(
-    server: &EtcdServer,
-    req: &tonic::Request<T>,
-) -> Result<(), Status> {
-    let who = caller(server, req).await?;
-    server.check_admin(&who).map_err(status)
-}
-
 /// etcd's `hasleader` metadata check (`WithRequireLeader`): refuse when there is no leader.
 pub(crate) fn require_leader<T>(
     server: &EtcdServer,
