@@ -276,6 +276,22 @@ def test_dashboard_follows_the_cluster_live(cluster, browser):
                and "10.0.1.5:5432" in d.find_element("id", "postgres").text
                and "primary" in d.find_element("id", "postgres").text)
 
+    # A member hosted by a PostgreSQL server (the extension's member-mode registration): the
+    # server is listed as hosting it, and the member's row names the server.
+    status, ov = call(page_member, "GET", "/admin/v1/cluster")
+    assert status == 200, ov
+    mid = ov["members"][0]["id"]
+    host_reg = {"name": "pg-host-1", "host": "10.0.1.6", "port": 5433, "in_recovery": False,
+                "pid": 43, "server_version": "15.8", "mode": "member", "member_id": mid}
+    status, body = call(page_member, "PUT", "/admin/v1/kv",
+                        {"key": "pgraft/postgres/pg-host-1", "value": json.dumps(host_reg)},
+                        token=TOKEN)
+    assert status == 200, body
+    wait_until("the hosting PostgreSQL server beside its member", 6,
+               lambda: "pg-host-1 (10.0.1.6:5433)" in d.find_element(
+                   "css selector", f'#members tr[data-id="{mid}"]').text
+               and f"hosts member {mid}" in d.find_element("id", "postgres").text)
+
     # Readable on a phone: nothing wider than the screen but the members table's own scroller.
     d.set_window_size(390, 844)
     time.sleep(1.5)

@@ -298,6 +298,24 @@ def test_nodes_listed_on_every_instance(mc):
     assert set(NODE_COLS) <= set(rows[0])
 
 
+def test_each_server_registers_the_member_it_hosts(mc):
+    """The worker registers its PostgreSQL server under pgraft/postgres/<name> (as client mode
+    does), naming the member it hosts: the dashboard shows which server hosts which member."""
+    eps = ",".join(mc.client.values())
+
+    def registered():
+        regs = {n: etcd_get(eps, f"pgraft/postgres/{n}") for n in NAMES}
+        if any(r is None for r in regs.values()):
+            raise AssertionError(f"not all registered: {regs}")
+        return {n: {**json.loads(r["value"]), "_lease": r["lease"]} for n, r in regs.items()}
+
+    regs = wait_for("member-mode registrations", registered, 15)
+    for n, r in regs.items():
+        inst = mc.pc.instance(n)
+        assert r["mode"] == "member" and r["member_id"] == hex_id(mc.ids[n]), (n, r)
+        assert r["port"] == inst.port and r["in_recovery"] is False and r["_lease"] != 0, (n, r)
+
+
 def test_put_on_follower_read_everywhere(mc):
     pc = mc.pc
     leader = leader_of(mc)

@@ -136,11 +136,29 @@ impl Interceptor for Token {
     }
 }
 
-/// Logs `pgraft.username` in on `ch` (etcd's Authenticate); an empty token without a user.
-pub(crate) async fn authenticate(ch: &Channel) -> Result<Token> {
-    let Some((name, password)) = settings::credentials().map_err(Failure::Config)? else {
+/// What a connection needs from the settings, read on a PostgreSQL thread (never from a
+/// runtime thread: settings are PostgreSQL memory).
+#[derive(Clone, Debug)]
+pub struct Access {
+    pub tls: settings::Tls,
+    pub credentials: Option<settings::Credentials>,
+}
+
+impl Access {
+    pub fn from_settings() -> Result<Access> {
+        Ok(Access {
+            tls: settings::tls().map_err(Failure::Config)?,
+            credentials: settings::credentials().map_err(Failure::Config)?,
+        })
+    }
+}
+
+/// Logs the configured user in on `ch` (etcd's Authenticate); an empty token without a user.
+pub(crate) async fn authenticate(ch: &Channel, access: &Access) -> Result<Token> {
+    let Some(creds) = &access.credentials else {
         return Ok(Token(None));
     };
+    let (name, password) = creds.read().map_err(Failure::Config)?;
     let r = AuthClient::new(ch.clone())
         .authenticate(AuthenticateRequest { name, password })
         .await
@@ -211,10 +229,10 @@ fn block_on<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
 /// A channel to the first of `endpoints` that accepts a connection: `http://`, `https://`
 /// (TLS with `pgraft.ca_file`, `pgraft.cert_file` and `pgraft.key_file`) or this server's own
 /// member's `unix://` socket.
-pub(crate) async fn connect(endpoints: &[String]) -> Result<Channel> {
+pub(crate) async fn connect(endpoints: &[String], access: &Access) -> Result<Channel> {
     let mut last = String::new();
     for url in endpoints {
-        match connect_one(url).await {
+        match connect_one(url, &access.tls).await {
             Ok(ch) => return Ok(ch),
             Err(e) => last = format!("{url}: {}", e.message()),
         }
@@ -225,7 +243,7 @@ pub(crate) async fn connect(endpoints: &[String]) -> Result<Channel> {
     )))
 }
 
-async fn connect_one(url: &str) -> Result<Channel> {
+async fn connect_one(url: &str, tls: &settings::Tls) -> Result<Channel> {
     let unreachable = |e: tonic::transport::Error| {
         use std::error::Error as _;
         let cause = e.source().map(|s| format!(": {s}")).unwrap_or_default();
@@ -258,7 +276,6 @@ async fn connect_one(url: &str) -> Result<Channel> {
         .trim_matches(['[', ']'])
         .to_string();
     let port = parsed.port_or_known_default().unwrap_or(443);
-    let tls = settings::tls().map_err(Failure::Config)?;
     let identity = tls.identity.as_ref().map(|(c, k)| {
         (
             std::path::Path::new(c.as_str()),
@@ -297,10 +314,11 @@ fn channel() -> Result<AuthChannel> {
             .filter(|c| c.endpoints == endpoints)
             .map(|c| (c.channel.clone(), c.token.clone()))
     });
+    let access = Access::from_settings()?;
     let (ch, token) = match cached {
         Some(c) => c,
         None => {
-            let ch = block_on(connect(&endpoints))?;
+            let ch = block_on(connect(&endpoints, &access))?;
             CONN.with_borrow_mut(|c| {
                 *c = Some(Conn {
                     endpoints,
@@ -314,7 +332,7 @@ fn channel() -> Result<AuthChannel> {
     let token = match token {
         Some(t) => t,
         None => {
-            let t = block_on(authenticate(&ch))?;
+            let t = block_on(authenticate(&ch, &access))?;
             CONN.with_borrow_mut(|c| {
                 if let Some(c) = c.as_mut() {
                     c.token = Some(t.clone());
@@ -342,9 +360,10 @@ where
     F: FnOnce(AuthChannel) -> Fut,
     Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
 {
+    let access = Access::from_settings()?;
     block_on(async {
-        let ch = connect(&[url.to_string()]).await?;
-        let token = authenticate(&ch).await?;
+        let ch = connect(&[url.to_string()], &access).await?;
+        let token = authenticate(&ch, &access).await?;
         answer(f(InterceptedService::new(ch, token))).await
     })
 }

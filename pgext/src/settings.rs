@@ -211,6 +211,11 @@ pub fn register(preloading: bool) {
     );
 }
 
+/// `pgraft.advertise_host`: the host this server registers under.
+pub fn advertise_host() -> Option<String> {
+    text(&ADVERTISE_HOST)
+}
+
 fn text(s: &GucSetting<Option<CString>>) -> Option<String> {
     s.get()
         .map(|c| c.to_string_lossy().trim().to_string())
@@ -296,18 +301,40 @@ pub fn tls() -> Result<Tls, String> {
     })
 }
 
-/// `pgraft.username` and its password from `pgraft.password_file` (read now, so that a
-/// changed password needs no reload); `None` without a user name.
-pub fn credentials() -> Result<Option<(String, String)>, String> {
+/// `pgraft.username` and where its password is (`pgraft.password_file`). Read from the
+/// settings on a PostgreSQL thread; the file itself is read at each login (so a changed
+/// password needs no reload), from any thread.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub user: String,
+    pub password_file: String,
+}
+
+/// The credentials the settings name; `None` without a user name.
+pub fn credentials() -> Result<Option<Credentials>, String> {
     let Some(user) = text(&USERNAME) else {
         return Ok(None);
     };
-    let file =
+    let password_file =
         text(&PASSWORD_FILE).ok_or("pgraft.username is set but pgraft.password_file is not")?;
-    let content = std::fs::read_to_string(&file)
-        .map_err(|e| format!("pgraft.password_file: cannot read '{file}': {e}"))?;
-    let password = content.lines().next().unwrap_or_default().to_string();
-    Ok(Some((user, password)))
+    Ok(Some(Credentials {
+        user,
+        password_file,
+    }))
+}
+
+impl Credentials {
+    /// The user name and the password (the file's first line).
+    pub fn read(&self) -> Result<(String, String), String> {
+        let content = std::fs::read_to_string(&self.password_file).map_err(|e| {
+            format!(
+                "pgraft.password_file: cannot read '{}': {e}",
+                self.password_file
+            )
+        })?;
+        let password = content.lines().next().unwrap_or_default().to_string();
+        Ok((self.user.clone(), password))
+    }
 }
 
 /// Reads and checks every setting; an error says which setting is wrong and why.

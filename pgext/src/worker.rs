@@ -9,7 +9,7 @@
 //!   the lease, rewriting the key when the server is promoted, and revoking the lease on
 //!   shutdown so the key disappears at once (or within the TTL if the server dies).
 
-use crate::settings::{self, ClientSettings, Mode};
+use crate::settings::{self, Mode};
 use etcd_proto::etcdserverpb::kv_client::KvClient;
 use etcd_proto::etcdserverpb::lease_client::LeaseClient;
 use etcd_proto::etcdserverpb::{
@@ -76,11 +76,33 @@ pub extern "C-unwind" fn pgraft_member_main(_arg: pg_sys::Datum) {
         )),
     );
     let removed = rt.spawn(node.removed());
+    // Registered under pgraft/postgres/<name> as the server hosting this member.
+    let reg = Registration::new(
+        Some(m.name.clone()),
+        settings::advertise_host(),
+        Some(node.server.member_id()),
+    );
+    let access =
+        crate::client::Access::from_settings().unwrap_or_else(|f| error!("{}", f.message()));
+    let registrar = Registrar::new(
+        reg,
+        vec![format!("unix://{}", settings::MEMBER_SOCKET)],
+        access,
+        settings::REGISTRATION_TTL.get() as i64,
+    );
+    let recovery = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(in_recovery()));
+    let (stop_registering, stop) = tokio::sync::watch::channel(false);
+    let registering = rt.spawn(registrar.run(recovery.clone(), stop));
     while BackgroundWorker::wait_latch(Some(Duration::from_millis(200))) {
         if removed.is_finished() {
             log!("pgraft: member '{}' was removed from the cluster", m.name);
             break;
         }
+        recovery.store(in_recovery(), std::sync::atomic::Ordering::Release);
+    }
+    let _ = stop_registering.send(true);
+    if let Ok(mut registrar) = rt.block_on(registering) {
+        registrar.withdraw(&rt);
     }
     crate::shmem::set_serving(false);
     log!("pgraft: member '{}' stopping", m.name);
@@ -90,56 +112,78 @@ pub extern "C-unwind" fn pgraft_member_main(_arg: pg_sys::Datum) {
     // shutdown, and for a removed member, which must stay stopped.
 }
 
-/// The registration key and value of this server.
+/// The registration key and value of this server: in client mode, a server using the
+/// cluster; in member mode, the server hosting member `member_id` (so that the dashboard and
+/// etcdctl show which members live in which PostgreSQL server).
 struct Registration {
     key: String,
     name: String,
     host: String,
     port: i32,
+    /// The member hosted here (member mode).
+    member_id: Option<u64>,
 }
 
 impl Registration {
-    fn new(c: &ClientSettings) -> Self {
+    fn new(name: Option<String>, advertise_host: Option<String>, member_id: Option<u64>) -> Self {
         // SAFETY: PostgreSQL globals, read on the worker's main thread.
         let port = unsafe { pg_sys::PostPortNumber };
-        let host = c.advertise_host.clone().unwrap_or_else(|| {
+        let host = advertise_host.unwrap_or_else(|| {
             hostname::get()
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_else(|_| "localhost".into())
         });
-        let name = c.name.clone().unwrap_or_else(|| format!("{host}:{port}"));
+        let name = name.unwrap_or_else(|| format!("{host}:{port}"));
         Registration {
             key: format!("{}{name}", settings::REGISTRATION_PREFIX),
             name,
             host,
             port,
+            member_id,
         }
     }
 
     fn value(&self, in_recovery: bool) -> Vec<u8> {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "name": self.name,
             "host": self.host,
             "port": self.port,
             "in_recovery": in_recovery,
             "pid": std::process::id(),
             "server_version": env!("CARGO_PKG_VERSION"),
-        })
-        .to_string()
-        .into_bytes()
+            "mode": if self.member_id.is_some() { "member" } else { "client" },
+        });
+        if let Some(id) = self.member_id {
+            v["member_id"] = format!("{id:x}").into();
+        }
+        v.to_string().into_bytes()
     }
 }
 
 /// One lease-backed registration at a time; remade when the lease is lost.
 struct Registrar {
+    reg: Registration,
     endpoints: Vec<String>,
+    /// TLS and credentials, read from the settings on the worker's main thread.
+    access: crate::client::Access,
     ttl: i64,
     lease: i64,
     written_recovery: Option<bool>,
     channel: Option<crate::client::AuthChannel>,
+    /// When to renew next (well within the TTL; sooner after a failure).
+    next: Instant,
+    failing: bool,
+    /// Renewals run on the worker's main thread (client mode), not on a runtime thread.
+    on_main_thread: bool,
 }
 
 type AnyResult<T> = std::result::Result<T, String>;
+
+/// Whether this server is a standby (on a worker's main thread).
+fn in_recovery() -> bool {
+    // SAFETY: a PostgreSQL function, called on the worker's main thread.
+    unsafe { pg_sys::RecoveryInProgress() }
+}
 
 impl Registrar {
     /// A channel with `pgraft.username`'s token, made again after any failure (a new login
@@ -148,10 +192,10 @@ impl Registrar {
         if let Some(c) = &self.channel {
             return Ok(c.clone());
         }
-        let ch = crate::client::connect(&self.endpoints)
+        let ch = crate::client::connect(&self.endpoints, &self.access)
             .await
             .map_err(|f| f.message())?;
-        let token = crate::client::authenticate(&ch)
+        let token = crate::client::authenticate(&ch, &self.access)
             .await
             .map_err(|f| f.message())?;
         let ch = tonic::service::interceptor::InterceptedService::new(ch, token);
@@ -159,10 +203,112 @@ impl Registrar {
         Ok(ch)
     }
 
+    fn new(
+        reg: Registration,
+        endpoints: Vec<String>,
+        access: crate::client::Access,
+        ttl: i64,
+    ) -> Self {
+        log!(
+            "pgraft: registering this server as '{}' at {}",
+            reg.key,
+            endpoints.join(",")
+        );
+        Registrar {
+            reg,
+            endpoints,
+            access,
+            ttl,
+            lease: 0,
+            written_recovery: None,
+            channel: None,
+            next: Instant::now(),
+            failing: false,
+            on_main_thread: true,
+        }
+    }
+
+    /// Called on the client worker's main thread every latch wakeup: renews the registration
+    /// when due or when the server's recovery state changed.
+    fn tick(&mut self, rt: &tokio::runtime::Runtime) {
+        rt.block_on(self.step(in_recovery()));
+    }
+
+    /// Logs to the server log: through PostgreSQL on the client worker's main thread, through
+    /// tracing (stderr, which is the server log too) from the member worker's runtime, whose
+    /// threads must never call into PostgreSQL.
+    fn say(&self, warn: bool, m: &str) {
+        match (self.on_main_thread, warn) {
+            (true, true) => warning!("pgraft: {m}"),
+            (true, false) => log!("pgraft: {m}"),
+            (false, true) => tracing::warn!("pgraft: {m}"),
+            (false, false) => tracing::info!("pgraft: {m}"),
+        }
+    }
+
+    /// Renews the registration when due or when `in_recovery` changed (at most 5 s).
+    async fn step(&mut self, in_recovery: bool) {
+        if Instant::now() < self.next && self.written_recovery == Some(in_recovery) {
+            return;
+        }
+        let r = tokio::time::timeout(Duration::from_secs(5), self.refresh(in_recovery))
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()));
+        match r {
+            Ok(()) => {
+                if self.failing {
+                    self.say(false, &format!("registration '{}' restored", self.reg.key));
+                }
+                self.failing = false;
+                let period = Duration::from_millis((self.ttl as u64 * 1000 / 3).max(500));
+                self.next = Instant::now() + period;
+            }
+            Err(e) => {
+                self.channel = None;
+                if !self.failing {
+                    let m = format!("cannot register '{}': {e}; retrying", self.reg.key);
+                    self.say(true, &m);
+                }
+                self.failing = true;
+                self.next = Instant::now() + Duration::from_secs(1);
+            }
+        }
+    }
+
+    /// For the member worker, whose main thread must stay free for its latch: renews on the
+    /// runtime, with the recovery state the main thread publishes in `recovery`, until `stop`
+    /// changes; gives the registrar back for its withdrawal.
+    async fn run(
+        mut self,
+        recovery: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        use std::sync::atomic::Ordering;
+        self.on_main_thread = false;
+        loop {
+            tokio::select! {
+                _ = self.step(recovery.load(Ordering::Acquire)) => {}
+                _ = stop.changed() => return self,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = stop.changed() => return self,
+            }
+        }
+    }
+
+    /// Revokes the lease, so the key goes at once (bounded: the cluster may be gone).
+    fn withdraw(&mut self, rt: &tokio::runtime::Runtime) {
+        rt.block_on(async {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.revoke()).await;
+        });
+        log!("pgraft: registration '{}' withdrawn", self.reg.key);
+    }
+
     /// Makes sure the key is there with the current recovery state, renewing the lease.
-    async fn refresh(&mut self, reg: &Registration, in_recovery: bool) -> AnyResult<()> {
+    async fn refresh(&mut self, in_recovery: bool) -> AnyResult<()> {
         let ch = self.channel().await?;
-        let r = self.refresh_on(ch, reg, in_recovery).await;
+        let r = self.refresh_on(ch, in_recovery).await;
         if r.is_err() {
             self.channel = None;
         }
@@ -172,9 +318,9 @@ impl Registrar {
     async fn refresh_on(
         &mut self,
         ch: crate::client::AuthChannel,
-        reg: &Registration,
         in_recovery: bool,
     ) -> AnyResult<()> {
+        let reg = &self.reg;
         let mut lease = LeaseClient::new(ch.clone());
         if self.lease != 0 {
             // A unary keepalive: one request on a stream, one answer.
@@ -241,54 +387,12 @@ pub extern "C-unwind" fn pgraft_registration_main(_arg: pg_sys::Datum) {
         .enable_all()
         .build()
         .unwrap_or_else(|e| error!("pgraft: cannot start the runtime: {e}"));
-    let reg = Registration::new(&c);
-    let mut registrar = Registrar {
-        endpoints: c.endpoints.clone(),
-        ttl: c.registration_ttl,
-        lease: 0,
-        written_recovery: None,
-        channel: None,
-    };
-    // Renew well within the TTL; retry sooner after a failure.
-    let period = Duration::from_millis((c.registration_ttl as u64 * 1000 / 3).max(500));
-    let mut next = Instant::now();
-    let mut failing = false;
-    log!(
-        "pgraft: registering this server as '{}' at {}",
-        reg.key,
-        c.endpoints.join(",")
-    );
+    let reg = Registration::new(c.name.clone(), c.advertise_host.clone(), None);
+    let access =
+        crate::client::Access::from_settings().unwrap_or_else(|f| error!("{}", f.message()));
+    let mut registrar = Registrar::new(reg, c.endpoints.clone(), access, c.registration_ttl);
     while BackgroundWorker::wait_latch(Some(Duration::from_millis(250))) {
-        // SAFETY: a PostgreSQL function, called on the worker's main thread.
-        let in_recovery = unsafe { pg_sys::RecoveryInProgress() };
-        if Instant::now() < next && registrar.written_recovery == Some(in_recovery) {
-            continue;
-        }
-        let r = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), registrar.refresh(&reg, in_recovery))
-                .await
-                .unwrap_or_else(|_| Err("timed out".into()))
-        });
-        match r {
-            Ok(()) => {
-                if failing {
-                    log!("pgraft: registration '{}' restored", reg.key);
-                }
-                failing = false;
-                next = Instant::now() + period;
-            }
-            Err(e) => {
-                registrar.channel = None;
-                if !failing {
-                    warning!("pgraft: cannot register '{}': {e}; retrying", reg.key);
-                }
-                failing = true;
-                next = Instant::now() + Duration::from_secs(1);
-            }
-        }
+        registrar.tick(&rt);
     }
-    rt.block_on(async {
-        let _ = tokio::time::timeout(Duration::from_secs(2), registrar.revoke()).await;
-    });
-    log!("pgraft: registration '{}' withdrawn", reg.key);
+    registrar.withdraw(&rt);
 }

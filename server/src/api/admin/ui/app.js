@@ -100,6 +100,8 @@ function renderOverview(o) {
     }
     tr.appendChild(rep);
     tr.appendChild(el("td", bytes(m.db_size)));
+    const host = pgHosts.get(m.id);
+    tr.appendChild(el("td", host ? host.name + " (" + host.address + ")" : "–", "pg-host"));
     const act = el("td", null, "admin");
     if (m.role !== "leader" && !m.is_learner) act.appendChild(button("Make leader", () => transfer(m.id)));
     if (m.is_learner) act.appendChild(button("Promote", () => memberCall("POST", "/admin/v1/members/" + m.id + "/promote")));
@@ -279,10 +281,13 @@ async function openKey(kv, li) {
   } catch (e) { showError(e); }
 }
 
-// ---- PostgreSQL servers registered in client mode (pgraft/postgres/<name>) ----
+// ---- PostgreSQL servers registered (pgraft/postgres/<name>): in client mode, servers using
+// the cluster; in member mode, the servers hosting members (shown beside those members) ----
 
 const PG_PREFIX = "pgraft/postgres/";
 let pgPolls = 0;
+// member id -> the PostgreSQL server hosting it (registrations in member mode).
+let pgHosts = new Map();
 
 async function pollPostgres() {
   const tbody = $("postgres").querySelector("tbody");
@@ -291,26 +296,34 @@ async function pollPostgres() {
     page = await api("GET", "/admin/v1/kv?" + new URLSearchParams({ prefix: PG_PREFIX, limit: "200" }));
   } catch (e) {
     const td = el("td", "cannot list " + PG_PREFIX + ": " + e.message);
-    td.colSpan = 5;
+    td.colSpan = 6;
     const tr = el("tr"); tr.appendChild(td);
     tbody.replaceChildren(tr);
     return;
   }
+  const hosts = new Map();
   const rows = page.kvs.map((kv) => {
     let v = {};
     try { v = kv.value_encoding === "utf8" ? JSON.parse(kv.value) : {}; } catch (e) { v = {}; }
     const tr = el("tr");
     tr.dataset.name = v.name || kv.key.slice(PG_PREFIX.length);
+    const address = v.host !== undefined ? v.host + ":" + v.port : "–";
     tr.appendChild(el("td", tr.dataset.name));
-    tr.appendChild(el("td", v.host !== undefined ? v.host + ":" + v.port : "–"));
+    tr.appendChild(el("td", address));
+    tr.appendChild(el("td", v.mode === "member" ? "hosts member " + (v.member_id || "?") : "client"));
     tr.appendChild(el("td", v.in_recovery === undefined ? "–" : (v.in_recovery ? "replica" : "primary")));
     tr.appendChild(el("td", v.server_version || "–"));
     tr.appendChild(el("td", kv.lease || "none"));
+    if (v.mode === "member" && v.member_id) hosts.set(String(v.member_id), { name: tr.dataset.name, address });
     return tr;
   });
+  const changed = hosts.size !== pgHosts.size ||
+    [...hosts].some(([id, h]) => { const o = pgHosts.get(id); return !o || o.name !== h.name || o.address !== h.address; });
+  pgHosts = hosts;
+  if (changed && overview) renderOverview(overview);
   if (!rows.length) {
     const td = el("td", "none registered");
-    td.colSpan = 5;
+    td.colSpan = 6;
     const tr = el("tr"); tr.appendChild(td);
     rows.push(tr);
   }
