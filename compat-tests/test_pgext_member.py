@@ -314,6 +314,13 @@ def test_each_server_registers_the_member_it_hosts(mc):
         inst = mc.pc.instance(n)
         assert r["mode"] == "member" and r["member_id"] == hex_id(mc.ids[n]), (n, r)
         assert r["port"] == inst.port and r["in_recovery"] is False and r["_lease"] != 0, (n, r)
+    # The same overview in SQL, on every server.
+    for inst in mc.pc:
+        out = sql(inst, "SELECT name, port, mode, member_id, in_recovery "
+                        "FROM pgraft_get_postgres_servers() ORDER BY name")
+        rows = [line.split("|") for line in out.splitlines()]
+        assert rows == [[n, str(mc.pc.instance(n).port), "member", hex_id(mc.ids[n]), "f"]
+                        for n in NAMES], (inst.name, rows)
 
 
 def test_put_on_follower_read_everywhere(mc):

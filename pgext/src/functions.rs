@@ -272,6 +272,51 @@ fn pgraft_get_nodes() -> TableIterator<
     }))
 }
 
+/// A row per PostgreSQL server registered with the cluster (the `pgraft/postgres/<name>` keys
+/// the extension's workers keep on a lease): servers using it in client mode, and servers
+/// hosting a member (`member_id`), as the dashboard shows them. Keys whose value is not a
+/// registration are listed with what can be read (their name).
+#[pg_extern]
+#[allow(clippy::type_complexity)]
+fn pgraft_get_postgres_servers() -> TableIterator<
+    'static,
+    (
+        name!(name, String),
+        name!(host, Option<String>),
+        name!(port, Option<i32>),
+        name!(mode, Option<String>),
+        name!(member_id, Option<String>),
+        name!(in_recovery, Option<bool>),
+        name!(server_version, Option<String>),
+        name!(lease, i64),
+    ),
+> {
+    let prefix = crate::settings::REGISTRATION_PREFIX.as_bytes();
+    let r = or_raise(range(RangeRequest {
+        key: prefix.to_vec(),
+        range_end: prefix_end(prefix),
+        ..Default::default()
+    }));
+    TableIterator::new(r.kvs.into_iter().map(|kv| {
+        let v: serde_json::Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        let name = s("name")
+            .unwrap_or_else(|| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned());
+        (
+            name,
+            s("host"),
+            v.get("port")
+                .and_then(|x| x.as_i64())
+                .and_then(|p| i32::try_from(p).ok()),
+            s("mode"),
+            s("member_id"),
+            v.get("in_recovery").and_then(|x| x.as_bool()),
+            s("server_version"),
+            kv.lease,
+        )
+    }))
+}
+
 /// One row: the raft log of the member serving this session.
 #[pg_extern]
 #[allow(clippy::type_complexity)]

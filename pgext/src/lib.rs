@@ -104,7 +104,7 @@ REVOKE ALL ON FUNCTION
     pgraft_kv_get(text), pgraft_kv_exists(text), pgraft_kv_list_keys(text),
     pgraft_is_leader(), pgraft_get_leader(), pgraft_get_term(),
     pgraft_get_cluster_status(), pgraft_get_nodes(), pgraft_log_get_stats(),
-    pgraft_log_get_replication_status()
+    pgraft_log_get_replication_status(), pgraft_get_postgres_servers()
 FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     pgraft_kv_put(text, text), pgraft_kv_delete(text),
@@ -114,7 +114,7 @@ GRANT EXECUTE ON FUNCTION
     pgraft_kv_get(text), pgraft_kv_exists(text), pgraft_kv_list_keys(text),
     pgraft_is_leader(), pgraft_get_leader(), pgraft_get_term(),
     pgraft_get_cluster_status(), pgraft_get_nodes(), pgraft_log_get_stats(),
-    pgraft_log_get_replication_status()
+    pgraft_log_get_replication_status(), pgraft_get_postgres_servers()
 TO pgraft_reader;
 "#,
     name = "pgraft_privileges",
