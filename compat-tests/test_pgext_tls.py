@@ -14,39 +14,26 @@ leader and replicate, and their https client address refuses a client without a 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 import types
-from pathlib import Path
 
 import pytest
 
 from harness import free_ports
 from pg_cluster import PgCluster, sql, try_sql, wait_for
 from pgext_common import require_pgext
-from test_tls import TlsServer, issue, make_ca
+from test_tls import TlsServer, readable_pki
 
 USER, PASSWORD = "pguser", "pg-secret"
 
 
 @pytest.fixture(scope="module")
 def pki():
-    """Certificates readable by PostgreSQL's OS user (outside pytest's private tree)."""
+    """Certificates readable by PostgreSQL's OS user, and the user's password files."""
     require_pgext()
-    d = Path(tempfile.mkdtemp(prefix="pgraft-pgext-pki-",
-                              dir=os.environ.get("PATRONI_TMP") or "/tmp"))
-    try:
-        make_ca(d, "ca")
-        for cn in ("server", "root", "pgclient", "n1", "n2", "n3"):
-            issue(d, "ca", cn)
-        (d / "password").write_text(PASSWORD + "\n")
-        (d / "wrong-password").write_text("nope\n")
-        for p in [d, *d.iterdir()]:
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    with readable_pki(("server", "root", "pgclient", "n1", "n2", "n3"),
+                      files={"password": PASSWORD + "\n", "wrong-password": "nope\n"}) as d:
         yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_client_mode_over_tls_with_a_user(pki):

@@ -8,9 +8,13 @@ user (root may do everything, alice only her keys, an unknown name nothing).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -178,23 +182,29 @@ def test_tls_session_matches_etcd(outcomes):
 PATRONI_NAMESPACE = "/pgraft-compat/"
 
 
-@pytest.fixture(scope="module")
-def shared_pki() -> Path:
-    """A PKI Patroni (running as PostgreSQL's OS user) can read: outside pytest's private
-    temporary tree, as PatroniCluster's own directories are."""
-    import os
-    import shutil
-    import tempfile
+@contextlib.contextmanager
+def readable_pki(cns, files: dict[str, str] | None = None):
+    """A CA `ca` and a certificate per common name in `cns` (plus `files`: name -> text) in a
+    directory PostgreSQL's OS user (Patroni, the extension) can read: outside pytest's private
+    temporary tree, as PatroniCluster's own directories are. Removed afterwards."""
     d = Path(tempfile.mkdtemp(prefix="pgraft-pki-", dir=os.environ.get("PATRONI_TMP") or "/tmp"))
     try:
         make_ca(d, "ca")
-        for cn in ("server", "root", "patroni"):
+        for cn in cns:
             issue(d, "ca", cn)
+        for name, text in (files or {}).items():
+            (d / name).write_text(text)
         for p in [d, *d.iterdir()]:
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def shared_pki():
+    with readable_pki(("server", "root", "patroni")) as d:
+        yield d
 
 
 def test_patroni_over_https_with_auth(shared_pki):

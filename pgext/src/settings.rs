@@ -459,20 +459,17 @@ impl MemberSettings {
                 .identity
                 .as_ref()
                 .ok_or("https:// member URLs need pgraft.cert_file and pgraft.key_file")?;
-            if https_peers {
-                tls_args.push(format!("--peer-cert-file={cert}"));
-                tls_args.push(format!("--peer-key-file={key}"));
-                if let Some(ca) = &tls.ca_file {
-                    tls_args.push(format!("--peer-trusted-ca-file={ca}"));
-                    tls_args.push("--peer-client-cert-auth=true".into());
+            // The same files for each side that serves https: `--peer-*` flags, then the
+            // client port's (the CA, when given, also requires the other end's certificate).
+            for (on, flag) in [(https_peers, "--peer-"), (https_client, "--")] {
+                if !on {
+                    continue;
                 }
-            }
-            if https_client {
-                tls_args.push(format!("--cert-file={cert}"));
-                tls_args.push(format!("--key-file={key}"));
+                tls_args.push(format!("{flag}cert-file={cert}"));
+                tls_args.push(format!("{flag}key-file={key}"));
                 if let Some(ca) = &tls.ca_file {
-                    tls_args.push(format!("--trusted-ca-file={ca}"));
-                    tls_args.push("--client-cert-auth=true".into());
+                    tls_args.push(format!("{flag}trusted-ca-file={ca}"));
+                    tls_args.push(format!("{flag}client-cert-auth=true"));
                 }
             }
         }

@@ -151,17 +151,17 @@ impl Node {
             Some(f) => Some(Arc::new(ServerTls::new(f, None).map_err(tls_err)?)),
             None => None,
         };
-        let peer_tls = match cfg.peer_tls().map_err(cfg_err)? {
+        // One set of peer files: this member's peer port, and the dialing of its peers.
+        let (peer_tls, dialer) = match cfg.peer_tls().map_err(cfg_err)? {
             Some(f) => {
                 let allowed_cn = (!cfg.peer_cert_allowed_cn.is_empty())
                     .then(|| cfg.peer_cert_allowed_cn.clone());
-                Some(Arc::new(ServerTls::new(f, allowed_cn).map_err(tls_err)?))
+                let dialer =
+                    Dialer::new(Some(Arc::new(ClientTls::new(f.clone()).map_err(tls_err)?)));
+                let server = Arc::new(ServerTls::new(f, allowed_cn).map_err(tls_err)?);
+                (Some(server), dialer)
             }
-            None => None,
-        };
-        let dialer = match cfg.peer_tls().map_err(cfg_err)? {
-            Some(f) => Dialer::new(Some(Arc::new(ClientTls::new(f).map_err(tls_err)?))),
-            None => Dialer::default(),
+            None => (None, Dialer::default()),
         };
 
         let backend = Backend::open(&cfg.data_dir())?;
