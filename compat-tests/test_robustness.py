@@ -1,5 +1,5 @@
-"""The short robustness run (issue 17): 3-member clusters under load from gRPC (etcdctl) and
-JSON-gateway clients and watchers, one fault per run, every member killed and restarted at the
+"""The short robustness run (issue 17): 3-member clusters (and one of 5) under load from gRPC
+(etcdctl) and JSON-gateway clients and watchers, one fault per run, every member killed and restarted at the
 end, and every checker of compat-tests/jepsen over the recorded history (see
 compat-tests/README.md, "Robustness runs"). Fixed seeds; several fault kinds against pgraftd
 and one run against etcd 3.4.23 as the control; and one run of a pgraftd with a deliberately
@@ -18,24 +18,32 @@ from cluster import report  # noqa: E402
 from conftest import candidate_kind, reference_only  # noqa: E402
 from jepsen.runner import failed, run_once  # noqa: E402
 
+# (server, seed, fault, members)
 RUNS = [
-    ("pgraftd", 11, "kill-leader"),
-    ("pgraftd", 12, "pause-follower"),
-    ("pgraftd", 13, "partition-leader"),
-    ("pgraftd", 14, "oneway-leader"),
-    ("pgraftd", 15, "member-replace"),
-    ("pgraftd", 17, "slow-disk-leader"),
-    ("pgraftd", 18, "clock-jump-leader"),
-    ("etcd", 16, "kill-follower"),
+    ("pgraftd", 11, "kill-leader", 3),
+    ("pgraftd", 12, "pause-follower", 3),
+    ("pgraftd", 13, "partition-leader", 3),
+    ("pgraftd", 14, "oneway-leader", 3),
+    ("pgraftd", 15, "member-replace", 3),
+    ("pgraftd", 17, "slow-disk-leader", 3),
+    ("pgraftd", 18, "clock-jump-leader", 3),
+    # Five members: the leader cut off leaves four, which elect one of them.
+    ("pgraftd", 19, "partition-leader", 5),
+    ("etcd", 16, "kill-follower", 3),
 ]
 
 
-@pytest.mark.parametrize("kind,seed,fault", RUNS, ids=[f"{k}-{f}" for k, _, f in RUNS])
-def test_robustness(kind, seed, fault):
+def _run_id(kind, fault, members):
+    return f"{kind}-{fault}" + (f"-{members}members" if members != 3 else "")
+
+
+@pytest.mark.parametrize("kind,seed,fault,members", RUNS,
+                         ids=[_run_id(k, f, n) for k, _, f, n in RUNS])
+def test_robustness(kind, seed, fault, members):
     """With COMPAT_REFERENCE_ONLY=1, etcd runs the pgraftd runs too (checks the harness)."""
     kind = candidate_kind() if kind == "pgraftd" else kind
-    r = run_once(kind, seed, fault, duration=4.0)
-    report(f"robustness[{kind}-{fault}]", seed=seed, ops=r["ops"],
+    r = run_once(kind, seed, fault, duration=4.0, members=members)
+    report(f"robustness[{_run_id(kind, fault, members)}]", seed=seed, ops=r["ops"],
            unknown=r["ops_unknown"], events=r["events"], seconds=r["seconds"],
            verdicts={n: v["verdict"] for n, v in r["verdicts"].items()})
     assert not r["client_bugs"], r["client_bugs"]

@@ -133,6 +133,11 @@ impl StateMachine for Applier {
         let mut batch = self.backend.db.batch();
         for change in cc.get_changes() {
             let id = change.node_id;
+            if id == 0 {
+                // Raft ignores a change of node 0 (no member has that id): so does the
+                // membership, which would otherwise list a member raft never heard of.
+                continue;
+            }
             let member = |is_learner: bool| {
                 let mut m = ctx.member.clone().unwrap_or_default();
                 m.id = id;

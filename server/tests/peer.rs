@@ -198,3 +198,222 @@ async fn malformed_raft_messages_from_a_peer_are_dropped() {
         );
     }
 }
+
+/// Raft messages no member sends, to the members of a 3-member cluster, in the name of another
+/// member: the kinds the peer fuzzer (`tests/fuzz_peer.rs`) found stopping a member (raft-rs
+/// panicked, aborting the process) or cutting a member off for good, and the membership
+/// changes no member proposes. Each is dropped before raft steps it; the members serve on,
+/// at the same term, with the same members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_raft_messages_to_a_cluster_are_dropped() {
+    use etcd_proto::etcdserverpb::{
+        kv_client::KvClient, MemberAddRequest, MemberRemoveRequest, PutRequest,
+    };
+    use pgraft_server::Node;
+    use protobuf::Message as _;
+    use raft::eraftpb::{
+        ConfChangeSingle, ConfChangeTransition, ConfChangeV2, Entry, EntryType, Message,
+        MessageType,
+    };
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    // A member may be added at once (not only after every member was connected for a while).
+    let nodes = common::start_cluster(dir.path(), 3, &["--strict-reconfig-check=false"]).await;
+    let leader_of = |nodes: &[Node]| {
+        nodes
+            .iter()
+            .position(|n| n.server.raft.status.is_leader())
+            .expect("a leader")
+    };
+    let l = leader_of(&nodes);
+    let f = (l + 1) % 3;
+    let (leader, follower) = (&nodes[l], &nodes[f]);
+    let id = |n: &Node| n.server.member_id();
+    // One message on a new raft stream from member `from` to `to`.
+    let send = |to: &Node, m: Message| {
+        let (peer, cluster) = (to.peer_addrs[0], to.server.cluster_id());
+        async move {
+            let mut s = TcpStream::connect(peer).await.unwrap();
+            let mut out = wire::preamble(cluster, m.from).to_vec();
+            wire::put_message(&mut out, &m);
+            s.write_all(&out).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    // A put through `n`, retried for a while (a message may cost an election).
+    let serves = |n: &Node| {
+        let url = format!("http://{}", n.client_addrs[0]);
+        async move {
+            let mut kv = KvClient::connect(url).await.unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let put = kv.put(PutRequest {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                });
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), put).await {
+                    return true;
+                }
+                if Instant::now() > deadline {
+                    return false;
+                }
+            }
+        }
+    };
+    let message = |kind: MessageType, from: &Node, to: &Node| {
+        let mut m = Message::default();
+        m.set_msg_type(kind);
+        m.from = id(from);
+        m.to = id(to);
+        m.term = to.server.raft.status.term();
+        m
+    };
+    let term = leader.server.raft.status.term();
+    let last = leader.server.raft.report().await.unwrap().last_index;
+
+    // To a follower, from its leader.
+    let mut cases = Vec::new();
+    // A proposal, a read request and a leadership transfer request are forwarded to the leader
+    // as they came: with a term, raft-rs panicked sending them (without one, the leader
+    // refused the follower's stream for a message from another member).
+    let mut m = message(MessageType::MsgPropose, leader, follower);
+    m.mut_entries().push(Entry::default());
+    cases.push((follower, m));
+    let mut m = message(MessageType::MsgReadIndex, leader, follower);
+    m.mut_entries().push(Entry::default());
+    cases.push((follower, m));
+    cases.push((
+        follower,
+        message(MessageType::MsgTransferLeader, leader, follower),
+    ));
+    // Without a term, raft-rs takes a message for one of its own: a read index answer
+    // committed past the log.
+    let mut m = message(MessageType::MsgReadIndexResp, leader, follower);
+    m.term = 0;
+    m.index = last + 1000;
+    m.mut_entries().push(Entry::default());
+    cases.push((follower, m));
+    // Log term 0 past the log matched, and the entries went in after a gap.
+    let mut m = message(MessageType::MsgAppend, leader, follower);
+    m.index = last + 1000;
+    m.mut_entries().push(Entry {
+        index: last + 1001,
+        term,
+        ..Default::default()
+    });
+    cases.push((follower, m));
+    // A term near u64::MAX: the next campaign overflowed.
+    let mut m = message(MessageType::MsgHeartbeatResponse, leader, follower);
+    m.term = u64::MAX - 1;
+    cases.push((follower, m));
+
+    // To the leader, from a follower.
+    // A read request without its context: raft-rs read the context of a missing entry.
+    let mut m = message(MessageType::MsgReadIndex, follower, leader);
+    m.term = 0;
+    cases.push((leader, m));
+    // An acknowledgement past the leader's log: the leader's heartbeats then committed past
+    // the follower's log, and the follower refused every one of them; at u64::MAX, raft-rs
+    // overflowed.
+    for index in [1 << 40, u64::MAX] {
+        let mut m = message(MessageType::MsgAppendResponse, follower, leader);
+        m.index = index;
+        cases.push((leader, m));
+    }
+    // Membership changes no member proposes: an empty conf change decodes as the addition of
+    // node 0, which raft ignores but the membership took for a member; an explicit joint
+    // configuration (here of node 0 only) is never left, and no change passes after it.
+    let mut m = message(MessageType::MsgPropose, follower, leader);
+    m.term = 0;
+    let mut e = Entry::default();
+    e.set_entry_type(EntryType::EntryConfChange);
+    m.mut_entries().push(e);
+    cases.push((leader, m));
+    let mut m = message(MessageType::MsgPropose, follower, leader);
+    m.term = 0;
+    let mut cc = ConfChangeV2::default();
+    cc.set_transition(ConfChangeTransition::Explicit);
+    cc.mut_changes().push(ConfChangeSingle::default());
+    let mut e = Entry::default();
+    e.set_entry_type(EntryType::EntryConfChangeV2);
+    e.data = cc.write_to_bytes().unwrap().into();
+    m.mut_entries().push(e);
+    cases.push((leader, m));
+
+    for (to, m) in cases {
+        let what = format!(
+            "{:?} term {} to member {:x}",
+            m.get_msg_type(),
+            m.term,
+            m.to
+        );
+        send(to, m).await;
+        for n in &nodes {
+            assert!(serves(n).await, "a member stopped serving after {what}");
+        }
+        assert_eq!(
+            nodes[leader_of(&nodes)].server.raft.status.term(),
+            term,
+            "{what} changed the term"
+        );
+    }
+
+    // The same three members, and membership changes still pass.
+    assert_eq!(leader.server.membership.members().len(), 3);
+    let add = leader.server.member_add(MemberAddRequest {
+        peer_ur_ls: vec!["http://127.0.0.1:1".into()],
+        is_learner: true,
+    });
+    let added = tokio::time::timeout(Duration::from_secs(10), add)
+        .await
+        .expect("a member added in time")
+        .expect("a member added")
+        .member
+        .unwrap();
+    let remove = leader
+        .server
+        .member_remove(MemberRemoveRequest { id: added.id });
+    tokio::time::timeout(Duration::from_secs(10), remove)
+        .await
+        .expect("the member removed in time")
+        .expect("the member removed");
+
+    // A refusal hinting past its append: raft-rs adds one to the hint when the refusal is of
+    // the append it probes the follower with. Stopped, the follower is probed.
+    let [a, b, c] = <[Node; 3]>::try_from(nodes).ok().unwrap();
+    let (leader, follower, other) = match (l, f) {
+        (0, 1) => (a, b, c),
+        (1, 2) => (b, c, a),
+        _ => (c, a, b),
+    };
+    let follower_id = id(&follower);
+    follower.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let probe = loop {
+        let report = leader.server.raft.report().await.unwrap();
+        let p = report
+            .progress
+            .iter()
+            .find(|p| p.id == follower_id)
+            .unwrap();
+        if p.state == "probe" {
+            break p.next_idx - 1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stopped follower is not probed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut m = message(MessageType::MsgAppendResponse, &leader, &leader);
+    m.from = follower_id;
+    m.reject = true;
+    m.index = probe;
+    m.reject_hint = u64::MAX;
+    send(&leader, m).await;
+    assert!(serves(&leader).await, "the leader stopped serving");
+    other.stop().await;
+    leader.stop().await;
+}

@@ -487,21 +487,91 @@ pub(super) fn poll_recv<T>(
     rx.recv_timeout(wait.saturating_sub(SPIN_BEFORE_SLEEP))
 }
 
+/// What a peer message is checked against: this member's raft state when it is stepped.
+struct Local {
+    term: u64,
+    last_index: u64,
+    leader: bool,
+}
+
+/// How far a peer's term may lead: raft takes any later term as its own, and one near
+/// `u64::MAX` overflowed at the next campaign. A term may be up to [`MAX_TERM_LEAD`] past the
+/// larger of this member's term and [`TERM_CEILING`]: no cluster gets to the ceiling by
+/// elections (at one a second, not in a hundred billion years), so no honest term is ever
+/// refused, and one message can move a member at most that far. A bound on every jump
+/// (this member's term plus a lead) would cut off a member lagging a term behind another
+/// that took a jump within its own bound and then campaigned: the laggard would refuse its
+/// every message from then on. Past the ceiling, where only a peer's jump takes a cluster,
+/// that can still happen.
+const TERM_CEILING: u64 = 1 << 62;
+const MAX_TERM_LEAD: u64 = 1 << 32;
+
 /// Whether a message from a peer may be stepped: raft-rs trusts its peers and panics on some
-/// malformed messages (an empty proposal; a heartbeat committing past this member's log;
-/// entries that do not follow the append's position), and a panic stops the raft loop, the
-/// member with it. No member sends these; anything on the peer port could.
-fn admissible(m: &Message, last_index: u64) -> std::result::Result<(), &'static str> {
+/// malformed messages (an empty proposal or read request; a message without a term, or with
+/// one near `u64::MAX`; a heartbeat committing past this member's log; an append positioned
+/// past it, or with entries that do not follow its position; an acknowledgement past the
+/// leader's log), and a panic stops the raft loop, the member with it. Others cut a member
+/// off for good, or change the membership in ways no member asks for. No member sends these;
+/// anything on the peer port could (`tests/fuzz_peer.rs` sends them).
+///
+/// A follower forwards a proposal, a read request or a leadership transfer request to its
+/// leader as it came, `from` and term included: raft-rs panics sending one with a term, and
+/// the leader would refuse a message that another member's stream carries, closing the stream
+/// with it. So only a leader takes them (one with a later term makes it step down first, and
+/// it then drops it: it knows no leader in that term).
+fn admissible(m: &Message, local: &Local) -> std::result::Result<(), &'static str> {
+    if m.term > local.term.max(TERM_CEILING).saturating_add(MAX_TERM_LEAD) {
+        return Err("a term too far ahead");
+    }
+    match m.get_msg_type() {
+        // raft-rs takes a message without a term for one of its own (no term check): a vote
+        // granted in it is sent without a term (a panic), a candidate asserts the term of an
+        // append, a read index answer commits an index past the log. Only proposals and read
+        // requests come without one.
+        MessageType::MsgPropose | MessageType::MsgReadIndex => {}
+        _ if m.term == 0 => return Err("a message without a term"),
+        _ => {}
+    }
     match m.get_msg_type() {
         MessageType::MsgPropose if m.entries.is_empty() => Err("a proposal without entries"),
+        MessageType::MsgPropose if !m.entries.iter().all(proposable_conf_change) => {
+            Err("a membership change no member proposes")
+        }
+        // The leader reads the request's context from its first entry.
+        MessageType::MsgReadIndex if m.entries.is_empty() => Err("a read request without context"),
+        MessageType::MsgPropose | MessageType::MsgReadIndex | MessageType::MsgTransferLeader
+            if !local.leader =>
+        {
+            Err("a request for the leader")
+        }
+        // A follower acknowledges (or refuses) only what a leader sent it from its log. One
+        // past it (raft-rs takes it for the follower's match) has the leader's heartbeats
+        // commit past the follower's log, which the follower refuses (below): it never hears
+        // from its leader again.
+        MessageType::MsgAppendResponse if m.index > local.last_index => {
+            Err("an acknowledgement past this member's log")
+        }
+        // A refusal's hint is where the follower's log matches the append it refused, at or
+        // before the append's position (raft-rs adds one to it).
+        MessageType::MsgAppendResponse if m.reject_hint > m.index => {
+            Err("a refusal hinting past its append")
+        }
         // The leader sends min(the follower's match, its commit): never past this log.
-        MessageType::MsgHeartbeat if m.commit > last_index => {
+        MessageType::MsgHeartbeat if m.commit > local.last_index => {
             Err("a heartbeat committing past this member's log")
         }
+        // raft-rs takes log term 0 past the end of its log for a match (a position's term
+        // reads 0 there), then commits or appends past its end: a leader's log term is 0 only
+        // at index 0.
+        MessageType::MsgAppend if m.log_term == 0 && m.index > local.last_index => {
+            Err("an append positioned past this member's log")
+        }
         MessageType::MsgAppend => {
-            let mut prev_term = m.log_term;
+            // Entries follow the append's position, with terms from its log term (at least 1:
+            // every entry has one) up to its own term.
+            let mut prev_term = m.log_term.max(1);
             for (i, e) in m.entries.iter().enumerate() {
-                if e.index != m.index.saturating_add(1 + i as u64) {
+                if m.index.checked_add(1 + i as u64) != Some(e.index) {
                     return Err("entries not following the append's position");
                 }
                 if e.term < prev_term || e.term > m.term {
@@ -512,6 +582,22 @@ fn admissible(m: &Message, last_index: u64) -> std::result::Result<(), &'static 
             Ok(())
         }
         _ => Ok(()),
+    }
+}
+
+/// Whether an entry a peer proposes is a normal one or a membership change as members propose
+/// them (`service::cluster`): one change, of a member (raft ignores node 0, which the
+/// membership took for a member), without a joint configuration (an explicit one stays until
+/// a change leaves it, which no member proposes: no membership change could pass after it).
+fn proposable_conf_change(e: &Entry) -> bool {
+    match e.get_entry_type() {
+        EntryType::EntryNormal => true,
+        EntryType::EntryConfChange => false,
+        EntryType::EntryConfChangeV2 => ConfChangeV2::parse_from_bytes(&e.data).is_ok_and(|cc| {
+            cc.get_transition() == raft::eraftpb::ConfChangeTransition::Auto
+                && cc.changes.len() == 1
+                && cc.changes[0].node_id != 0
+        }),
     }
 }
 
@@ -625,7 +711,13 @@ impl<S: StateMachine> Loop<S> {
                 self.step_snapshot(m)
             }
             Command::Step(m) => {
-                if let Err(why) = admissible(&m, self.raw.raft.raft_log.last_index()) {
+                let raft = &self.raw.raft;
+                let local = Local {
+                    term: raft.term,
+                    last_index: raft.raft_log.last_index(),
+                    leader: raft.state == StateRole::Leader,
+                };
+                if let Err(why) = admissible(&m, &local) {
                     refused_peer_message(&m, why);
                 } else if let Err(e) = self.raw.step(m) {
                     tracing::debug!(error = %e, "dropped a peer message");
@@ -1168,5 +1260,33 @@ mod tests {
         assert!(later > first + 1_000_000, "{first} -> {later}");
         // Not a restart from 0: past 2025-01-01 in nanoseconds.
         assert!(first > 1_735_689_600_000_000_000);
+    }
+
+    /// Any term up to the ceiling plus the lead is taken, whatever this member's term; past
+    /// the ceiling, up to this member's term plus the lead.
+    #[test]
+    fn peer_terms_are_bounded_past_the_ceiling_only() {
+        let heartbeat = |term: u64| {
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgHeartbeatResponse);
+            m.term = term;
+            m
+        };
+        let local = |term: u64| Local {
+            term,
+            last_index: 10,
+            leader: true,
+        };
+        let top = TERM_CEILING + MAX_TERM_LEAD;
+        for own in [1, 5, TERM_CEILING - 1, TERM_CEILING] {
+            assert!(admissible(&heartbeat(own + 1), &local(own)).is_ok());
+            assert!(admissible(&heartbeat(top), &local(own)).is_ok());
+            assert!(admissible(&heartbeat(top + 1), &local(own)).is_err());
+        }
+        let own = TERM_CEILING + 7;
+        assert!(admissible(&heartbeat(own + MAX_TERM_LEAD), &local(own)).is_ok());
+        assert!(admissible(&heartbeat(own + MAX_TERM_LEAD + 1), &local(own)).is_err());
+        assert!(admissible(&heartbeat(u64::MAX), &local(u64::MAX - 1)).is_ok());
+        assert!(admissible(&heartbeat(u64::MAX), &local(1)).is_err());
     }
 }
