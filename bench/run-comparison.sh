@@ -17,7 +17,9 @@
 # rounds pgraft first) and the table shows the median of the rounds, with each round's figures.
 #
 # Knobs (environment): QUICK=1, ROUNDS (default 1), PUT_TOTAL, RANGE_TOTAL, LAT_TOTAL, CONNS,
-# SETTLE (seconds before reading RSS), ETCD (etcd binary), SKIP_BUILD=1, CARGO_JOBS,
+# WATCHERS (a multiple of 100), WATCH_KEYS, WATCH_PUTS,
+# SETTLE (seconds before reading RSS), ETCD (etcd binary), PGRAFTD and BENCH (prebuilt
+# binaries, with SKIP_BUILD=1), SKIP_BUILD=1, CARGO_JOBS,
 # RESULTS_DIR, KEEP_WORK=1 (the temp dir with data and logs is also kept when the script
 # fails).
 # All traffic stays on 127.0.0.1; every benchmark is bounded by its request count, a
@@ -28,19 +30,24 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
     PUT_TOTAL=${PUT_TOTAL:-2000} RANGE_TOTAL=${RANGE_TOTAL:-2000} LAT_TOTAL=${LAT_TOTAL:-200}
+    WATCHERS=${WATCHERS:-1000} WATCH_PUTS=${WATCH_PUTS:-100}
     SETTLE=${SETTLE:-3}
 else
     # 100000 puts per run, as etcd's own benchmark guide: at 64 clients 20000 lasted about a
     # second for pgraft, short enough for start-up effects to swing the result by 10%.
     PUT_TOTAL=${PUT_TOTAL:-100000} RANGE_TOTAL=${RANGE_TOTAL:-20000} LAT_TOTAL=${LAT_TOTAL:-2000}
+    # Issue 19's watch target: 10,000 watchers on 100 keys.
+    WATCHERS=${WATCHERS:-10000} WATCH_PUTS=${WATCH_PUTS:-1000}
     SETTLE=${SETTLE:-10}
 fi
 CONNS=${CONNS:-16}
+WATCH_KEYS=${WATCH_KEYS:-100}
 ROUNDS=${ROUNDS:-1}
+((WATCHERS >= 100 && WATCHERS % 100 == 0)) || { echo "WATCHERS must be a multiple of 100" >&2; exit 2; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a positive integer" >&2; exit 2; }
 ETCD=${ETCD:-/usr/bin/etcd}
-PGRAFTD=$ROOT/target/release/pgraftd
-BENCH=$ROOT/target/release/pgraft-bench
+PGRAFTD=${PGRAFTD:-$ROOT/target/release/pgraftd}
+BENCH=${BENCH:-$ROOT/target/release/pgraft-bench}
 RESULTS_DIR=${RESULTS_DIR:-$ROOT/target/bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
 BENCH_TIMEOUT=600 # seconds, per benchmark invocation
 RANGE_KEY=bench-range-key
@@ -163,18 +170,74 @@ bench() {
     jq -c '{requests, errors, requests_per_sec, p50: .percentiles_ms.p50, p99: .percentiles_ms.p99}' "$out" >&2
 }
 
+# scrape DIR: every member's /metrics into DIR/m1.prom, m2.prom, ...
+scrape() {
+    mkdir -p "$1"
+    python3 - "$1" "$ENDPOINTS" <<'EOF'
+import sys, urllib.request
+for i, ep in enumerate(sys.argv[2].split(","), 1):
+    with urllib.request.urlopen(f"http://{ep}/metrics", timeout=10) as r:
+        open(f"{sys.argv[1]}/m{i}.prom", "wb").write(r.read())
+EOF
+}
+
+# staged KIND TEST ARGS...: bench, with every member's /metrics scraped before and after; the
+# members' CPU per request and the leader's commit-round stages (bench/stages.py) are kept in
+# stages-KIND-TEST.json.
+staged() {
+    local kind=$1 test=$2 dir="$ROUND_DIR/metrics/$1-$2"
+    scrape "$dir/before"
+    bench "$@"
+    scrape "$dir/after"
+    python3 "$ROOT/bench/stages.py" "$dir/before" "$dir/after" \
+        "$(jq .requests "$ROUND_DIR/$kind-$test.json")" >"$ROUND_DIR/stages-$kind-$test.json"
+    jq -c '{cpu_us_per_request, stages: (.stages | map_values(.mean_ms))}' \
+        "$ROUND_DIR/stages-$kind-$test.json" >&2
+}
+
+# The members' resident memory, KiB, summed.
+rss_sum() {
+    local pid sum=0 kib
+    for pid in "${PIDS[@]}"; do
+        kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || kib=0
+        sum=$((sum + ${kib:-0}))
+    done
+    echo "$sum"
+}
+
+# watch_run KIND: WATCHERS watchers (streams of 100, over the members) on WATCH_KEYS keys, put
+# to in turn at 100/s: put-to-event latency; the members' RSS, sampled while they hold the
+# watchers, gives the memory per watcher ((peak - before) / WATCHERS).
+watch_run() {
+    local kind=$1 before peak now pid
+    before=$(rss_sum)
+    peak=$before
+    bench "$kind" watch --conns "$CONNS" watch-latency --put-total "$WATCH_PUTS" --put-rate 100 \
+        --streams $((WATCHERS / 100)) --watchers-per-stream 100 --key-space-size "$WATCH_KEYS" &
+    pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        now=$(rss_sum)
+        ((now > peak)) && peak=$now
+        sleep 0.2
+    done
+    wait "$pid" || die "$kind watch failed"
+    echo $(((peak - before) * 1024 / WATCHERS)) >"$ROUND_DIR/$kind-watch-bytes-per-watcher"
+    log "$kind: memory per watcher $(cat "$ROUND_DIR/$kind-watch-bytes-per-watcher") bytes"
+}
+
 run_matrix() {
     local kind=$1 bin=$2 pid i
     log "starting 3-member $kind cluster (round $ROUND)"
     rm -rf "${WORK:?}/$kind"
     start_cluster "$kind" "$bin"
     local put=(put --key-size 8 --val-size 256 --sequential-keys --key-space-size "$PUT_TOTAL")
-    bench "$kind" put16 --target-leader --conns "$CONNS" --clients 16 --total "$PUT_TOTAL" "${put[@]}"
-    bench "$kind" put64 --target-leader --conns "$CONNS" --clients 64 --total "$PUT_TOTAL" "${put[@]}"
+    staged "$kind" put16 --target-leader --conns "$CONNS" --clients 16 --total "$PUT_TOTAL" "${put[@]}"
+    staged "$kind" put64 --target-leader --conns "$CONNS" --clients 64 --total "$PUT_TOTAL" "${put[@]}"
     bench "$kind" put1 --target-leader --conns 1 --clients 1 --total "$LAT_TOTAL" "${put[@]}"
     etcdctl --endpoints="$ENDPOINTS" put "$RANGE_KEY" "$(printf 'v%.0s' $(seq 256))" >/dev/null
     bench "$kind" range-l --conns "$CONNS" --clients 64 --total "$RANGE_TOTAL" range "$RANGE_KEY" --consistency l
     bench "$kind" range-s --conns "$CONNS" --clients 64 --total "$RANGE_TOTAL" range "$RANGE_KEY" --consistency s
+    watch_run "$kind"
     log "$kind: idle for ${SETTLE}s before reading RSS"
     sleep "$SETTLE"
     : >"$ROUND_DIR/$kind-rss-kib"
@@ -212,7 +275,11 @@ j() {
 }
 each() { jq -s -r "map($2 | round) | map(tostring) | join(\", \")" "$RESULTS_DIR"/round*/"$1.json"; }
 rss() { cat "$RESULTS_DIR"/round*/"$1-rss-kib" | awk -v f="$2" '{s += $1; if ($1 > m) m = $1} END {printf "%.1f", (f == "max" ? m : s / NR) / 1024}'; }
-errors() { cat "$RESULTS_DIR"/round*/"$1"-{put16,put64,put1,range-l,range-s}.json | jq -s 'map(.errors) | add'; }
+errors() {
+    cat "$RESULTS_DIR"/round*/"$1"-{put16,put64,put1,range-l,range-s,watch}.json |
+        jq -s 'map(if has("watch") then .put.errors + .watch.errors else .errors end) | add'
+}
+per_watcher() { sort -n "$RESULTS_DIR"/round*/"$1-watch-bytes-per-watcher" | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 warnings() { cat "$RESULTS_DIR"/round*/"$1-log-warnings" | awk '{s += $1} END {print s}'; }
 row() { # row LABEL ETCD PGRAFT
     local ratio
@@ -220,6 +287,29 @@ row() { # row LABEL ETCD PGRAFT
     printf '| %s | %s | %s | %s |\n' "$1" "$2" "$3" "$ratio"
 }
 fmt() { awk -v x="$1" -v d="$2" 'BEGIN {printf "%.*f", d, x}'; }
+# stage KIND STAGE FIELD: the median over the rounds of the leader's stage at 64 clients, or n/a.
+stage() {
+    local v
+    v=$(j "stages-$1-put64" ".stages.$2.$3 // empty" 2>/dev/null)
+    if [[ -z $v || $v == null ]]; then echo "n/a"; else fmt "$v" 3; fi
+}
+stages_table() {
+    echo "Where a put's time goes at 64 clients, on the leader (mean / p99, ms; medians of the"
+    echo "rounds; from /metrics before and after the run, \`bench/stages.py\`):"
+    echo
+    echo "| stage | etcd | pgraft |"
+    echo "|---|---:|---:|"
+    local s
+    for s in wal_fsync:"WAL fsync" backend_commit:"backend commit" peer_rtt:"peer round trip" \
+        proposal_queue:"proposal in the raft loop's queue" append_to_commit:"append to commit" \
+        apply_batch:"apply, one batch" proposal_to_answer:"proposal to answer" \
+        raft_loop_turn:"raft loop turn"; do
+        local key=${s%%:*} label=${s#*:}
+        printf '| %s | %s / %s | %s / %s |\n' "$label" \
+            "$(stage etcd "$key" mean_ms)" "$(stage etcd "$key" p99_ms)" \
+            "$(stage pgraft "$key" mean_ms)" "$(stage pgraft "$key" p99_ms)"
+    done
+}
 report() {
     echo "## pgraft vs etcd: 3-member clusters on one machine"
     echo
@@ -229,6 +319,10 @@ report() {
         "$(fmt "$(j etcd-put16 .requests_per_sec)" 0)" "$(fmt "$(j pgraft-put16 .requests_per_sec)" 0)"
     row "put, 64 clients, to leader (req/s, higher is better)" \
         "$(fmt "$(j etcd-put64 .requests_per_sec)" 0)" "$(fmt "$(j pgraft-put64 .requests_per_sec)" 0)"
+    row "put, 16 clients, p99 latency (ms, lower is better)" \
+        "$(fmt "$(j etcd-put16 .percentiles_ms.p99)" 2)" "$(fmt "$(j pgraft-put16 .percentiles_ms.p99)" 2)"
+    row "put, 64 clients, p99 latency (ms, lower is better)" \
+        "$(fmt "$(j etcd-put64 .percentiles_ms.p99)" 2)" "$(fmt "$(j pgraft-put64 .percentiles_ms.p99)" 2)"
     row "put, 1 client, p50 latency (ms, lower is better)" \
         "$(fmt "$(j etcd-put1 .percentiles_ms.p50)" 2)" "$(fmt "$(j pgraft-put1 .percentiles_ms.p50)" 2)"
     row "put, 1 client, p99 latency (ms, lower is better)" \
@@ -237,10 +331,22 @@ report() {
         "$(fmt "$(j etcd-range-l .requests_per_sec)" 0)" "$(fmt "$(j pgraft-range-l .requests_per_sec)" 0)"
     row "serializable range, 64 clients (req/s, higher is better)" \
         "$(fmt "$(j etcd-range-s .requests_per_sec)" 0)" "$(fmt "$(j pgraft-range-s .requests_per_sec)" 0)"
+    row "put, 16 clients, CPU of all members per put (µs, lower is better)" \
+        "$(fmt "$(j stages-etcd-put16 .cpu_us_per_request)" 1)" "$(fmt "$(j stages-pgraft-put16 .cpu_us_per_request)" 1)"
+    row "put, 64 clients, CPU of all members per put (µs, lower is better)" \
+        "$(fmt "$(j stages-etcd-put64 .cpu_us_per_request)" 1)" "$(fmt "$(j stages-pgraft-put64 .cpu_us_per_request)" 1)"
+    row "watch, $WATCHERS watchers on $WATCH_KEYS keys: put to event, p50 (ms, lower is better)" \
+        "$(fmt "$(j etcd-watch .watch.percentiles_ms.p50)" 2)" "$(fmt "$(j pgraft-watch .watch.percentiles_ms.p50)" 2)"
+    row "watch, $WATCHERS watchers on $WATCH_KEYS keys: put to event, p99 (ms, lower is better)" \
+        "$(fmt "$(j etcd-watch .watch.percentiles_ms.p99)" 2)" "$(fmt "$(j pgraft-watch .watch.percentiles_ms.p99)" 2)"
+    row "watch: memory per watcher, all members (bytes, lower is better)" \
+        "$(per_watcher etcd)" "$(per_watcher pgraft)"
     row "idle RSS per member, mean (MiB, lower is better)" "$(rss etcd mean)" "$(rss pgraft mean)"
     row "idle RSS per member, max (MiB, lower is better)" "$(rss etcd max)" "$(rss pgraft max)"
     row "failed requests, all runs (lower is better)" "$(errors etcd)" "$(errors pgraft)"
     row "WARN/ERROR log lines, 3 members" "$(warnings etcd)" "$(warnings pgraft)"
+    echo
+    stages_table
     echo
     if ((ROUNDS > 1)); then
         echo "Medians of $ROUNDS rounds (fresh clusters each round, etcd and pgraft alternating first)."
@@ -256,8 +362,8 @@ report() {
         "($("$PGRAFTD" --version | sed -n 1p)); clients, servers and all three members of each" \
         "cluster share this machine; data dirs on $(df -P "$WORK" | awk 'NR == 2 {print $1}')."
     echo
-    echo "Command: \`$(env | grep -E '^(QUICK|ROUNDS|PUT_TOTAL|RANGE_TOTAL|LAT_TOTAL|CONNS|SETTLE)=' | sort | tr '\n' ' ')bench/run-comparison.sh\`" \
-        "(ROUNDS=$ROUNDS PUT_TOTAL=$PUT_TOTAL RANGE_TOTAL=$RANGE_TOTAL LAT_TOTAL=$LAT_TOTAL CONNS=$CONNS SETTLE=$SETTLE)."
+    echo "Command: \`$(env | grep -E '^(QUICK|ROUNDS|PUT_TOTAL|RANGE_TOTAL|LAT_TOTAL|CONNS|SETTLE|WATCHERS|WATCH_KEYS|WATCH_PUTS)=' | sort | tr '\n' ' ')bench/run-comparison.sh\`" \
+        "(ROUNDS=$ROUNDS PUT_TOTAL=$PUT_TOTAL RANGE_TOTAL=$RANGE_TOTAL LAT_TOTAL=$LAT_TOTAL CONNS=$CONNS SETTLE=$SETTLE WATCHERS=$WATCHERS WATCH_KEYS=$WATCH_KEYS WATCH_PUTS=$WATCH_PUTS)."
     echo "Benchmarks run against each cluster (\$ENDPOINTS: its three client URLs):"
     echo '```'
     cat "$WORK/commands-etcd"
@@ -265,7 +371,8 @@ report() {
     local f errs
     errs=$(for f in "$RESULTS_DIR"/round*/{etcd,pgraft}-*.json; do
         jq -r --arg run "$(basename "$(dirname "$f")")/$(basename "$f" .json)" \
-            '.error_distribution | to_entries[] | "- \($run): \(.value) × `\(.key)`"' "$f"
+            '[.error_distribution, .put.error_distribution, .watch.error_distribution]
+                | map(. // {}) | add | to_entries[] | "- \($run): \(.value) × `\(.key)`"' "$f"
     done)
     if [[ -n $errs ]]; then
         echo

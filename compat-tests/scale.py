@@ -13,14 +13,18 @@ random keys of the key space, `pgraft-bench --duration`), issues in turn:
   3. a compaction of all history with `--physical` (`etcdctl compact <rev> --physical`), timed;
   4. a snapshot to a new member: `etcdctl member add` and a 4th member started with
      `--initial-cluster-state existing`, waited for until it has caught up (its revision
-     reaches the leader's at the add, then, once the load is over, the same keys as the leader).
+     reaches the leader's at the add, then, once the load is over, the same keys as the leader);
+  5. once the load is over, a restart of one of the first followers: SIGTERM, then started
+     again on its data, timed from the start until it serves a linearizable read (`etcdctl
+     endpoint health`).
 Then it prints, per target: leader changes during the test (the growth of
 `etcd_server_leader_changes_seen_total` on each member's /metrics), the put load's p99, slowest
 request and errors (from `pgraft-bench --json`), the time of the range and of the compaction,
-how long the new member took, peak RSS per member (VmHWM from /proc/<pid>/status at the end),
-and one PASS/FAIL line per target: 0 leader changes, 0 failed requests (puts, range,
-compaction, catch-up), slowest put no worse than etcd's, peak RSS no more than etcd's (the two
-comparisons only when etcd ran too).
+how long the new member took, how long the restarted member took to serve, peak RSS per member
+(VmHWM from /proc/<pid>/status at the end), and one PASS/FAIL line per target: 0 leader changes,
+0 failed requests (puts, range, compaction, catch-up, restart), slowest put no worse than
+etcd's, peak RSS no more than etcd's, restart no slower than etcd's (the comparisons only when
+etcd ran too).
 
 Run (a release build; 1M keys take several minutes per target):
     cargo build --release --bins
@@ -99,6 +103,8 @@ class Result:
     leader_keys: int | None = None
     same_keys: bool | None = None
     new_member_snapshot: bool | None = None  # its log says it installed a snapshot
+    restart_secs: float | None = None  # a follower's restart, start to serving
+    restart_error: str | None = None
     rss_start_kb: dict = field(default_factory=dict)  # member -> VmRSS after the initial load
     peak_rss_kb: dict = field(default_factory=dict)   # member -> VmHWM at the end
     watcher_unread_bytes: int | None = None
@@ -132,7 +138,7 @@ class Result:
         if any(v is None for v in self.leader_changes.values()) or not self.leader_changes:
             f.append("leader-change metric unreadable")
         for what, err in (("range", self.range_error), ("compaction", self.compact_error),
-                          ("catch-up", self.catchup_error)):
+                          ("catch-up", self.catchup_error), ("restart", self.restart_error)):
             if err:
                 f.append(f"{what}: {err}")
         if self.same_keys is False:
@@ -304,6 +310,7 @@ def _run(cl: Cluster, p: Params, res: Result, note, procs: list) -> None:
             res.stuck[m.name] = thread_dump(m.pid) or "(no gdb to look)"
     if new is not None and new.alive() and not res.catchup_error:
         compare_keys(leader, new, p, res, note)
+    restart_follower([m for m in cl.members[:3] if m is not leader][0], p, res, note)
 
 
 def initial_load(eps: list[str], p: Params, res: Result, note) -> None:
@@ -433,6 +440,21 @@ def compare_keys(leader, new, p: Params, res: Result, note) -> None:
          f"same: {res.same_keys} {e1} {e2}")
 
 
+def restart_follower(m, p: Params, res: Result, note) -> None:
+    """Stops a follower holding every key (SIGTERM) and starts it again on its data: the time
+    from its start until it serves a linearizable read."""
+    m.stop(cleanup=False)
+    t0 = time.monotonic()
+    try:
+        m.start(timeout=p.step_timeout)
+    except Exception as e:  # reported, not raised: the run goes on to its report
+        res.restart_error = f"{type(e).__name__}: {e}"[:500]
+        note(f"{m.name} restart failed: {res.restart_error}")
+        return
+    res.restart_secs = time.monotonic() - t0
+    note(f"{m.name} restarted: serving after {res.restart_secs:.2f}s")
+
+
 # --------------------------------------------------------------------------- report
 def fmt(v, unit: str = "", digits: int = 1) -> str:
     if v is None:
@@ -457,6 +479,9 @@ def verdicts(results: dict[str, Result]) -> dict[str, list[str]]:
             if r.max_peak_rss_kb() > etcd.max_peak_rss_kb():
                 why.append(f"peak RSS {r.max_peak_rss_kb() // 1024} MiB > etcd's "
                            f"{etcd.max_peak_rss_kb() // 1024} MiB")
+            if (r.restart_secs or 0) > (etcd.restart_secs or float("inf")):
+                why.append(f"restart {fmt(r.restart_secs, ' s', 2)} > etcd's "
+                           f"{fmt(etcd.restart_secs, ' s', 2)}")
         out[kind] = why
     return out
 
@@ -479,6 +504,8 @@ def report(results: dict[str, Result], p: Params) -> str:
         ("new member caught up", lambda r: fmt(r.catchup_secs, " s", 2) + (
             f" FAILED {r.catchup_error}" if r.catchup_error else "")),
         ("new member got a snapshot", lambda r: fmt(r.new_member_snapshot)),
+        ("follower restart, serving after", lambda r: fmt(r.restart_secs, " s", 2) + (
+            f" FAILED {r.restart_error}" if r.restart_error else "")),
         ("new member keys = leader's", lambda r: f"{r.same_keys} ({r.new_member_keys} / "
          f"{r.leader_keys})"),
         ("RSS after load (MiB)", lambda r: " ".join(

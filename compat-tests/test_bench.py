@@ -92,6 +92,12 @@ def test_watch_latency(server):
     assert r["put"]["requests"] == 20 and r["put"]["errors"] == 0, r
     # Every put reaches all 6 watchers.
     assert r["watch"]["requests"] == 120 and r["watch"]["errors"] == 0, r
+    # 9 watchers over 3 keys, 3 on each: each of 10 puts is seen by its key's 3 watchers and
+    # no other (the tool counts an event no put asked for as an error).
+    r = bench(server, "--conns", "2", "watch-latency", "--put-total", "10", "--put-rate", "200",
+              "--streams", "3", "--watchers-per-stream", "3", "--key-space-size", "3")
+    assert r["put"]["requests"] == 10 and r["put"]["errors"] == 0, r
+    assert r["watch"]["requests"] == 30 and r["watch"]["errors"] == 0, r
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -107,3 +113,60 @@ def test_duration_ends_a_steady_load(kind, server_factory):
     elapsed = time.monotonic() - t0
     assert r["errors"] == 0 and r["requests"] > 0, r
     assert 2 <= r["total_secs"] < 10 and elapsed < 30, (r["total_secs"], elapsed)
+
+
+def scrape(server, into: Path) -> None:
+    import urllib.request
+    into.mkdir(parents=True, exist_ok=True)
+    with urllib.request.urlopen(f"http://{server.endpoint}/metrics", timeout=10) as r:
+        (into / "m1.prom").write_bytes(r.read())
+
+
+def test_stage_report_from_two_scrapes(server, tmp_path):
+    """bench/stages.py (run-comparison's CPU per put and stage table) reads what both servers
+    export: CPU per request and the leader's fsync and backend commit; pgraftd also its own
+    commit-round stages, each counted once per put or more."""
+    scrape(server, tmp_path / "before")
+    r = bench(server, "--conns", "2", "--clients", "4", "--total", "400", "put",
+              "--key-size", "8", "--val-size", "64", "--key-space-size", "100")
+    assert r["errors"] == 0, r
+    scrape(server, tmp_path / "after")
+    p = subprocess.run(["python3", str(REPO_ROOT / "bench" / "stages.py"), str(tmp_path / "before"),
+                        str(tmp_path / "after"), "400"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    st = json.loads(p.stdout)
+    assert st["leader"] == "m1"
+    assert st["cpu_us_per_request"] > 0, st
+    stages = st["stages"]
+    for name in ["wal_fsync", "backend_commit"]:
+        assert stages[name]["count"] >= 1 and stages[name]["mean_ms"] > 0, st
+    if server.kind == "pgraftd":
+        for name in ["proposal_queue", "append_to_commit", "proposal_to_answer"]:
+            assert stages[name]["count"] >= 400, st
+            s = stages[name]
+            assert 0 <= s["p50_ms"] <= s["p99_ms"] <= 3276.8, st
+        assert stages["apply_batch"]["count"] >= 1, st
+        assert stages["raft_loop_turn"]["count"] >= 1, st
+
+
+def test_stage_quantiles_as_prometheus():
+    """histogram_quantile's linear interpolation within a bucket, over cumulative counts."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("stages", REPO_ROOT / "bench" / "stages.py")
+    stages = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stages)
+    buckets = [(0.001, 50.0), (0.002, 90.0), (0.004, 100.0), (float("inf"), 100.0)]
+    assert stages.quantile(0.5, buckets) == 0.001
+    assert abs(stages.quantile(0.7, buckets) - 0.0015) < 1e-12
+    assert abs(stages.quantile(0.95, buckets) - 0.003) < 1e-12
+    assert stages.quantile(0.5, []) is None
+    before = stages.parse('x_bucket{To="a",le="0.001"} 1\nx_bucket{To="a",le="+Inf"} 2\n'
+                          'x_sum{To="a"} 0.5\nx_count{To="a"} 2\n')
+    after = stages.parse('x_bucket{To="a",le="0.001"} 3\nx_bucket{To="a",le="+Inf"} 4\n'
+                         'x_sum{To="a"} 0.502\nx_count{To="a"} 4\n'
+                         'x_bucket{To="b",le="0.001"} 1\nx_bucket{To="b",le="+Inf"} 1\n'
+                         'x_sum{To="b"} 0.001\nx_count{To="b"} 1\n')
+    d = stages.histogram_delta(before, after, "x")
+    # Peers summed: 3 new observations, 3 ms in all, every one within 1 ms.
+    assert d["count"] == 3 and d["mean_ms"] == 1.0 and d["p99_ms"] <= 1.0, d

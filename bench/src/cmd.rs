@@ -175,21 +175,23 @@ pub struct WatchLatency {
     pub watchers_per_stream: usize,
     pub key_size: usize,
     pub val_size: usize,
+    /// Distinct keys, watched and put round-robin.
+    pub key_space_size: usize,
 }
 
-/// Opens one watch stream with `watchers` watchers on `key`, waits until all are created,
-/// and forwards the arrival time of every event to `events`.
+/// Opens one watch stream with a watcher on each of `keys`, waits until all are created, and
+/// forwards the arrival time of every event to `events`.
 async fn open_watch_stream(
     ch: Channel,
-    key: Vec<u8>,
-    watchers: usize,
+    keys: Vec<Vec<u8>>,
     events: mpsc::UnboundedSender<Instant>,
     timeout: Duration,
 ) -> Result<(), String> {
+    let watchers = keys.len();
     let (req_tx, req_rx) = mpsc::channel(watchers.max(1));
-    for _ in 0..watchers {
+    for key in keys {
         let create = WatchCreateRequest {
-            key: key.clone(),
+            key,
             ..Default::default()
         };
         let req = WatchRequest {
@@ -226,27 +228,30 @@ async fn open_watch_stream(
     Ok(())
 }
 
-/// `watch-latency`: puts to one key at `put_rate`, one at a time; for each put measures the
-/// put latency and, for every watcher, the time from sending the put to receiving its event.
-/// Returns the put report and the watch report.
+/// `watch-latency`: puts at `put_rate`, one at a time, to the keys in turn; for each put
+/// measures the put latency and, for every watcher of its key, the time from sending the put to
+/// receiving its event. Returns the put report and the watch report.
 pub async fn watch_latency(ctx: &Ctx, w: &WatchLatency) -> Result<(Report, Report), String> {
-    let key = random_bytes(w.key_size);
+    let keys: Vec<Vec<u8>> = (0..w.key_space_size.max(1))
+        .map(|_| random_bytes(w.key_size))
+        .collect();
     let value = random_bytes(w.val_size);
     let channels = conn::channels(&ctx.urls, ctx.conns, ctx.timeout).await?;
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
+    // Watchers per key, watcher i on key i mod N.
+    let mut watching = vec![0usize; keys.len()];
     for s in 0..w.streams {
         let ch = channels[s % channels.len()].clone();
-        open_watch_stream(
-            ch,
-            key.clone(),
-            w.watchers_per_stream,
-            ev_tx.clone(),
-            ctx.timeout,
-        )
-        .await?;
+        let first = s * w.watchers_per_stream;
+        let mine: Vec<Vec<u8>> = (first..first + w.watchers_per_stream)
+            .map(|i| {
+                watching[i % keys.len()] += 1;
+                keys[i % keys.len()].clone()
+            })
+            .collect();
+        open_watch_stream(ch, mine, ev_tx.clone(), ctx.timeout).await?;
     }
     drop(ev_tx);
-    let watchers = w.streams * w.watchers_per_stream;
 
     // Puts go through a connection of their own, as in `put`.
     let kv = UnaryConn::connect(&ctx.urls[0], ctx.timeout).await?;
@@ -256,10 +261,11 @@ pub async fn watch_latency(ctx: &Ctx, w: &WatchLatency) -> Result<(Report, Repor
     let (mut put_lats, mut watch_lats) = (Vec::new(), Vec::new());
     let (mut put_errs, mut watch_errs) = (Default::default(), Default::default());
     let start = Instant::now();
-    'puts: for _ in 0..w.put_total {
+    'puts: for n in 0..w.put_total {
         tick.tick().await;
+        let k = n as usize % keys.len();
         let req = PutRequest {
-            key: key.clone(),
+            key: keys[k].clone(),
             value: value.clone(),
             ..Default::default()
         };
@@ -276,7 +282,7 @@ pub async fn watch_latency(ctx: &Ctx, w: &WatchLatency) -> Result<(Report, Repor
                 break;
             }
         }
-        for _ in 0..watchers {
+        for _ in 0..watching[k] {
             match tokio::time::timeout(ctx.timeout, ev_rx.recv()).await {
                 Ok(Some(at)) => watch_lats.push(at.saturating_duration_since(t0)),
                 _ => {
@@ -287,6 +293,11 @@ pub async fn watch_latency(ctx: &Ctx, w: &WatchLatency) -> Result<(Report, Repor
         }
     }
     let elapsed = start.elapsed();
+    // Each put's events were counted by its key's watchers: one more is an event no put asked
+    // for (a watcher on the wrong key, or a duplicate).
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), ev_rx.recv()).await {
+        count(&mut watch_errs, "unexpected watch event".into());
+    }
     Ok((
         Report::new("put", put_lats, put_errs, elapsed),
         Report::new("watch", watch_lats, watch_errs, elapsed),

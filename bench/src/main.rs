@@ -125,6 +125,10 @@ enum Cmd {
         key_size: usize,
         #[arg(long, default_value_t = 32)]
         val_size: usize,
+        /// Keys watched and put: watcher i watches key i mod N, put j goes to key j mod N
+        /// (1: every watcher sees every put, as etcd's tool).
+        #[arg(long, default_value_t = 1)]
+        key_space_size: usize,
     },
 }
 
@@ -165,6 +169,7 @@ async fn run(cli: Cli) -> Result<Vec<stats::Report>, String> {
             watchers_per_stream,
             key_size,
             val_size,
+            key_space_size,
         } => {
             let w = cmd::WatchLatency {
                 put_total,
@@ -173,6 +178,7 @@ async fn run(cli: Cli) -> Result<Vec<stats::Report>, String> {
                 watchers_per_stream,
                 key_size,
                 val_size,
+                key_space_size,
             };
             let (put, watch) = cmd::watch_latency(&ctx, &w).await?;
             vec![put, watch]

@@ -23,6 +23,9 @@ impl Counter {
     pub fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -63,17 +66,36 @@ pub const DISK_BUCKETS: [f64; 14] = [
     8.192,
 ];
 
-/// A latency histogram over [`DISK_BUCKETS`] (per-bucket counts; cumulated when rendered).
+/// etcd's peer round-trip buckets, `prometheus.ExponentialBuckets(0.0001, 2, 16)`: 100 µs to
+/// 3.3 s. The commit round's stages (a fraction of a millisecond each on a fast disk) use them
+/// too: the disk buckets start at 1 ms.
+pub const ROUND_BUCKETS: [f64; 16] = [
+    0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024, 0.2048,
+    0.4096, 0.8192, 1.6384, 3.2768,
+];
+
+const MAX_BUCKETS: usize = 16;
+
+/// A latency histogram over a fixed set of upper bounds (per-bucket counts; cumulated when
+/// rendered).
 pub struct Histogram {
-    buckets: [AtomicU64; 14],
+    bounds: &'static [f64],
+    buckets: [AtomicU64; MAX_BUCKETS],
     count: AtomicU64,
     sum_nanos: AtomicU64,
 }
 
 impl Histogram {
+    /// Over [`DISK_BUCKETS`].
     pub const fn new() -> Self {
+        Self::with_buckets(&DISK_BUCKETS)
+    }
+
+    pub const fn with_buckets(bounds: &'static [f64]) -> Self {
+        assert!(bounds.len() <= MAX_BUCKETS);
         Histogram {
-            buckets: [const { AtomicU64::new(0) }; 14],
+            bounds,
+            buckets: [const { AtomicU64::new(0) }; MAX_BUCKETS],
             count: AtomicU64::new(0),
             sum_nanos: AtomicU64::new(0),
         }
@@ -81,7 +103,7 @@ impl Histogram {
 
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        if let Some(i) = DISK_BUCKETS.iter().position(|b| secs <= *b) {
+        if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.sum_nanos
@@ -115,6 +137,42 @@ pub static PROPOSALS_FAILED: Counter = Counter::new();
 pub static WAL_FSYNC: Histogram = Histogram::new();
 /// `etcd_disk_backend_commit_duration_seconds`: the applier's batch commits.
 pub static BACKEND_COMMIT: Histogram = Histogram::new();
+
+// The commit round, stage by stage (where a write's time goes between its arrival and its
+// answer; see `raft::round`). The fsync and the backend commit above are two of its stages.
+/// `pgraft_server_proposal_duration_seconds`: a write proposed by this member, from its
+/// proposal to its answer (applied here).
+pub static PROPOSAL_DURATION: Histogram = Histogram::with_buckets(&ROUND_BUCKETS);
+/// `pgraft_raft_proposal_queue_duration_seconds`: a proposal's wait in the raft loop's queue.
+pub static PROPOSAL_QUEUE: Histogram = Histogram::with_buckets(&ROUND_BUCKETS);
+/// `pgraft_raft_proposal_commit_duration_seconds`: on the leader, an entry's time from its
+/// append to the log to its commit by a quorum.
+pub static PROPOSAL_COMMIT: Histogram = Histogram::with_buckets(&ROUND_BUCKETS);
+/// `pgraft_server_apply_duration_seconds`: one batch of committed entries applied.
+pub static APPLY_BATCH: Histogram = Histogram::with_buckets(&ROUND_BUCKETS);
+/// `pgraft_server_applied_entries_total`: entries applied in those batches.
+pub static APPLIED_ENTRIES: Counter = Counter::new();
+/// `pgraft_raft_loop_turn_duration_seconds`: the raft loop's turns.
+pub static RAFT_LOOP_TURN: Histogram = Histogram::with_buckets(&ROUND_BUCKETS);
+
+/// `etcd_network_peer_round_trip_time_seconds`, per peer: measured on the leader from a
+/// heartbeat to its answer (etcd probes with a request of its own; this round trip also holds
+/// both raft loops' turns, which is what a commit waits for).
+static PEER_RTT: Mutex<BTreeMap<u64, Histogram>> = Mutex::new(BTreeMap::new());
+
+/// Observes a round trip to peer `id`.
+pub fn peer_round_trip(id: u64, d: Duration) {
+    PEER_RTT
+        .lock()
+        .entry(id)
+        .or_insert_with(|| Histogram::with_buckets(&ROUND_BUCKETS))
+        .observe(d);
+}
+
+/// Keeps the round-trip series of these peers only (the others left the cluster).
+pub fn retain_peers(ids: &[u64]) {
+    PEER_RTT.lock().retain(|id, _| ids.contains(id));
+}
 /// `etcd_server_health_success` / `etcd_server_health_failures` (the `/health` endpoint).
 pub static HEALTH_SUCCESS: Counter = Counter::new();
 pub static HEALTH_FAILURES: Counter = Counter::new();
@@ -299,6 +357,57 @@ pub fn render(s: &ServerGauges) -> String {
         "The latency distributions of fsync called by WAL.",
         &WAL_FSYNC,
     );
+    header(
+        o,
+        "etcd_network_peer_round_trip_time_seconds",
+        "histogram",
+        "Round-Trip-Time histogram between peers",
+    );
+    for (id, h) in PEER_RTT.lock().iter() {
+        series(
+            o,
+            "etcd_network_peer_round_trip_time_seconds",
+            &format!("To=\"{id:x}\""),
+            h,
+        );
+    }
+    histogram(
+        o,
+        "pgraft_raft_loop_turn_duration_seconds",
+        "The raft loop's turns, from waking to waiting again.",
+        &RAFT_LOOP_TURN,
+    );
+    histogram(
+        o,
+        "pgraft_raft_proposal_commit_duration_seconds",
+        "On the leader, an entry's time from its append to its commit by a quorum.",
+        &PROPOSAL_COMMIT,
+    );
+    histogram(
+        o,
+        "pgraft_raft_proposal_queue_duration_seconds",
+        "A proposal's wait in the raft loop's queue before raft takes it.",
+        &PROPOSAL_QUEUE,
+    );
+    histogram(
+        o,
+        "pgraft_server_apply_duration_seconds",
+        "The time to apply one batch of committed entries to the state machine.",
+        &APPLY_BATCH,
+    );
+    simple(
+        o,
+        "pgraft_server_applied_entries_total",
+        "counter",
+        "Committed entries applied to the state machine (in the batches above).",
+        APPLIED_ENTRIES.get(),
+    );
+    histogram(
+        o,
+        "pgraft_server_proposal_duration_seconds",
+        "A write proposed by this member, from its proposal to its answer.",
+        &PROPOSAL_DURATION,
+    );
     simple(
         o,
         "etcd_debugging_mvcc_compact_revision",
@@ -409,6 +518,15 @@ pub fn render(s: &ServerGauges) -> String {
         s.server_version
     );
     grpc(o);
+    if let Some(cpu) = process_cpu_seconds() {
+        simple(
+            o,
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            cpu,
+        );
+    }
     if let Some((vsz, rss)) = process_memory() {
         simple(
             o,
@@ -439,17 +557,28 @@ fn simple(o: &mut String, name: &str, kind: &str, help: &str, v: impl std::fmt::
 
 fn histogram(o: &mut String, name: &str, help: &str, h: &Histogram) {
     header(o, name, "histogram", help);
+    series(o, name, "", h);
+}
+
+/// One histogram's series; `labels` (`a="b"`, or empty) go before `le`.
+fn series(o: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let sep = if labels.is_empty() { "" } else { "," };
     // Read the count first: buckets observed later can only make the cumulated buckets larger,
     // so `+Inf` (the count) is taken as the largest of the two.
     let mut cum = 0;
-    for (i, le) in DISK_BUCKETS.iter().enumerate() {
+    for (i, le) in h.bounds.iter().enumerate() {
         cum += h.buckets[i].load(Ordering::Relaxed);
-        let _ = writeln!(o, "{name}_bucket{{le=\"{le}\"}} {cum}");
+        let _ = writeln!(o, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cum}");
     }
     let count = h.count().max(cum);
-    let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(o, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
     let sum = h.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-    let _ = writeln!(o, "{name}_sum {sum}\n{name}_count {count}");
+    let labels = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
+    };
+    let _ = writeln!(o, "{name}_sum{labels} {sum}\n{name}_count{labels} {count}");
 }
 
 fn grpc(o: &mut String) {
@@ -484,6 +613,21 @@ fn grpc(o: &mut String) {
     }
 }
 
+/// User plus system CPU time of this process, from `/proc/self/stat` (fields 14 and 15, in
+/// clock ticks), as Prometheus's process collector reports it.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after it follow its `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    Some((utime + stime) as f64 / hz)
+}
+
 /// (virtual, resident) bytes of this process, from `/proc/self/statm`.
 fn process_memory() -> Option<(u64, u64)> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -498,6 +642,24 @@ fn process_memory() -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labelled_series_put_their_labels_before_le() {
+        let h = Histogram::with_buckets(&ROUND_BUCKETS);
+        h.observe(Duration::from_micros(150));
+        let mut o = String::new();
+        series(&mut o, "rtt", "To=\"a\"", &h);
+        assert!(o.contains("rtt_bucket{To=\"a\",le=\"0.0001\"} 0\n"), "{o}");
+        assert!(o.contains("rtt_bucket{To=\"a\",le=\"0.0002\"} 1\n"), "{o}");
+        assert!(o.contains("rtt_bucket{To=\"a\",le=\"3.2768\"} 1\n"), "{o}");
+        assert!(o.contains("rtt_count{To=\"a\"} 1\n"), "{o}");
+    }
+
+    #[test]
+    fn cpu_time_is_read() {
+        let cpu = process_cpu_seconds().expect("cpu time");
+        assert!(cpu >= 0.0);
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {

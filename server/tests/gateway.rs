@@ -1202,6 +1202,8 @@ async fn metrics_are_present_and_move() {
         "etcd_debugging_mvcc_keys_total",
         "etcd_server_version{server_version=\"3.5.0\"}",
         "process_resident_memory_bytes",
+        "process_cpu_seconds_total",
+        "pgraft_raft_loop_turn_duration_seconds_count",
     ] {
         before.get(name);
     }
@@ -1251,6 +1253,20 @@ async fn metrics_are_present_and_move() {
     assert!(after.get("etcd_disk_wal_fsync_duration_seconds_sum") > 0.0);
     let put_ok = grpc_series("handled", "etcdserverpb.KV", "Put", Some("OK"));
     grew(&put_ok, 5.0);
+    // The commit round, stage by stage: each of the six writes was queued for the raft loop,
+    // appended and committed here (the leader), applied, and answered.
+    for stage in [
+        "pgraft_raft_proposal_queue_duration_seconds",
+        "pgraft_raft_proposal_commit_duration_seconds",
+        "pgraft_server_proposal_duration_seconds",
+    ] {
+        grew(&format!("{stage}_count"), 6.0);
+        grew(&format!("{stage}_bucket{{le=\"3.2768\"}}"), 6.0);
+    }
+    grew("pgraft_server_applied_entries_total", 6.0);
+    grew("pgraft_server_apply_duration_seconds_count", 1.0);
+    grew("pgraft_raft_loop_turn_duration_seconds_count", 6.0);
+    assert!(after.get("process_cpu_seconds_total") > 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

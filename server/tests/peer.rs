@@ -417,3 +417,53 @@ async fn malformed_raft_messages_to_a_cluster_are_dropped() {
     other.stop().await;
     leader.stop().await;
 }
+
+/// The leader times the commit round for `/metrics`: every follower's heartbeat round trip
+/// (etcd's `etcd_network_peer_round_trip_time_seconds{To=...}`) and its entries' append to
+/// commit time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_measures_peer_round_trips_and_commits() {
+    use etcd_proto::etcdserverpb::{kv_client::KvClient, PutRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = common::start_cluster(dir.path(), 3, &[]).await;
+    let leader = nodes
+        .iter()
+        .find(|n| n.server.raft.status.is_leader())
+        .expect("a leader");
+    let mut kv = KvClient::connect(format!("http://{}", leader.client_addrs[0]))
+        .await
+        .unwrap();
+    for i in 0..20 {
+        kv.put(PutRequest {
+            key: format!("k{i}").into_bytes(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    // Heartbeats leave every 100 ms.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let text = reqwest::get(format!("http://{}/metrics", leader.client_addrs[0]))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    for f in nodes.iter().filter(|n| !n.server.raft.status.is_leader()) {
+        let to = format!("{:x}", f.server.member_id());
+        let rtt = "etcd_network_peer_round_trip_time_seconds";
+        assert!(value(&format!("{rtt}_count{{To=\"{to}\"}}")) >= 1.0);
+        assert!(value(&format!("{rtt}_sum{{To=\"{to}\"}}")) > 0.0);
+        assert!(value(&format!("{rtt}_bucket{{To=\"{to}\",le=\"+Inf\"}}")) >= 1.0);
+    }
+    // Process-wide (the members share this process): at least the 20 puts.
+    assert!(value("pgraft_raft_proposal_commit_duration_seconds_count") >= 20.0);
+    assert!(value("pgraft_server_proposal_duration_seconds_count") >= 20.0);
+}

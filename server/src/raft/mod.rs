@@ -9,6 +9,7 @@ pub mod dial;
 pub mod leader_log;
 pub mod node;
 pub mod queued;
+mod round;
 pub mod storage;
 mod syncer;
 pub mod transport;

@@ -14,6 +14,7 @@
 //! and written, durable here or not yet (`Loop::apply_ahead` says why that is safe).
 
 use super::queued::{ProposalQueue, Queued, MAX_QUEUED_PROPOSAL_BYTES};
+use super::round::RoundTimer;
 use super::syncer::Syncer;
 use super::transport::Transport;
 use super::RaftStorage;
@@ -360,6 +361,7 @@ pub fn start<S: StateMachine>(
         was_leader: false,
         last_role: StateRole::Follower,
         last_term: 0,
+        round: RoundTimer::default(),
     };
     let thread = std::thread::Builder::new()
         .name("raft".into())
@@ -434,6 +436,8 @@ struct Loop<S> {
     /// Role and term seen at the last status update (to count elections).
     last_role: StateRole,
     last_term: u64,
+    /// Times the commit round's stages for the metrics (on the leader).
+    round: RoundTimer,
 }
 
 /// Where a member's ReadIndex sequence starts: the wall clock in nanoseconds. A leader ignores a
@@ -677,6 +681,7 @@ impl<S: StateMachine> Loop<S> {
             }
             self.apply_ahead()?;
             self.storage.backend().rotate_full_memtables()?;
+            crate::metrics::RAFT_LOOP_TURN.since(turn);
             crate::metrics::warn_if_slow("raft loop turn", turn);
         }
     }
@@ -694,9 +699,12 @@ impl<S: StateMachine> Loop<S> {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Propose { id, data, .. } => {
+            Command::Propose { id, data, queued } => {
+                crate::metrics::PROPOSAL_QUEUE.since(queued.at);
                 if self.raw.propose(Vec::new(), data).is_err() {
                     self.sm.proposal_dropped(id, self.drop_reason());
+                } else if self.raw.raft.state == StateRole::Leader {
+                    self.round.appended(self.raw.raft.raft_log.last_index());
                 }
             }
             Command::ProposeConfChange { id, cc } => {
@@ -719,7 +727,10 @@ impl<S: StateMachine> Loop<S> {
                 };
                 if let Err(why) = admissible(&m, &local) {
                     refused_peer_message(&m, why);
-                } else if let Err(e) = self.raw.step(m) {
+                    return;
+                }
+                self.round.received(&m);
+                if let Err(e) = self.raw.step(m) {
                     tracing::debug!(error = %e, "dropped a peer message");
                 }
             }
@@ -846,7 +857,9 @@ impl<S: StateMachine> Loop<S> {
         }
         let mut rd = self.raw.ready();
         // The leader's appends leave in parallel with its own fsync.
-        self.transport.send(rd.take_messages());
+        let msgs = rd.take_messages();
+        self.round.sent(&msgs);
+        self.transport.send(msgs);
         if !rd.snapshot().is_empty() {
             self.start_install(rd.snapshot().clone())?;
         }
@@ -1022,6 +1035,7 @@ impl<S: StateMachine> Loop<S> {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(false);
         };
+        self.round.committed(last);
         let mut normal = Vec::new();
         let mut removed = false;
         for e in entries {
@@ -1030,19 +1044,29 @@ impl<S: StateMachine> Loop<S> {
                 EntryType::EntryNormal => normal.push(e),
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     if !normal.is_empty() {
-                        self.sm.apply(std::mem::take(&mut normal))?;
+                        self.apply_normal(std::mem::take(&mut normal))?;
                     }
                     removed |= self.apply_conf_change(&e)?;
                 }
             }
         }
         if !normal.is_empty() {
-            self.sm.apply(normal)?;
+            self.apply_normal(normal)?;
         }
         self.status.commit_index.fetch_max(last, Ordering::AcqRel);
         self.status.raise_applied(last);
         self.maybe_compact_log(last)?;
         Ok(removed)
+    }
+
+    /// One batch of normal entries to the state machine, timed.
+    fn apply_normal(&mut self, entries: Vec<Entry>) -> Result<()> {
+        let start = Instant::now();
+        let n = entries.len() as u64;
+        self.sm.apply(entries)?;
+        crate::metrics::APPLY_BATCH.since(start);
+        crate::metrics::APPLIED_ENTRIES.add(n);
+        Ok(())
     }
 
     /// Applies entries that are committed but not yet durable on this member. raft-rs (as
@@ -1086,7 +1110,8 @@ impl<S: StateMachine> Loop<S> {
         let Some(last) = normal.last().map(|e| e.index) else {
             return Ok(());
         };
-        self.sm.apply(normal)?;
+        self.round.committed(last);
+        self.apply_normal(normal)?;
         self.applied_ahead = last;
         // Committed (raft's commit index is at or past it) before it is applied: the status
         // never shows an applied index ahead of the commit index.
@@ -1130,7 +1155,10 @@ impl<S: StateMachine> Loop<S> {
         self.status
             .is_learner
             .store(cs.learners.contains(&self.cfg.id), Ordering::Release);
-        self.transport.set_peers(self.sm.peers());
+        let peers = self.sm.peers();
+        let ids: Vec<u64> = peers.iter().map(|(id, _)| *id).collect();
+        crate::metrics::retain_peers(&ids);
+        self.transport.set_peers(peers);
     }
 
     /// Once `--snapshot-count` entries are applied beyond the ones kept for slow followers,
@@ -1240,6 +1268,7 @@ impl<S: StateMachine> Loop<S> {
             .store(if is_leader { r.term } else { 0 }, Ordering::Release);
         if is_leader != self.was_leader {
             self.was_leader = is_leader;
+            self.round.clear();
             tracing::info!(term = r.term, is_leader, "leadership changed");
             self.sm.leadership_changed(is_leader);
         }

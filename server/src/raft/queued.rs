@@ -7,6 +7,7 @@
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Proposal bytes the loop may have queued (about 40 max-size requests).
 pub const MAX_QUEUED_PROPOSAL_BYTES: usize = 64 << 20;
@@ -23,6 +24,8 @@ pub struct ProposalQueue {
 pub struct Queued {
     bytes: Arc<AtomicUsize>,
     n: usize,
+    /// When it was queued (`pgraft_raft_proposal_queue_duration_seconds`).
+    pub at: Instant,
 }
 
 impl ProposalQueue {
@@ -40,6 +43,7 @@ impl ProposalQueue {
         let share = Queued {
             bytes: self.bytes.clone(),
             n,
+            at: Instant::now(),
         };
         if before > 0 && before + n > self.max {
             return Err(Error::TooManyRequests);

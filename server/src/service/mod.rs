@@ -129,13 +129,18 @@ impl EtcdServer {
             return Err(Error::RequestTooLarge);
         }
         let _pending = crate::metrics::PendingProposal::start();
+        let start = std::time::Instant::now();
         let rx = self.wait.register(id);
         if let Err(e) = self.raft.propose(id, data) {
             self.wait.cancel(id);
             crate::metrics::PROPOSALS_FAILED.inc();
             return Err(e);
         }
-        self.await_applied(id, rx).await
+        let res = self.await_applied(id, rx).await;
+        if !lost_on_the_way(&res) {
+            crate::metrics::PROPOSAL_DURATION.since(start);
+        }
+        res
     }
 
     /// Waits for the applier to report on request `id`.
@@ -152,9 +157,7 @@ impl EtcdServer {
                 Err(Error::Timeout)
             }
         };
-        // Not entering the log or not coming back from it; an applied request's own error is
-        // its answer, not a failed proposal.
-        if let Err(Error::NoLeader | Error::Stopped | Error::Timeout | Error::LeaderChanged) = res {
+        if lost_on_the_way(&res) {
             crate::metrics::PROPOSALS_FAILED.inc();
         }
         res
@@ -470,6 +473,15 @@ impl EtcdServer {
 /// etcd's `maxGapBetweenApplyAndCommitIndex`: committed entries this member may have left to
 /// apply before it refuses new proposals.
 pub const MAX_APPLY_GAP: u64 = 5000;
+
+/// A proposal that did not enter the log or did not come back from it (a failed proposal);
+/// an applied request's own error is its answer.
+fn lost_on_the_way(res: &Result<Applied>) -> bool {
+    matches!(
+        res,
+        Err(Error::NoLeader | Error::Stopped | Error::Timeout | Error::LeaderChanged)
+    )
+}
 
 /// etcd's check before a proposal: `etcdserver: too many requests` when the committed index is
 /// more than [`MAX_APPLY_GAP`] entries past the applied one, so that a member whose apply fell

@@ -1,0 +1,122 @@
+//! Where a write's time goes in the commit round, measured by the raft loop for the metrics
+//! (`pgraft_raft_proposal_commit_duration_seconds`, `etcd_network_peer_round_trip_time_seconds`):
+//! how long a leader's entries wait for a quorum, and how long a peer takes to answer a
+//! heartbeat. With the fsync, apply and end-to-end histograms beside them they say which stage
+//! of append, fsync, replicate, acknowledge, apply and answer a busy cluster waits on.
+//!
+//! Bounded: at most [`MAX_TRACKED`] uncommitted entries are timed (past that, entries go
+//! untimed until the oldest commit), and one outstanding heartbeat per peer.
+
+use crate::metrics;
+use raft::eraftpb::{Message, MessageType};
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+/// Entries timed at once: far more than commit together in any round.
+const MAX_TRACKED: usize = 16 * 1024;
+
+#[derive(Default)]
+pub struct RoundTimer {
+    /// Entries appended by this leader and not yet committed, in log order: (index, when).
+    appended: VecDeque<(u64, Instant)>,
+    /// Per peer, when the oldest heartbeat it has not answered yet left.
+    heartbeats: HashMap<u64, Instant>,
+}
+
+impl RoundTimer {
+    /// This leader appended its entries up to `index` now.
+    pub fn appended(&mut self, index: u64) {
+        if self.appended.len() < MAX_TRACKED
+            && self.appended.back().is_none_or(|(last, _)| *last < index)
+        {
+            self.appended.push_back((index, Instant::now()));
+        }
+    }
+
+    /// Entries up to `index` are committed (seen now, before they are applied).
+    pub fn committed(&mut self, index: u64) {
+        while let Some(&(i, at)) = self.appended.front() {
+            if i > index {
+                break;
+            }
+            metrics::PROPOSAL_COMMIT.since(at);
+            self.appended.pop_front();
+        }
+    }
+
+    /// Messages leaving now: heartbeats are timed until their answer.
+    pub fn sent(&mut self, msgs: &[Message]) {
+        for m in msgs {
+            if m.get_msg_type() == MessageType::MsgHeartbeat {
+                self.heartbeats.entry(m.to).or_insert_with(Instant::now);
+            }
+        }
+    }
+
+    /// A message from a peer: a heartbeat's answer ends its round trip.
+    pub fn received(&mut self, m: &Message) {
+        if m.get_msg_type() == MessageType::MsgHeartbeatResponse {
+            if let Some(sent) = self.heartbeats.remove(&m.from) {
+                metrics::peer_round_trip(m.from, sent.elapsed());
+            }
+        }
+    }
+
+    /// Leadership was lost or gained: what was timed belongs to another term.
+    pub fn clear(&mut self) {
+        self.appended.clear();
+        self.heartbeats.clear();
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.appended.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_timed_until_their_commit_and_the_queue_is_bounded() {
+        let mut t = RoundTimer::default();
+        let before = metrics::PROPOSAL_COMMIT.count();
+        t.appended(5);
+        t.appended(5); // nothing new appended: not timed twice
+        t.appended(7);
+        assert_eq!(t.tracked(), 2);
+        t.committed(6);
+        assert_eq!(t.tracked(), 1);
+        t.committed(7);
+        assert_eq!(t.tracked(), 0);
+        assert!(metrics::PROPOSAL_COMMIT.count() >= before + 2);
+        for i in 0..(MAX_TRACKED as u64 + 10) {
+            t.appended(100 + i);
+        }
+        assert_eq!(t.tracked(), MAX_TRACKED);
+        t.clear();
+        assert_eq!(t.tracked(), 0);
+    }
+
+    #[test]
+    fn a_heartbeat_is_timed_from_the_first_unanswered_one() {
+        let mut t = RoundTimer::default();
+        let hb = |to| {
+            let mut m = Message::default();
+            m.set_msg_type(MessageType::MsgHeartbeat);
+            m.to = to;
+            m
+        };
+        t.sent(&[hb(2), hb(3)]);
+        let first = t.heartbeats[&2];
+        t.sent(&[hb(2)]);
+        assert_eq!(t.heartbeats[&2], first, "the oldest unanswered one counts");
+        let mut resp = Message::default();
+        resp.set_msg_type(MessageType::MsgHeartbeatResponse);
+        resp.from = 2;
+        t.received(&resp);
+        assert!(!t.heartbeats.contains_key(&2));
+        assert!(t.heartbeats.contains_key(&3));
+    }
+}
