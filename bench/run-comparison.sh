@@ -206,8 +206,9 @@ rss_sum() {
 }
 
 # watch_run KIND: WATCHERS watchers (streams of 100, over the members) on WATCH_KEYS keys, put
-# to in turn at 100/s: put-to-event latency; the members' RSS, sampled while they hold the
-# watchers, gives the memory per watcher ((peak - before) / WATCHERS).
+# to in turn at 100/s: put-to-event latency; the members' RSS, sampled every 0.2 s while they
+# hold the watchers, gives the memory per watcher ((peak - before) / WATCHERS, with what the
+# puts and the streams' buffers take).
 watch_run() {
     local kind=$1 before peak now pid
     before=$(rss_sum)
@@ -230,6 +231,9 @@ run_matrix() {
     log "starting 3-member $kind cluster (round $ROUND)"
     rm -rf "${WORK:?}/$kind"
     start_cluster "$kind" "$bin"
+    # First, on fresh members: memory the put runs left behind (a Go heap keeps what it grew
+    # to) would hold the watchers without growing, and hide what they cost.
+    watch_run "$kind"
     local put=(put --key-size 8 --val-size 256 --sequential-keys --key-space-size "$PUT_TOTAL")
     staged "$kind" put16 --target-leader --conns "$CONNS" --clients 16 --total "$PUT_TOTAL" "${put[@]}"
     staged "$kind" put64 --target-leader --conns "$CONNS" --clients 64 --total "$PUT_TOTAL" "${put[@]}"
@@ -237,7 +241,6 @@ run_matrix() {
     etcdctl --endpoints="$ENDPOINTS" put "$RANGE_KEY" "$(printf 'v%.0s' $(seq 256))" >/dev/null
     bench "$kind" range-l --conns "$CONNS" --clients 64 --total "$RANGE_TOTAL" range "$RANGE_KEY" --consistency l
     bench "$kind" range-s --conns "$CONNS" --clients 64 --total "$RANGE_TOTAL" range "$RANGE_KEY" --consistency s
-    watch_run "$kind"
     log "$kind: idle for ${SETTLE}s before reading RSS"
     sleep "$SETTLE"
     : >"$ROUND_DIR/$kind-rss-kib"

@@ -11,6 +11,7 @@
 
 pub mod outbox;
 pub mod stream;
+mod watchers;
 
 use crate::error::{Error, Result};
 use crate::mvcc::{RevEvents, Store};

@@ -9,16 +9,16 @@
 //! byte-bounded [`Outbox`]; a client that reads nothing stops the task there, holding no more.
 
 use super::outbox::{Gone, Outbox};
-use super::{RevEvents, WatchHub};
+use super::watchers::{Watcher, Watchers};
+use super::WatchHub;
 use crate::error::Error;
 use crate::mvcc::KeyRange;
 use etcd_proto::etcdserverpb::watch_create_request::FilterType;
 use etcd_proto::etcdserverpb::watch_request::RequestUnion;
 use etcd_proto::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse};
-use etcd_proto::mvccpb::{event::EventType, Event};
+use etcd_proto::mvccpb::Event;
 use futures::{Stream, StreamExt};
 use prost::Message;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,24 +43,16 @@ pub struct StreamConfig {
 /// 1000 revisions (`watchBatchMaxRevs`) whatever their size.
 pub const BATCH_BYTES: usize = 1 << 20;
 
-struct Watcher {
-    range: KeyRange,
-    next_rev: i64,
-    prev_kv: bool,
-    no_put: bool,
-    no_delete: bool,
-    progress_notify: bool,
-    fragment: bool,
-    notified_since_tick: bool,
-}
-
 struct WatchStream {
     hub: Arc<WatchHub>,
     header: HeaderFn,
     cfg: StreamConfig,
     out: Outbox,
-    watchers: BTreeMap<i64, Watcher>,
+    watchers: Watchers,
     next_id: i64,
+    /// The compaction revision every watcher is known to be at or past (see
+    /// [`WatchStream::cancel_compacted`]).
+    compact_checked: i64,
 }
 
 /// The client went away: stop serving the stream.
@@ -84,8 +76,9 @@ pub async fn serve<S>(
         header,
         cfg,
         out,
-        watchers: BTreeMap::new(),
+        watchers: Watchers::default(),
         next_id: 0,
+        compact_checked: 0,
     };
     let mut input_open = true;
     loop {
@@ -141,7 +134,7 @@ impl WatchStream {
         match req.request_union {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(RequestUnion::CancelRequest(c)) => {
-                if self.watchers.remove(&c.watch_id).is_some() {
+                if self.watchers.remove(c.watch_id).is_some() {
                     self.send(WatchResponse {
                         header: Some((self.header)(self.current())),
                         watch_id: c.watch_id,
@@ -157,7 +150,7 @@ impl WatchStream {
                 // while a snapshot install holds them back (etcd sends none to unsynced ones).
                 self.catch_up().await?;
                 let current = self.current();
-                if self.watchers.values().any(|w| w.next_rev <= current) {
+                if self.watchers.iter().any(|(_, w)| w.next_rev <= current) {
                     return Ok(());
                 }
                 self.send(WatchResponse {
@@ -198,20 +191,22 @@ impl WatchStream {
             return self.reject(Error::Compacted.to_string()).await;
         }
         let id = if c.watch_id != 0 {
-            if self.watchers.contains_key(&c.watch_id) {
+            if self.watchers.contains_key(c.watch_id) {
                 return self
                     .reject("mvcc: duplicate watch ID provided on the WatchStream".into())
                     .await;
             }
             c.watch_id
         } else {
-            while self.watchers.contains_key(&self.next_id) {
+            while self.watchers.contains_key(self.next_id) {
                 self.next_id += 1;
             }
             self.next_id += 1;
             self.next_id - 1
         };
         let current = self.current();
+        // It may start below the compaction point.
+        self.compact_checked = 0;
         let filters: Vec<i32> = c.filters;
         self.watchers.insert(
             id,
@@ -247,8 +242,8 @@ impl WatchStream {
             self.cancel_compacted().await?;
             let Some(from) = self
                 .watchers
-                .values()
-                .map(|w| w.next_rev)
+                .iter()
+                .map(|(_, w)| w.next_rev)
                 .filter(|r| *r <= current)
                 .min()
             else {
@@ -268,19 +263,24 @@ impl WatchStream {
             };
             let upto = batch.upto;
             let compact = self.hub.store().compact_rev();
-            let due: Vec<i64> = self
-                .watchers
-                .iter()
-                .filter(|(_, w)| w.next_rev <= upto)
-                .map(|(id, _)| *id)
-                .collect();
+            // The watchers of the batch's keys (found through the key index), then every
+            // watcher in the batch's span moves past it.
+            let touched = self.watchers.touched_by(&batch.revs);
+            let mut due = Vec::with_capacity(touched.len());
+            for (id, w) in self.watchers.iter_mut() {
+                if w.next_rev <= upto {
+                    if touched.contains(id) {
+                        due.push((*id, w.next_rev));
+                    }
+                    w.next_rev = upto + 1;
+                }
+            }
             // One watcher's copy of the events at a time: it is queued before the next is built.
-            for id in due {
-                let Some(w) = self.watchers.get_mut(&id) else {
+            for (id, next_rev) in due {
+                let Some(w) = self.watchers.get_mut(id) else {
                     continue;
                 };
-                let events = w.events_from(&batch.revs, compact);
-                w.next_rev = upto + 1;
+                let events = w.events_from(&batch.revs, next_rev, compact);
                 if events.is_empty() {
                     continue;
                 }
@@ -291,8 +291,15 @@ impl WatchStream {
         }
     }
 
+    /// Cancels the watchers that need a revision below the compaction point. Watchers only
+    /// move forward, so once every one was checked against a compaction revision, none needs
+    /// checking again until the next compaction or a new watcher.
     async fn cancel_compacted(&mut self) -> Result<(), Closed> {
         let compact = self.hub.store().compact_rev();
+        if compact <= self.compact_checked {
+            return Ok(());
+        }
+        self.compact_checked = compact;
         let behind: Vec<i64> = self
             .watchers
             .iter()
@@ -300,7 +307,7 @@ impl WatchStream {
             .map(|(id, _)| *id)
             .collect();
         for id in behind {
-            self.watchers.remove(&id);
+            self.watchers.remove(id);
             self.send(WatchResponse {
                 header: Some((self.header)(0)),
                 watch_id: id,
@@ -377,43 +384,5 @@ impl WatchStream {
             .await?;
         }
         Ok(())
-    }
-}
-
-impl Watcher {
-    /// This watcher's events among `revs`, shaped for it.
-    fn events_from(&self, revs: &[Arc<RevEvents>], compact_rev: i64) -> Vec<Event> {
-        revs.iter()
-            .filter(|r| r.rev >= self.next_rev)
-            .flat_map(|r| r.events.iter())
-            .filter(|e| self.wants(e))
-            .map(|e| self.shape(e, compact_rev))
-            .collect()
-    }
-
-    fn wants(&self, e: &Event) -> bool {
-        let Some(kv) = &e.kv else { return false };
-        if !self.range.contains(&kv.key) {
-            return false;
-        }
-        let is_delete = e.r#type == EventType::Delete as i32;
-        !(is_delete && self.no_delete || !is_delete && self.no_put)
-    }
-
-    /// The event as this watcher gets it. `prev_kv` is the value as of `mod_revision - 1`, which
-    /// etcd reads at send time: omitted once that revision is below the compaction point.
-    fn shape(&self, e: &Event, compact_rev: i64) -> Event {
-        let prev_readable =
-            e.kv.as_ref()
-                .is_some_and(|kv| kv.mod_revision > compact_rev);
-        Event {
-            r#type: e.r#type,
-            kv: e.kv.clone(),
-            prev_kv: if self.prev_kv && prev_readable {
-                e.prev_kv.clone()
-            } else {
-                None
-            },
-        }
     }
 }
