@@ -186,13 +186,15 @@ EOF
 # stages-KIND-TEST.json.
 staged() {
     local kind=$1 test=$2 dir="$ROUND_DIR/metrics/$1-$2"
-    scrape "$dir/before"
+    # A failed scrape or stage report costs its rows ("n/a"), not the run.
+    scrape "$dir/before" || log "$kind $test: /metrics scrape failed"
     bench "$@"
-    scrape "$dir/after"
+    scrape "$dir/after" || log "$kind $test: /metrics scrape failed"
     python3 "$ROOT/bench/stages.py" "$dir/before" "$dir/after" \
-        "$(jq .requests "$ROUND_DIR/$kind-$test.json")" >"$ROUND_DIR/stages-$kind-$test.json"
-    jq -c '{cpu_us_per_request, stages: (.stages | map_values(.mean_ms))}' \
-        "$ROUND_DIR/stages-$kind-$test.json" >&2
+        "$(jq '.requests // 0' "$ROUND_DIR/$kind-$test.json")" >"$ROUND_DIR/stages-$kind-$test.json" ||
+        log "$kind $test: no stage report"
+    jq -c '{cpu_us_per_request, stages: ((.stages // {}) | map_values(.mean_ms))}' \
+        "$ROUND_DIR/stages-$kind-$test.json" >&2 || true
 }
 
 # The members' resident memory, KiB, summed.

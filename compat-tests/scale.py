@@ -310,7 +310,11 @@ def _run(cl: Cluster, p: Params, res: Result, note, procs: list) -> None:
             res.stuck[m.name] = thread_dump(m.pid) or "(no gdb to look)"
     if new is not None and new.alive() and not res.catchup_error:
         compare_keys(leader, new, p, res, note)
-    restart_follower([m for m in cl.members[:3] if m is not leader][0], p, res, note)
+    try:  # a follower now: leadership may have moved during the test
+        now_leader = cl.wait_leader(timeout=30)
+    except Exception:
+        now_leader = leader
+    restart_follower([m for m in cl.members[:3] if m is not now_leader][0], p, res, note)
 
 
 def initial_load(eps: list[str], p: Params, res: Result, note) -> None:

@@ -293,8 +293,8 @@ pub async fn watch_latency(ctx: &Ctx, w: &WatchLatency) -> Result<(Report, Repor
         }
     }
     let elapsed = start.elapsed();
-    // Each put's events were counted by its key's watchers: one more is an event no put asked
-    // for (a watcher on the wrong key, or a duplicate).
+    // Each put waited for as many events as its key has watchers (events are counted, not
+    // matched to keys): one more now is an event no put asked for, a duplicate or a surplus.
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), ev_rx.recv()).await {
         count(&mut watch_errs, "unexpected watch event".into());
     }

@@ -1035,7 +1035,7 @@ impl<S: StateMachine> Loop<S> {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(false);
         };
-        self.round.committed(last);
+        self.note_committed(last);
         let mut normal = Vec::new();
         let mut removed = false;
         for e in entries {
@@ -1057,6 +1057,17 @@ impl<S: StateMachine> Loop<S> {
         self.status.raise_applied(last);
         self.maybe_compact_log(last)?;
         Ok(removed)
+    }
+
+    /// Entries up to `last` are committed: the commit round of the ones this leader appended
+    /// ends. A member that stepped down in this Ready (its status not updated yet) times none:
+    /// what it had appended may have been replaced.
+    fn note_committed(&mut self, last: u64) {
+        if self.raw.raft.state == StateRole::Leader {
+            self.round.committed(last);
+        } else {
+            self.round.clear();
+        }
     }
 
     /// One batch of normal entries to the state machine, timed.
@@ -1110,7 +1121,7 @@ impl<S: StateMachine> Loop<S> {
         let Some(last) = normal.last().map(|e| e.index) else {
             return Ok(());
         };
-        self.round.committed(last);
+        self.note_committed(last);
         self.apply_normal(normal)?;
         self.applied_ahead = last;
         // Committed (raft's commit index is at or past it) before it is applied: the status

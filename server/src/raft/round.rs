@@ -10,10 +10,14 @@
 use crate::metrics;
 use raft::eraftpb::{Message, MessageType};
 use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Entries timed at once: far more than commit together in any round.
 const MAX_TRACKED: usize = 16 * 1024;
+
+/// A heartbeat unanswered this long (the top round-trip bucket) was lost with its peer: the
+/// next one starts a new round trip, so an outage is not counted as one.
+const MAX_ROUND_TRIP: Duration = Duration::from_millis(3277);
 
 #[derive(Default)]
 pub struct RoundTimer {
@@ -48,7 +52,11 @@ impl RoundTimer {
     pub fn sent(&mut self, msgs: &[Message]) {
         for m in msgs {
             if m.get_msg_type() == MessageType::MsgHeartbeat {
-                self.heartbeats.entry(m.to).or_insert_with(Instant::now);
+                let now = Instant::now();
+                let sent = self.heartbeats.entry(m.to).or_insert(now);
+                if now.duration_since(*sent) > MAX_ROUND_TRIP {
+                    *sent = now;
+                }
             }
         }
     }
