@@ -86,15 +86,27 @@ def overview(server) -> dict:
     return body
 
 
-def wait_until(what: str, limit: float, check):
+def wait_until(what: str, limit: float, check, tolerate: tuple = ()):
+    """Polls check until it is truthy; an exception in `tolerate` counts as "not yet"."""
     deadline = time.monotonic() + limit
     last = None
     while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
+        try:
+            last = check()
+        except tolerate as e:
+            last = e
+        else:
+            if last:
+                return last
         time.sleep(0.1)
     raise AssertionError(f"{what}: not within {limit}s (last: {last!r})")
+
+
+def wait_for_page(what: str, limit: float, check):
+    """wait_until for a check that reads the dashboard: the page redraws its tables every
+    refresh, so an element found a moment ago may be gone (stale) or not drawn yet."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    return wait_until(what, limit, check, (NoSuchElementException, StaleElementReferenceException))
 
 
 # ------------------------------------------------------------------ Schemathesis
@@ -213,7 +225,7 @@ def test_dashboard_follows_the_cluster_live(cluster, browser):
     page_member = cluster.members[0]
     d.get(page_member.client_url + "/")
     # 3 members, one leader, named in the header.
-    got = wait_until("3 members and a leader on the page", 10, lambda: (
+    got = wait_for_page("3 members and a leader on the page", 10, lambda: (
         len(rows(d)) == 3 and sum(r["role"] == "leader" for r in rows(d)) == 1
         and shown_leader(d)[0] != "" and rows(d)))
     leader_row = next(r for r in got if r["role"] == "leader")
@@ -227,19 +239,19 @@ def test_dashboard_follows_the_cluster_live(cluster, browser):
     status, body = call(cluster.members[1], "POST", "/admin/v1/leader", {"target": target["id"]},
                         token=TOKEN)
     assert status == 200, body
-    wait_until("the new leader on the page", 5,
+    wait_for_page("the new leader on the page", 5,
                lambda: shown_leader(d)[0] == target["id"]
                and any(r["id"] == target["id"] and r["role"] == "leader" for r in rows(d)))
     assert d.execute_script("return window.__notReloaded === true;")
-    changes = d.find_element("id", "leader-changes").text
-    assert target["name"] in changes, changes
+    wait_for_page("the leader change listed", 5,
+                  lambda: target["name"] in d.find_element("id", "leader-changes").text)
 
     # Killing a member (not the one serving the page) shows it unhealthy within 5 s.
     victim = next(m for m in cluster.members[1:] if cluster.member_id(m) != int(target["id"], 16))
     victim_id = f"{cluster.member_id(victim):x}"
     cluster.kill(victim, signal.SIGKILL)
     killed_at = time.monotonic()
-    wait_until("the killed member unhealthy on the page", UNHEALTHY_WITHIN,
+    wait_for_page("the killed member unhealthy on the page", UNHEALTHY_WITHIN,
                lambda: any(r["id"] == victim_id and r["healthy"] == "false"
                            and r["health"] == "unhealthy" for r in rows(d)))
     took = time.monotonic() - killed_at
@@ -251,7 +263,7 @@ def test_dashboard_follows_the_cluster_live(cluster, browser):
     # A key saved from the page, with the admin token entered there.
     d.find_element("id", "token").send_keys(TOKEN)
     d.find_element("css selector", "#token-form button").click()
-    wait_until("the edit controls for an admin", 5,
+    wait_for_page("the edit controls for an admin", 5,
                lambda: d.find_element("css selector", "#kv-edit button[type=submit]").is_displayed())
     d.find_element("id", "kv-key").send_keys("ui/key")
     d.find_element("id", "kv-value").send_keys("from the browser")
@@ -262,7 +274,7 @@ def test_dashboard_follows_the_cluster_live(cluster, browser):
     wait_until("the key in the store", 5, saved)
     status, page = call(page_member, "GET", "/admin/v1/kv?prefix=ui/key")
     assert [kv["value"] for kv in page["kvs"]] == ["from the browser"], page
-    wait_until("the key in the page's list", 5,
+    wait_for_page("the key in the page's list", 5,
                lambda: "ui/key" in d.find_element("id", "kv-keys").text)
 
     # A PostgreSQL server registered in client mode (the extension's key and JSON value).
@@ -271,7 +283,7 @@ def test_dashboard_follows_the_cluster_live(cluster, browser):
     status, body = call(page_member, "PUT", "/admin/v1/kv",
                         {"key": "pgraft/postgres/pg-east-1", "value": json.dumps(reg)}, token=TOKEN)
     assert status == 200, body
-    wait_until("the registered PostgreSQL server on the page", 6,
+    wait_for_page("the registered PostgreSQL server on the page", 6,
                lambda: "pg-east-1" in d.find_element("id", "postgres").text
                and "10.0.1.5:5432" in d.find_element("id", "postgres").text
                and "primary" in d.find_element("id", "postgres").text)
@@ -287,7 +299,7 @@ def test_dashboard_follows_the_cluster_live(cluster, browser):
                         {"key": "pgraft/postgres/pg-host-1", "value": json.dumps(host_reg)},
                         token=TOKEN)
     assert status == 200, body
-    wait_until("the hosting PostgreSQL server beside its member", 6,
+    wait_for_page("the hosting PostgreSQL server beside its member", 6,
                lambda: "pg-host-1 (10.0.1.6:5433)" in d.find_element(
                    "css selector", f'#members tr[data-id="{mid}"]').text
                and f"hosts member {mid}" in d.find_element("id", "postgres").text)
