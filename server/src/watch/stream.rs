@@ -150,7 +150,7 @@ impl WatchStream {
                 // while a snapshot install holds them back (etcd sends none to unsynced ones).
                 self.catch_up().await?;
                 let current = self.current();
-                if self.watchers.iter().any(|(_, w)| w.next_rev <= current) {
+                if self.watchers.iter().any(|(_, _, next)| next <= current) {
                     return Ok(());
                 }
                 self.send(WatchResponse {
@@ -240,13 +240,7 @@ impl WatchStream {
         let current = self.current();
         loop {
             self.cancel_compacted().await?;
-            let Some(from) = self
-                .watchers
-                .iter()
-                .map(|(_, w)| w.next_rev)
-                .filter(|r| *r <= current)
-                .min()
-            else {
+            let Some(from) = self.watchers.needs_from(current) else {
                 return Ok(());
             };
             let batch = match self.hub.events(from, current, BATCH_BYTES) {
@@ -263,24 +257,15 @@ impl WatchStream {
             };
             let upto = batch.upto;
             let compact = self.hub.store().compact_rev();
-            // The watchers of the batch's keys (found through the key index), then every
-            // watcher in the batch's span moves past it.
-            let touched = self.watchers.touched_by(&batch.revs);
-            let mut due = Vec::with_capacity(touched.len());
-            for (id, w) in self.watchers.iter_mut() {
-                if w.next_rev <= upto {
-                    if touched.contains(id) {
-                        due.push((*id, w.next_rev));
-                    }
-                    w.next_rev = upto + 1;
-                }
-            }
+            // Every watcher moves past the batch; those of its keys (found through the key
+            // index) are owed some of its events.
+            let due = self.watchers.advance(&batch.revs, upto);
             // One watcher's copy of the events at a time: it is queued before the next is built.
-            for (id, next_rev) in due {
+            for (id, from) in due {
                 let Some(w) = self.watchers.get_mut(id) else {
                     continue;
                 };
-                let events = w.events_from(&batch.revs, next_rev, compact);
+                let events = w.events_from(&batch.revs, from, compact);
                 if events.is_empty() {
                     continue;
                 }
@@ -303,8 +288,8 @@ impl WatchStream {
         let behind: Vec<i64> = self
             .watchers
             .iter()
-            .filter(|(_, w)| w.next_rev < compact)
-            .map(|(id, _)| *id)
+            .filter(|(_, _, next)| *next < compact)
+            .map(|(id, _, _)| id)
             .collect();
         for id in behind {
             self.watchers.remove(id);
@@ -368,11 +353,13 @@ impl WatchStream {
     /// to report since the last tick.
     async fn progress_tick(&mut self) -> Result<(), Closed> {
         let current = self.current();
-        let mut due = Vec::new();
-        for (id, w) in self.watchers.iter_mut() {
-            if w.progress_notify && w.next_rev > current && !w.notified_since_tick {
-                due.push(*id);
-            }
+        let due: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w, next)| w.progress_notify && *next > current && !w.notified_since_tick)
+            .map(|(id, _, _)| id)
+            .collect();
+        for (_, w) in self.watchers.iter_mut() {
             w.notified_since_tick = false;
         }
         for id in due {

@@ -1,10 +1,16 @@
-//! The watchers of one stream (etcd's `watcherGroup`), indexed by key: a new revision's events
+//! The watchers of one stream (etcd's `watcherGroup`s), indexed by key: a new revision's events
 //! are matched to the watchers of their keys with one lookup per event, where a scan compared
 //! every event with every watcher's range. With 10,000 watchers on 100 keys, over 100 streams,
 //! every put woke each stream to compare its key with 100 ranges, and only one matched.
 //!
 //! Single-key watchers (most: Patroni's and etcd's own clients watch a key or a prefix) are
 //! found by their key; range watchers are kept apart and tested one by one.
+//!
+//! Like etcd's `synced` and `unsynced` groups, the watchers that are up to date share one
+//! position, [`Watchers::synced_next`]: a new revision moves that one number and touches only
+//! the watchers its events are for, not every watcher of the stream. Watchers still catching up
+//! from history (created with a past start revision) keep their own position until they reach
+//! the synced one, and then join it.
 
 use crate::mvcc::{KeyRange, RevEvents};
 use etcd_proto::mvccpb::{event::EventType, Event};
@@ -13,7 +19,8 @@ use std::sync::Arc;
 
 pub struct Watcher {
     pub range: KeyRange,
-    /// The first revision this watcher has not been sent yet.
+    /// Behind (catching up): the first revision it has not been sent yet. Synced: the revision
+    /// it starts at; it is owed revisions from the later of this and the synced position.
     pub next_rev: i64,
     pub prev_kv: bool,
     pub no_put: bool,
@@ -61,7 +68,7 @@ impl Watcher {
     }
 }
 
-/// A stream's watchers by id, with the key index.
+/// A stream's watchers by id, with the key index and the synced position.
 #[derive(Default)]
 pub struct Watchers {
     by_id: BTreeMap<i64, Watcher>,
@@ -69,6 +76,10 @@ pub struct Watchers {
     by_key: HashMap<Vec<u8>, Vec<i64>>,
     /// Watchers of a range (a prefix, `--from-key`, an interval).
     ranged: BTreeSet<i64>,
+    /// The first revision not yet sent to the synced watchers (every watcher not `behind`).
+    synced_next: i64,
+    /// Watchers behind the synced position, each at its own `next_rev` (below `synced_next`).
+    behind: BTreeSet<i64>,
 }
 
 impl Watchers {
@@ -81,6 +92,13 @@ impl Watchers {
                 .push(id);
         } else {
             self.ranged.insert(id);
+        }
+        if self.by_id.len() == self.behind.len() {
+            // No synced watcher: the synced position is free to start where this one does.
+            self.synced_next = w.next_rev;
+        }
+        if w.next_rev < self.synced_next {
+            self.behind.insert(id);
         }
         self.by_id.insert(id, w);
     }
@@ -97,6 +115,7 @@ impl Watchers {
         } else {
             self.ranged.remove(&id);
         }
+        self.behind.remove(&id);
         Some(w)
     }
 
@@ -108,17 +127,85 @@ impl Watchers {
         self.by_id.get_mut(&id)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&i64, &Watcher)> {
-        self.by_id.iter()
+    /// Every watcher with the first revision it is still owed.
+    pub fn iter(&self) -> impl Iterator<Item = (i64, &Watcher, i64)> {
+        self.by_id
+            .iter()
+            .map(|(id, w)| (*id, w, self.next_of(*id, w)))
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (&i64, &mut Watcher)> {
         self.by_id.iter_mut()
     }
 
+    /// The first revision watcher `id` is still owed.
+    fn next_of(&self, id: i64, w: &Watcher) -> i64 {
+        if self.behind.contains(&id) {
+            w.next_rev
+        } else {
+            w.next_rev.max(self.synced_next)
+        }
+    }
+
+    /// The lowest revision at or below `current` that some watcher may still be owed: where the
+    /// next catch-up step starts. Looks only at the synced position and the watchers behind it.
+    pub fn needs_from(&self, current: i64) -> Option<i64> {
+        let synced = (self.by_id.len() > self.behind.len() && self.synced_next <= current)
+            .then_some(self.synced_next);
+        let behind = self
+            .behind
+            .iter()
+            .map(|id| self.by_id[id].next_rev)
+            .filter(|r| *r <= current);
+        synced.into_iter().chain(behind).min()
+    }
+
+    /// Moves every watcher past `upto`, the end of a catch-up batch of revisions `revs`, and
+    /// returns those owed some of its events: (id, first revision owed), in id order. A synced
+    /// watcher is visited only when the batch touches its key; a watcher behind joins the synced
+    /// ones once it reaches their position.
+    pub fn advance(&mut self, revs: &[Arc<RevEvents>], upto: i64) -> Vec<(i64, i64)> {
+        let touched = self.touched_by(revs);
+        let mut due = Vec::new();
+        if self.synced_next <= upto {
+            for id in &touched {
+                if self.behind.contains(id) {
+                    continue;
+                }
+                let from = self.by_id[id].next_rev.max(self.synced_next);
+                if from <= upto {
+                    due.push((*id, from));
+                }
+            }
+            self.synced_next = upto + 1;
+        }
+        let mut joined = Vec::new();
+        for id in &self.behind {
+            let w = self
+                .by_id
+                .get_mut(id)
+                .expect("a watcher behind is a watcher");
+            if w.next_rev > upto {
+                continue;
+            }
+            if touched.contains(id) {
+                due.push((*id, w.next_rev));
+            }
+            w.next_rev = upto + 1;
+            if w.next_rev >= self.synced_next {
+                joined.push(*id);
+            }
+        }
+        for id in joined {
+            self.behind.remove(&id);
+        }
+        due.sort_unstable();
+        due
+    }
+
     /// The watchers that may have an event among `revs` (their range holds one of its keys),
     /// in id order; the caller still filters by revision and event type.
-    pub fn touched_by(&self, revs: &[Arc<RevEvents>]) -> BTreeSet<i64> {
+    fn touched_by(&self, revs: &[Arc<RevEvents>]) -> BTreeSet<i64> {
         let mut ids = BTreeSet::new();
         for e in revs.iter().flat_map(|r| r.events.iter()) {
             let Some(kv) = &e.kv else { continue };
@@ -195,5 +282,59 @@ mod tests {
         ws.remove(3);
         assert!(!ws.by_key.contains_key(b"a".as_slice()));
         assert!(!ws.ranged.contains(&4));
+    }
+
+    fn at(key: &[u8], next_rev: i64) -> Watcher {
+        Watcher {
+            next_rev,
+            ..watcher(key, b"")
+        }
+    }
+
+    /// The synced watchers share one position; a watcher created in the past catches up on its
+    /// own and joins them; one created for a later revision is owed nothing before it.
+    #[test]
+    fn watchers_behind_catch_up_and_join_the_synced_ones() {
+        let mut ws = Watchers::default();
+        ws.insert(1, at(b"a", 11)); // synced at 11 (the stream's first watcher)
+        ws.insert(2, at(b"b", 11));
+        ws.insert(3, at(b"a", 5)); // behind: from revision 5
+        ws.insert(4, at(b"a", 14)); // synced, starts at 14
+        assert_eq!(ws.synced_next, 11);
+        assert_eq!(ws.behind.iter().copied().collect::<Vec<_>>(), vec![3]);
+        assert_eq!(ws.needs_from(10), Some(5));
+        assert_eq!(ws.needs_from(4), None);
+
+        // Revisions 5..=8 reach only the watcher behind, which is still behind afterwards.
+        let due = ws.advance(&[rev(5, &[b"a"]), rev(7, &[b"b"])], 8);
+        assert_eq!(due, vec![(3, 5)]);
+        assert_eq!((ws.synced_next, ws.by_id[&3].next_rev), (11, 9));
+        assert_eq!(ws.needs_from(12), Some(9));
+
+        // Revisions 9..=12: the watcher behind gets 9 and 11, the synced watcher of "a" 11, the
+        // later one nothing; the one behind reaches the synced position and joins it.
+        let due = ws.advance(&[rev(9, &[b"a"]), rev(11, &[b"a"]), rev(12, &[b"b"])], 12);
+        assert_eq!(due, vec![(1, 11), (2, 11), (3, 9)]);
+        assert_eq!(ws.synced_next, 13);
+        assert!(ws.behind.is_empty());
+        let owed: Vec<(i64, i64)> = ws.iter().map(|(id, _, next)| (id, next)).collect();
+        assert_eq!(owed, vec![(1, 13), (2, 13), (3, 13), (4, 14)]);
+
+        // Revision 14 on "a": all three watchers of "a", the later one from its start.
+        let due = ws.advance(&[rev(14, &[b"a"])], 14);
+        assert_eq!(due, vec![(1, 13), (3, 13), (4, 14)]);
+        assert_eq!(ws.needs_from(14), None);
+
+        // With every synced watcher gone, a new one sets the synced position; one added after
+        // it with a past start is behind.
+        for id in 1..=4 {
+            ws.remove(id);
+        }
+        ws.insert(5, at(b"c", 30));
+        ws.insert(6, at(b"c", 20));
+        assert_eq!(ws.synced_next, 30);
+        assert_eq!(ws.behind.iter().copied().collect::<Vec<_>>(), vec![6]);
+        ws.remove(6);
+        assert!(ws.behind.is_empty());
     }
 }
