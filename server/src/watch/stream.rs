@@ -291,8 +291,11 @@ impl WatchStream {
             .filter(|(_, _, next)| *next < compact)
             .map(|(id, _, _)| id)
             .collect();
-        for id in behind {
+        for &id in &behind {
             self.watchers.remove(id);
+        }
+        self.watchers.compacted(compact);
+        for id in behind {
             self.send(WatchResponse {
                 header: Some((self.header)(0)),
                 watch_id: id,

@@ -1,4 +1,5 @@
-//! The hub's memory bounds: the history in bytes, and one catch-up read in bytes.
+//! The hub's memory bounds (the history in bytes, one catch-up read in bytes), and a stream
+//! that fell behind a compaction.
 
 use super::*;
 use crate::backend::Backend;
@@ -86,4 +87,125 @@ fn catch_up_reads_are_bounded_in_bytes() {
         "{bytes}"
     );
     assert!(Arc::ptr_eq(&b.revs[0], &hub.recent.read().revs[0].0));
+}
+
+/// One put of `value` to `key`, published as the applier publishes it; its revision.
+fn put(hub: &WatchHub, key: &[u8], value: &[u8]) -> i64 {
+    let mut w = hub.store().write();
+    w.begin_txn();
+    w.put(key, value.to_vec(), 0, false).unwrap();
+    let current = w.end_txn();
+    let events = w.commit().unwrap();
+    hub.publish(events, current);
+    current
+}
+
+/// A stream that fell behind (its client stopped reading) while the store was compacted past
+/// the stream's position: the watcher owed compacted revisions is cancelled, and the stream goes
+/// on serving a watcher that starts after the compaction point. (The synced position once stayed
+/// below the compaction point with nothing left to cancel, and the stream spun on the failing
+/// read for good.)
+#[tokio::test]
+async fn a_compaction_past_a_lagging_stream_leaves_its_later_watcher_served() {
+    use super::outbox;
+    use super::stream::{self, HeaderFn, StreamConfig};
+    use etcd_proto::etcdserverpb::{watch_request::RequestUnion, ResponseHeader};
+    use etcd_proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+    use futures::StreamExt;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Arc::new(hub_with_puts(dir.path(), HISTORY_BYTES, 1, 8));
+    let start = hub.current_rev();
+    let (req_tx, req_rx) = futures::channel::mpsc::unbounded();
+    // Room for one response: a client that stops reading holds the stream at its second.
+    let (out, mut responses) = outbox::channel(1, 1 << 20);
+    let header: HeaderFn = Arc::new(|revision| ResponseHeader {
+        revision,
+        ..Default::default()
+    });
+    let cfg = StreamConfig {
+        progress_interval: Duration::ZERO,
+        max_response_bytes: 1 << 20,
+        permit: None,
+    };
+    // The stream runs on a runtime of its own, left behind when the test ends: a stream that
+    // spins fails the test instead of hanging it.
+    struct LeftBehind(Option<tokio::runtime::Runtime>);
+    impl Drop for LeftBehind {
+        fn drop(&mut self) {
+            if let Some(rt) = self.0.take() {
+                rt.shutdown_background();
+            }
+        }
+    }
+    let rt = LeftBehind(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap(),
+    ));
+    rt.0.as_ref()
+        .unwrap()
+        .spawn(stream::serve(hub.clone(), header, cfg, req_rx, out));
+    let create = |start_revision| WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: b"key".to_vec(),
+            start_revision,
+            ..Default::default()
+        })),
+    };
+    async fn next(rx: &mut outbox::Responses) -> WatchResponse {
+        tokio::time::timeout(Duration::from_secs(10), rx.next())
+            .await
+            .expect("a response within 10 s")
+            .expect("the stream goes on")
+    }
+    let later = start + 40;
+    req_tx.unbounded_send(create(0)).unwrap();
+    assert!(next(&mut responses).await.created);
+    req_tx.unbounded_send(create(later)).unwrap();
+    let created = next(&mut responses).await;
+    assert!(created.created && created.watch_id == 1, "{created:?}");
+
+    // Puts while the client reads nothing: the stream stops at the second response.
+    for _ in 0..10 {
+        put(&hub, b"key", b"v");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for _ in 0..10 {
+        put(&hub, b"key", b"v");
+    }
+    let compact_at = start + 15;
+    let mut w = hub.store().write();
+    w.compact(compact_at);
+    w.commit().unwrap();
+
+    // Reading again: the first watcher's events, then its cancellation for the compaction.
+    let mut seen = Vec::new();
+    loop {
+        let r = next(&mut responses).await;
+        assert_eq!(r.watch_id, 0, "{r:?}");
+        if r.canceled {
+            assert_eq!(r.compact_revision, compact_at);
+            break;
+        }
+        seen.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+    }
+    assert!(!seen.is_empty() && seen[0] == start + 1, "{seen:?}");
+    assert!(seen.windows(2).all(|p| p[0] + 1 == p[1]), "{seen:?}");
+
+    // The later watcher gets its first revision and nothing before it.
+    while hub.current_rev() < later {
+        put(&hub, b"key", b"v");
+    }
+    let r = next(&mut responses).await;
+    assert_eq!(r.watch_id, 1, "{r:?}");
+    let revs: Vec<i64> = r
+        .events
+        .iter()
+        .map(|e| e.kv.as_ref().unwrap().mod_revision)
+        .collect();
+    assert_eq!(revs, vec![later]);
 }

@@ -78,7 +78,9 @@ pub struct Watchers {
     ranged: BTreeSet<i64>,
     /// The first revision not yet sent to the synced watchers (every watcher not `behind`).
     synced_next: i64,
-    /// Watchers behind the synced position, each at its own `next_rev` (below `synced_next`).
+    /// Watchers behind the synced position, each at its own `next_rev`: below `synced_next`, or
+    /// past it when the synced group emptied and restarted lower; either way they keep their
+    /// own position until a batch takes them to the synced one.
     behind: BTreeSet<i64>,
 }
 
@@ -158,6 +160,14 @@ impl Watchers {
             .map(|id| self.by_id[id].next_rev)
             .filter(|r| *r <= current);
         synced.into_iter().chain(behind).min()
+    }
+
+    /// The compaction reached `rev`, and the watchers owed a revision below it were cancelled:
+    /// the synced position moves up to it, so that a catch-up step never starts below the
+    /// compaction point (that read would fail, with nothing left to cancel, over and over). The
+    /// synced watchers left are owed `rev` or later already, so none of them skips anything.
+    pub fn compacted(&mut self, rev: i64) {
+        self.synced_next = self.synced_next.max(rev);
     }
 
     /// Moves every watcher past `upto`, the end of a catch-up batch of revisions `revs`, and
@@ -311,8 +321,9 @@ mod tests {
         assert_eq!((ws.synced_next, ws.by_id[&3].next_rev), (11, 9));
         assert_eq!(ws.needs_from(12), Some(9));
 
-        // Revisions 9..=12: the watcher behind gets 9 and 11, the synced watcher of "a" 11, the
-        // later one nothing; the one behind reaches the synced position and joins it.
+        // Revisions 9..=12: the watcher behind gets 9 and 11, the synced watcher of "a" 11, that
+        // of "b" 12, the later one nothing; the one behind reaches the synced position and
+        // joins it.
         let due = ws.advance(&[rev(9, &[b"a"]), rev(11, &[b"a"]), rev(12, &[b"b"])], 12);
         assert_eq!(due, vec![(1, 11), (2, 11), (3, 9)]);
         assert_eq!(ws.synced_next, 13);
@@ -336,5 +347,34 @@ mod tests {
         assert_eq!(ws.behind.iter().copied().collect::<Vec<_>>(), vec![6]);
         ws.remove(6);
         assert!(ws.behind.is_empty());
+    }
+
+    /// A compaction past the synced position, after the watchers owed a revision below it were
+    /// cancelled, moves the position up: a step starting below the compaction point would fail
+    /// with nothing left to cancel, and the stream would go round that forever.
+    #[test]
+    fn a_compaction_moves_the_synced_position_up() {
+        let mut ws = Watchers::default();
+        ws.insert(1, at(b"a", 11));
+        ws.insert(2, at(b"a", 30)); // synced, starts later
+        ws.insert(3, at(b"b", 8)); // behind
+        assert_eq!(ws.needs_from(25), Some(8));
+        // Compacted at 20: watchers 1 and 3 are owed revisions below it and are cancelled.
+        let cancelled: Vec<i64> = ws
+            .iter()
+            .filter(|(_, _, next)| *next < 20)
+            .map(|(id, _, _)| id)
+            .collect();
+        assert_eq!(cancelled, vec![1, 3]);
+        for id in cancelled {
+            ws.remove(id);
+        }
+        ws.compacted(20);
+        assert_eq!(ws.needs_from(25), Some(20));
+        let owed: Vec<(i64, i64)> = ws.iter().map(|(id, _, next)| (id, next)).collect();
+        assert_eq!(owed, vec![(2, 30)]);
+        // An older compaction does not move it back.
+        ws.compacted(5);
+        assert_eq!(ws.synced_next, 20);
     }
 }
