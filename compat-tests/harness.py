@@ -16,6 +16,7 @@ messages.  Every wait in here is bounded in time.
 from __future__ import annotations
 
 import atexit
+import collections
 import os
 import random
 import shutil
@@ -118,8 +119,16 @@ def daemon_work_root() -> Path:
     return WORK_ROOT
 
 
+# Ports handed out lately by free_ports, never handed out again while remembered: each call
+# checks only that a port is free now, and a cluster picks its members' ports in several calls
+# before it starts any of them, so two members could otherwise get the same port (one then
+# fails with "Address already in use").
+_HANDED_OUT: collections.deque = collections.deque(maxlen=4096)
+
+
 def free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports on 127.0.0.1, below the kernel's ephemeral port range.
+    """n distinct free TCP ports on 127.0.0.1, below the kernel's ephemeral port range, none
+    handed out by an earlier call of this process lately.
 
     Ports from the ephemeral range (what binding port 0 gives) can be taken, between the
     pick and the server's bind, as the source port of any outgoing connection (etcdctl, the
@@ -138,7 +147,7 @@ def free_ports(n: int) -> list[int]:
             if len(ports) == n:
                 break
             port = rng.randrange(low, high) if high else 0
-            if port and port in ports:
+            if port and (port in ports or port in _HANDED_OUT):
                 continue
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
@@ -150,6 +159,7 @@ def free_ports(n: int) -> list[int]:
             ports.append(s.getsockname()[1])
         if len(ports) < n:
             raise HarnessError(f"could not find {n} free ports on 127.0.0.1")
+        _HANDED_OUT.extend(ports)
         return ports
     finally:
         for s in socks:

@@ -3,7 +3,8 @@
 //! so deterministically, so every member computes the same state from the same log.
 //!
 //! One applied chunk is one fjall batch, carrying the applied index with its effects; then the
-//! watch hub hears the new revisions and waiting proposers get their results.
+//! watch hub records the new revisions, waiting proposers get their results, and the watch
+//! streams are woken.
 
 use crate::alarm::{AlarmStore, WriteKind};
 use crate::auth::store::AuthApplied;
@@ -121,10 +122,12 @@ impl StateMachine for Applier {
         let events = w.commit()?;
         crate::metrics::BACKEND_COMMIT.since(start);
         crate::metrics::warn_if_slow("apply commit", start);
-        self.hub.publish(events, current);
+        // The proposers hear first, then the watch streams (see `WatchHub::record`).
+        self.hub.record(events, current);
         for (id, res) in results {
             self.wait.trigger(id, res);
         }
+        self.hub.announce();
         Ok(())
     }
 

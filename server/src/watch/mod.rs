@@ -19,6 +19,7 @@ use etcd_proto::etcdserverpb::WatchResponse;
 use etcd_proto::mvccpb::{Event, KeyValue};
 use parking_lot::RwLock;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -77,6 +78,8 @@ pub struct WatchHub {
     recent: RwLock<History>,
     max_history_bytes: usize,
     current: watch::Sender<i64>,
+    /// The current revision the streams were last woken for.
+    announced: AtomicI64,
 }
 
 impl WatchHub {
@@ -86,12 +89,14 @@ impl WatchHub {
 
     /// A hub keeping at most `max_history_bytes` of recent revisions in memory.
     pub fn with_history_bytes(store: Arc<Store>, max_history_bytes: usize) -> Self {
-        let (current, _) = watch::channel(store.current_rev());
+        let rev = store.current_rev();
+        let (current, _) = watch::channel(rev);
         WatchHub {
             store,
             recent: RwLock::new(History::default()),
             max_history_bytes,
             current,
+            announced: AtomicI64::new(rev),
         }
     }
 
@@ -99,11 +104,21 @@ impl WatchHub {
         &self.store
     }
 
+    /// [`WatchHub::record`], then [`WatchHub::announce`].
+    pub fn publish(&self, revs: Option<Vec<RevEvents>>, current: i64) {
+        self.record(revs, current);
+        self.announce();
+    }
+
     /// Called by the applier after each committed chunk, with its revisions' events, or `None`
     /// when it built none (no stream was open). Then the recent revisions are forgotten, so
     /// that they stay contiguous: a stream opened later reads what it misses from the store.
     /// The oldest revisions leave once the history holds more than its byte cap.
-    pub fn publish(&self, revs: Option<Vec<RevEvents>>, current: i64) {
+    ///
+    /// The streams are not woken yet: the applier answers the chunk's proposers first, so that
+    /// a writer's answer is not queued behind every stream the chunk wakes. A watch created
+    /// after that answer already starts past the chunk: the current revision is set here.
+    pub fn record(&self, revs: Option<Vec<RevEvents>>, current: i64) {
         match revs {
             Some(revs) if !revs.is_empty() => {
                 let mut recent = self.recent.write();
@@ -122,17 +137,27 @@ impl WatchHub {
             Some(_) => {}
             None => self.recent.write().clear(),
         }
+        // Set without waking anyone (a `false` from the closure); `announce` wakes the streams.
         self.current.send_if_modified(|c| {
-            let changed = *c != current;
             *c = current;
-            changed
+            false
         });
+    }
+
+    /// Wakes the streams to catch up with what was recorded. A stream that already caught up
+    /// finds nothing new.
+    pub fn announce(&self) {
+        let current = self.current_rev();
+        if self.announced.swap(current, Ordering::AcqRel) != current {
+            self.current.send_modify(|_| {});
+        }
     }
 
     /// Forgets recent revisions after the store was replaced by a snapshot.
     pub fn reset(&self) {
         self.recent.write().clear();
         let current = self.store.current_rev();
+        self.announced.store(current, Ordering::Release);
         self.current.send_replace(current);
     }
 

@@ -206,3 +206,41 @@ async fn a_compaction_past_a_lagging_stream_leaves_its_later_watcher_served() {
         .collect();
     assert_eq!(revs, vec![later]);
 }
+
+/// The applier records a chunk's revisions (a watch created then starts past them), answers its
+/// proposers, and only then wakes the streams: once per new revision, never for none.
+#[tokio::test]
+async fn recorded_revisions_wake_the_streams_only_when_announced() {
+    use futures::FutureExt;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub_with_puts(dir.path(), HISTORY_BYTES, 1, 8);
+    let mut rx = hub.subscribe();
+    let before = hub.current_rev();
+    let mut w = hub.store().write();
+    w.begin_txn();
+    w.put(b"key", b"v".to_vec(), 0, false).unwrap();
+    let current = w.end_txn();
+    let events = w.commit().unwrap();
+    hub.record(events, current);
+    assert_eq!(
+        hub.current_rev(),
+        before + 1,
+        "recorded: the current revision moved"
+    );
+    assert!(
+        rx.changed().now_or_never().is_none(),
+        "recorded: no stream woken yet"
+    );
+    hub.announce();
+    assert!(
+        rx.changed().now_or_never().unwrap().is_ok(),
+        "announced: woken"
+    );
+    hub.announce();
+    hub.record(Some(Vec::new()), current);
+    hub.announce();
+    assert!(
+        rx.changed().now_or_never().is_none(),
+        "nothing new: not woken again"
+    );
+}
