@@ -104,7 +104,9 @@ impl WatchHub {
         &self.store
     }
 
-    /// [`WatchHub::record`], then [`WatchHub::announce`].
+    /// [`WatchHub::record`], then [`WatchHub::announce`] (the applier answers its proposers in
+    /// between; tests that play the applier need no gap).
+    #[cfg(test)]
     pub fn publish(&self, revs: Option<Vec<RevEvents>>, current: i64) {
         self.record(revs, current);
         self.announce();
