@@ -12,7 +12,7 @@
 
 use super::compactor::ReaderGuard;
 use super::index::Latest;
-use super::store::{fetch, RangeResult};
+use super::store::{fetch, Inner, RangeResult};
 use super::{KeyRange, Revision, Store};
 use crate::error::{Error, Result};
 use etcd_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
@@ -94,8 +94,10 @@ pub struct ReadTxn<'a> {
 }
 
 impl<'a> ReadTxn<'a> {
-    pub(super) fn open(store: &'a Store) -> Self {
-        let inner = store.inner.read();
+    /// Opens a transaction under the index lock the caller holds (`inner` is its guard's
+    /// view): the read lock is never taken twice by one thread, which parking_lot's fair lock
+    /// turns into a deadlock as soon as the applier waits for it in between.
+    pub(super) fn open(store: &'a Store, inner: &Inner) -> Self {
         // Under the lock: the applier commits a chunk's batch before it lets go of the lock,
         // so the snapshot holds every value the index points to up to `current_rev`.
         let snap = store.backend.db.snapshot();

@@ -123,7 +123,7 @@ impl Store {
 
     /// Starts a read-only transaction at the current revision.
     pub fn read(&self) -> ReadTxn<'_> {
-        ReadTxn::open(self)
+        ReadTxn::open(self, &self.inner.read())
     }
 
     /// Starts a read-only transaction, unless a snapshot install is replacing the stored
@@ -131,8 +131,9 @@ impl Store {
     /// install is done (wait for that, then try again). Checked under the index lock that
     /// [`Store::begin_install`] takes, so no read starts on a half-replaced state.
     pub fn try_read(&self) -> std::result::Result<ReadTxn<'_>, u64> {
-        match self.inner.read().installing {
-            0 => Ok(ReadTxn::open(self)),
+        let inner = self.inner.read();
+        match inner.installing {
+            0 => Ok(ReadTxn::open(self, &inner)),
             index => Err(index),
         }
     }

@@ -284,3 +284,48 @@ fn keys_only_and_count_only_read_no_values() {
     });
     assert_eq!(fetched, 11);
 }
+
+/// Readers opening views while the applier takes the write lock over and over: a view is
+/// opened under one read lock. Taking it twice (the install check, then the view) deadlocks
+/// a fair lock when the applier starts waiting in between: the reader holds the first read
+/// lock and waits behind the applier, which waits for that read lock to go (a leader under
+/// reads and writes stopped for good this way).
+#[test]
+fn views_open_while_the_applier_writes_without_a_deadlock() {
+    let (_dir, store) = open();
+    put_all(&store, 0..10, b"v", 10);
+    let (done_tx, done_rx) = mpsc::channel();
+    let run_for = Duration::from_millis(1500);
+    for reader in 0..3 {
+        let (store, done_tx) = (store.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            let mut opened = 0u64;
+            while start.elapsed() < run_for {
+                let view = store.try_read().expect("no install");
+                drop(view);
+                opened += 1;
+            }
+            let _ = done_tx.send(("reader", reader, opened));
+        });
+    }
+    {
+        let (store, done_tx) = (store.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            let mut i = 0u32;
+            while start.elapsed() < run_for {
+                put_all(&store, std::iter::once(i % 10), b"w", 1);
+                i += 1;
+            }
+            let _ = done_tx.send(("applier", 0, u64::from(i)));
+        });
+    }
+    drop(done_tx);
+    for _ in 0..4 {
+        let (who, n, count) = done_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("readers and the applier deadlocked on the index lock");
+        assert!(count > 0, "{who} {n} made no progress");
+    }
+}
