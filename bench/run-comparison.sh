@@ -292,15 +292,17 @@ row() { # row LABEL ETCD PGRAFT
     printf '| %s | %s | %s | %s |\n' "$1" "$2" "$3" "$ratio"
 }
 fmt() { awk -v x="$1" -v d="$2" 'BEGIN {printf "%.*f", d, x}'; }
-# stage KIND STAGE FIELD: the median over the rounds of the leader's stage at 64 clients, or n/a.
+# stage KIND STAGE FIELD: the median over the rounds of a stage at 64 clients, or n/a. STAGE
+# is the leader's (wal_fsync) or the followers' (follower_stages.append_to_ack).
 stage() {
-    local v
-    v=$(j "stages-$1-put64" ".stages.$2.$3 // empty" 2>/dev/null)
+    local v path=$2
+    [[ $path == *.* ]] || path="stages.$path"
+    v=$(j "stages-$1-put64" ".$path.$3 // empty" 2>/dev/null)
     if [[ -z $v || $v == null ]]; then echo "n/a"; else fmt "$v" 3; fi
 }
 stages_table() {
-    echo "Where a put's time goes at 64 clients, on the leader (mean / p99, ms; medians of the"
-    echo "rounds; from /metrics before and after the run, \`bench/stages.py\`):"
+    echo "Where a put's time goes at 64 clients, on the leader and on the followers (mean / p99,"
+    echo "ms; medians of the rounds; from /metrics before and after the run, \`bench/stages.py\`):"
     echo
     echo "| stage | etcd | pgraft |"
     echo "|---|---:|---:|"
@@ -308,7 +310,11 @@ stages_table() {
     for s in wal_fsync:"WAL fsync" backend_commit:"backend commit" peer_rtt:"peer round trip" \
         proposal_queue:"proposal in the raft loop's queue" append_to_commit:"append to commit" \
         apply_batch:"apply, one batch" proposal_to_answer:"proposal to answer" \
-        raft_loop_turn:"raft loop turn"; do
+        raft_loop_turn:"raft loop turn" \
+        peer_message_queue:"a follower's acknowledgement in the raft loop's queue" \
+        follower_stages.peer_message_queue:"followers: the leader's message in the raft loop's queue" \
+        follower_stages.append_to_ack:"followers: append to acknowledgement (written, fsynced)" \
+        follower_stages.wal_fsync:"followers: WAL fsync"; do
         local key=${s%%:*} label=${s#*:}
         printf '| %s | %s / %s | %s / %s |\n' "$label" \
             "$(stage etcd "$key" mean_ms)" "$(stage etcd "$key" p99_ms)" \

@@ -11,7 +11,12 @@ before and after one benchmark run. Prints one JSON object:
     commit-round histogram that moved during the run: count, mean and the p50 and p99 that
     Prometheus's histogram_quantile would give, in milliseconds. etcd and pgraftd share the
     etcd_* series (fsync, backend commit, peer round trip); the pgraft_* ones are pgraftd's
-    stages (queue, append-to-commit, apply batch, proposal-to-answer, raft loop turn).
+    stages (the fsync again on buckets from 100 µs, as etcd's start at 1 ms; queue,
+    append-to-commit, apply batch, proposal-to-answer, raft loop turn, the wait of the
+    followers' acknowledgements in the loop's queue);
+  - `follower_stages`: the followers' side of the round, their histograms summed: the
+    leader's messages' wait in the loop's queue, append to acknowledgement (the entries
+    written and fsynced), fsync and loop turn.
 """
 
 import json
@@ -25,12 +30,23 @@ SERIES = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+(\S+)$")
 # The histograms reported, under a short name.
 STAGES = {
     "etcd_disk_wal_fsync_duration_seconds": "wal_fsync",
+    "pgraft_disk_wal_fsync_duration_seconds": "wal_fsync_fine",
     "etcd_disk_backend_commit_duration_seconds": "backend_commit",
     "etcd_network_peer_round_trip_time_seconds": "peer_rtt",
     "pgraft_raft_proposal_queue_duration_seconds": "proposal_queue",
     "pgraft_raft_proposal_commit_duration_seconds": "append_to_commit",
     "pgraft_server_apply_duration_seconds": "apply_batch",
     "pgraft_server_proposal_duration_seconds": "proposal_to_answer",
+    "pgraft_raft_loop_turn_duration_seconds": "raft_loop_turn",
+    "pgraft_raft_peer_message_queue_duration_seconds": "peer_message_queue",
+}
+
+# The followers' side of the round, over all followers together.
+FOLLOWER_STAGES = {
+    "pgraft_raft_peer_message_queue_duration_seconds": "peer_message_queue",
+    "pgraft_raft_append_ack_duration_seconds": "append_to_ack",
+    "etcd_disk_wal_fsync_duration_seconds": "wal_fsync",
+    "pgraft_disk_wal_fsync_duration_seconds": "wal_fsync_fine",
     "pgraft_raft_loop_turn_duration_seconds": "raft_loop_turn",
 }
 
@@ -78,6 +94,15 @@ def quantile(q: float, buckets: list) -> float | None:
             return prev_bound + (bound - prev_bound) * (rank - prev_count) / (count - prev_count)
         prev_bound, prev_count = bound, count
     return prev_bound
+
+
+def merged(scrapes: list) -> dict:
+    """Several members' parsed scrapes as one: each series summed over the members."""
+    out = {}
+    for scrape in scrapes:
+        for key, v in scrape.items():
+            out[key] = out.get(key, 0.0) + v
+    return out
 
 
 def histogram_delta(before: dict, after: dict, name: str) -> dict | None:
@@ -133,6 +158,14 @@ def main(argv: list[str]) -> int:
         d = histogram_delta(leader[1], leader[2], series)
         if d is not None:
             stages[short] = d
+    followers = [m for m in members if m is not leader]
+    follower_stages = {}
+    for series, short in FOLLOWER_STAGES.items():
+        before = merged([m[1] for m in followers])
+        after = merged([m[2] for m in followers])
+        d = histogram_delta(before, after, series)
+        if d is not None:
+            follower_stages[short] = d
     print(
         json.dumps(
             {
@@ -141,6 +174,7 @@ def main(argv: list[str]) -> int:
                 "cpu_us_per_request": round(sum(cpu.values()), 1) if cpu else None,
                 "cpu_us_per_request_by_member": cpu,
                 "stages": stages,
+                "follower_stages": follower_stages,
             }
         )
     )

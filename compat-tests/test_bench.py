@@ -153,6 +153,32 @@ def test_stage_report_from_two_scrapes(server, tmp_path):
         assert stages["raft_loop_turn"]["count"] >= 1, st
 
 
+def test_follower_stages_summed_over_the_followers(tmp_path):
+    """The followers' side of the round (append to acknowledgement, their fsync) is reported
+    over the followers together, apart from the leader's stages."""
+    def prom(leader: bool, acks: int, ack_secs: float) -> str:
+        return (f"etcd_server_is_leader {int(leader)}\n"
+                f"process_cpu_seconds_total {acks * 0.001}\n"
+                f'pgraft_raft_append_ack_duration_seconds_bucket{{le="0.0008"}} {acks}\n'
+                f'pgraft_raft_append_ack_duration_seconds_bucket{{le="+Inf"}} {acks}\n'
+                f"pgraft_raft_append_ack_duration_seconds_sum {ack_secs}\n"
+                f"pgraft_raft_append_ack_duration_seconds_count {acks}\n")
+    for d, n, secs in [("before", 0, 0.0), ("after", 10, 0.005)]:
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "m1.prom").write_text(prom(False, n, secs))
+        (tmp_path / d / "m2.prom").write_text(prom(True, 0, 0.0))
+        (tmp_path / d / "m3.prom").write_text(prom(False, 2 * n, 2 * secs))
+    p = subprocess.run(["python3", str(REPO_ROOT / "bench" / "stages.py"), str(tmp_path / "before"),
+                        str(tmp_path / "after"), "10"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    st = json.loads(p.stdout)
+    assert st["leader"] == "m2", st
+    assert "append_to_ack" not in st["stages"], st
+    ack = st["follower_stages"]["append_to_ack"]
+    assert ack["count"] == 30 and ack["mean_ms"] == 0.5 and ack["p99_ms"] <= 0.8, st
+
+
 def test_stage_quantiles_as_prometheus():
     """histogram_quantile's linear interpolation within a bucket, over cumulative counts."""
     import importlib.util

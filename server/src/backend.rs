@@ -190,7 +190,9 @@ impl Backend {
             Some(file) => file.sync_data().map_err(Error::internal)?,
             None => self.db.persist(PersistMode::SyncData)?,
         }
-        crate::metrics::WAL_FSYNC.since(start);
+        let took = start.elapsed();
+        crate::metrics::WAL_FSYNC.observe(took);
+        crate::metrics::WAL_FSYNC_FINE.observe(took);
         crate::metrics::warn_if_slow("journal fdatasync", start);
         Ok(())
     }

@@ -135,6 +135,9 @@ pub static PROPOSALS_PENDING: Gauge = Gauge::new();
 pub static PROPOSALS_FAILED: Counter = Counter::new();
 /// `etcd_disk_wal_fsync_duration_seconds`: the synced raft log appends.
 pub static WAL_FSYNC: Histogram = Histogram::new();
+/// `pgraft_disk_wal_fsync_duration_seconds`: the same fsyncs on the commit round's buckets,
+/// from 100 µs (a fast disk puts every fsync in etcd's first bucket, below 1 ms).
+pub static WAL_FSYNC_FINE: Histogram = Histogram::with_buckets(&ROUND_BUCKETS);
 /// `etcd_disk_backend_commit_duration_seconds`: the applier's batch commits.
 pub static BACKEND_COMMIT: Histogram = Histogram::new();
 
@@ -148,6 +151,12 @@ pub static PROPOSAL_QUEUE: Histogram = Histogram::with_buckets(&ROUND_BUCKETS);
 /// `pgraft_raft_proposal_commit_duration_seconds`: on the leader, an entry's time from its
 /// append to the log to its commit by a quorum.
 pub static PROPOSAL_COMMIT: Histogram = Histogram::with_buckets(&ROUND_BUCKETS);
+/// `pgraft_raft_append_ack_duration_seconds`: on a follower, from the arrival of the leader's
+/// entries to the acknowledgement leaving (written and fsynced here).
+pub static APPEND_ACK: Histogram = Histogram::with_buckets(&ROUND_BUCKETS);
+/// `pgraft_raft_peer_message_queue_duration_seconds`: a peer's message's wait in the raft
+/// loop's queue, from its arrival on the peer stream to raft taking it.
+pub static PEER_MESSAGE_QUEUE: Histogram = Histogram::with_buckets(&ROUND_BUCKETS);
 /// `pgraft_server_apply_duration_seconds`: one batch of committed entries applied.
 pub static APPLY_BATCH: Histogram = Histogram::with_buckets(&ROUND_BUCKETS);
 /// `pgraft_server_applied_entries_total`: entries applied in those batches.
@@ -357,6 +366,12 @@ pub fn render(s: &ServerGauges) -> String {
         "The latency distributions of fsync called by WAL.",
         &WAL_FSYNC,
     );
+    histogram(
+        o,
+        "pgraft_disk_wal_fsync_duration_seconds",
+        "The WAL fsyncs above, on buckets from 100 µs.",
+        &WAL_FSYNC_FINE,
+    );
     header(
         o,
         "etcd_network_peer_round_trip_time_seconds",
@@ -373,6 +388,12 @@ pub fn render(s: &ServerGauges) -> String {
     }
     histogram(
         o,
+        "pgraft_raft_append_ack_duration_seconds",
+        "On a follower, from the arrival of the leader's entries to the acknowledgement leaving (written and fsynced).",
+        &APPEND_ACK,
+    );
+    histogram(
+        o,
         "pgraft_raft_loop_turn_duration_seconds",
         "The raft loop's turns, from waking to waiting again.",
         &RAFT_LOOP_TURN,
@@ -382,6 +403,12 @@ pub fn render(s: &ServerGauges) -> String {
         "pgraft_raft_proposal_commit_duration_seconds",
         "On the leader, an entry's time from its append to its commit by a quorum.",
         &PROPOSAL_COMMIT,
+    );
+    histogram(
+        o,
+        "pgraft_raft_peer_message_queue_duration_seconds",
+        "A peer's message's wait in the raft loop's queue, from its arrival to raft taking it.",
+        &PEER_MESSAGE_QUEUE,
     );
     histogram(
         o,

@@ -420,7 +420,7 @@ async fn malformed_raft_messages_to_a_cluster_are_dropped() {
 
 /// The leader times the commit round for `/metrics`: every follower's heartbeat round trip
 /// (etcd's `etcd_network_peer_round_trip_time_seconds{To=...}`) and its entries' append to
-/// commit time.
+/// commit time; the followers time their append to acknowledgement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_leader_measures_peer_round_trips_and_commits() {
     use etcd_proto::etcdserverpb::{kv_client::KvClient, PutRequest};
@@ -466,4 +466,10 @@ async fn the_leader_measures_peer_round_trips_and_commits() {
     // Process-wide (the members share this process): at least the 20 puts.
     assert!(value("pgraft_raft_proposal_commit_duration_seconds_count") >= 20.0);
     assert!(value("pgraft_server_proposal_duration_seconds_count") >= 20.0);
+    // The followers' side of each round: the 20 appends reached both followers (appends that
+    // arrive in one turn of a follower's loop share an acknowledgement), and every append
+    // and acknowledgement waited in a raft loop's queue.
+    assert!(value("pgraft_raft_append_ack_duration_seconds_count") >= 20.0);
+    assert!(value("pgraft_raft_append_ack_duration_seconds_sum") > 0.0);
+    assert!(value("pgraft_raft_peer_message_queue_duration_seconds_count") >= 80.0);
 }

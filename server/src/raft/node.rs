@@ -181,8 +181,9 @@ pub enum Command {
         cc: ConfChangeV2,
     },
     ReadIndex(oneshot::Sender<Result<u64>>),
-    /// A message from a peer.
-    Step(Message),
+    /// A message from a peer, and when it arrived
+    /// (`pgraft_raft_peer_message_queue_duration_seconds`).
+    Step(Message, Instant),
     TransferLeader(u64),
     /// The transport could not deliver to this peer (its queue is full).
     Unreachable(u64),
@@ -230,7 +231,7 @@ impl RaftHandle {
 
     /// A message that arrived from a peer.
     pub fn step(&self, m: Message) -> Result<()> {
-        self.send(Command::Step(m))
+        self.send(Command::Step(m, Instant::now()))
     }
 
     pub fn transfer_leader(&self, to: u64) -> Result<()> {
@@ -338,6 +339,7 @@ pub fn start<S: StateMachine>(
     transport.set_peers(sm.peers());
     let syncer = Syncer::start(storage.backend().clone(), transport.clone(), tx.clone())
         .map_err(Error::internal)?;
+    let raw_term_vote = (raw.raft.term, raw.raft.vote);
     let mut lp = Loop {
         raw,
         storage,
@@ -347,6 +349,8 @@ pub fn start<S: StateMachine>(
         transport: transport.clone(),
         syncer,
         persisting: 0,
+        written_term_vote: (raw_term_vote.0, raw_term_vote.1),
+        term_vote_syncing: 0,
         applied_ahead: 0,
         leader_link_lost: None,
         cfg,
@@ -409,6 +413,11 @@ struct Loop<S> {
     /// The last Ready handed to the syncer and not yet reported persisted (0: none). Later
     /// Readies queue behind it, so that raft hears of them in order.
     persisting: u64,
+    /// The term and vote of the last hard state written to the log (durable or not yet).
+    written_term_vote: (u64, u64),
+    /// The number of the last Ready that changed them, while the syncer has it (else 0):
+    /// until it is durable, every message waits its turn.
+    term_vote_syncing: u64,
     /// The last entry applied before it was durable here (see [`Loop::apply_ahead`]); raft
     /// hands it over again once it is, and it is skipped then.
     applied_ahead: u64,
@@ -593,6 +602,15 @@ fn admissible(m: &Message, local: &Local) -> std::result::Result<(), &'static st
 /// them (`service::cluster`): one change, of a member (raft ignores node 0, which the
 /// membership took for a member), without a joint configuration (an explicit one stays until
 /// a change leaves it, which no member proposes: no membership change could pass after it).
+/// Messages a follower may send before its Ready is durable (see [`Loop::send_ahead`]): they
+/// say nothing of its log or its vote.
+fn claims_nothing_durable(t: MessageType) -> bool {
+    matches!(
+        t,
+        MessageType::MsgHeartbeatResponse | MessageType::MsgReadIndex
+    )
+}
+
 fn proposable_conf_change(e: &Entry) -> bool {
     match e.get_entry_type() {
         EntryType::EntryNormal => true,
@@ -715,10 +733,11 @@ impl<S: StateMachine> Loop<S> {
             Command::ReadIndex(tx) => self.pending_reads.push(tx),
             // Only wakes the loop: the turn looks at the installer.
             Command::InstallDone => {}
-            Command::Step(m) if m.get_msg_type() == MessageType::MsgSnapshot => {
+            Command::Step(m, _) if m.get_msg_type() == MessageType::MsgSnapshot => {
                 self.step_snapshot(m)
             }
-            Command::Step(m) => {
+            Command::Step(m, arrived) => {
+                crate::metrics::PEER_MESSAGE_QUEUE.since(arrived);
                 let raft = &self.raw.raft;
                 let local = Local {
                     term: raft.term,
@@ -729,7 +748,7 @@ impl<S: StateMachine> Loop<S> {
                     refused_peer_message(&m, why);
                     return;
                 }
-                self.round.received(&m);
+                self.round.received(&m, arrived);
                 if let Err(e) = self.raw.step(m) {
                     tracing::debug!(error = %e, "dropped a peer message");
                 }
@@ -755,6 +774,9 @@ impl<S: StateMachine> Loop<S> {
                 self.raw.on_persist_ready(number);
                 if number == self.persisting {
                     self.persisting = 0;
+                }
+                if number >= self.term_vote_syncing {
+                    self.term_vote_syncing = 0;
                 }
             }
             Command::Removed => self.removed = true,
@@ -876,6 +898,13 @@ impl<S: StateMachine> Loop<S> {
         if !rd.entries().is_empty() || hs.is_some() {
             self.storage.persist(rd.entries(), hs.as_ref())?;
         }
+        // A new term or vote must be durable before any message that carries it leaves.
+        let term_vote_changed = hs
+            .as_ref()
+            .is_some_and(|h| (h.term, h.vote) != self.written_term_vote);
+        if let Some(h) = &hs {
+            self.written_term_vote = (h.term, h.vote);
+        }
         let rd_must_sync = rd.must_sync();
         for rs in rd.take_read_states() {
             if let Some((_, waiters)) = self.read_waiters.remove(&rs.request_ctx) {
@@ -889,6 +918,7 @@ impl<S: StateMachine> Loop<S> {
         // What the syncer must fsync; a snapshot Ready is made durable right here.
         let sync_later = rd_must_sync && !installed_snapshot;
         let held = rd.take_persisted_messages();
+        let acked = self.round.acknowledging(&held);
         self.raw.advance_append_async(rd);
         if installed_snapshot {
             // Raft applies from the snapshot index on in this same turn (`advance_apply` below),
@@ -903,10 +933,19 @@ impl<S: StateMachine> Loop<S> {
         if self.persisting != 0 || sync_later {
             // Behind earlier Readies still syncing (the messages keep their order), or to be
             // synced itself.
-            self.syncer.request(number, held, sync_later);
+            if term_vote_changed {
+                self.term_vote_syncing = number;
+            }
+            let held = if self.term_vote_syncing != 0 {
+                held
+            } else {
+                self.send_ahead(held)
+            };
+            self.syncer.request(number, held, sync_later, acked);
             self.persisting = number;
         } else {
             self.transport.send(held);
+            super::round::observe_ack(acked);
             if !installed_snapshot {
                 self.raw.on_persist_ready(number);
             }
@@ -923,6 +962,22 @@ impl<S: StateMachine> Loop<S> {
             .fetch_max(self.raw.raft.raft_log.committed, Ordering::AcqRel);
         self.update_status();
         Ok(false)
+    }
+
+    /// Sends now, of a Ready's messages held for durability, those that claim nothing durable:
+    /// heartbeat answers (which also confirm the leader's ReadIndex rounds) and this
+    /// follower's ReadIndex requests. Under writes a follower's Readies queue behind its
+    /// fsyncs; without this every linearizable read waited out a follower's fsync of writes
+    /// it has nothing to do with. Never while a new term or vote is not durable yet (the
+    /// messages carry the term). Returns the rest, which wait.
+    fn send_ahead(&self, held: Vec<Message>) -> Vec<Message> {
+        let (now, later): (Vec<Message>, Vec<Message>) = held
+            .into_iter()
+            .partition(|m| claims_nothing_durable(m.get_msg_type()));
+        if !now.is_empty() {
+            self.transport.send(now);
+        }
+        later
     }
 
     /// A snapshot from the leader (this member's log is behind the leader's compacted log):

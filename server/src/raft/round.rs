@@ -1,11 +1,15 @@
 //! Where a write's time goes in the commit round, measured by the raft loop for the metrics
 //! (`pgraft_raft_proposal_commit_duration_seconds`, `etcd_network_peer_round_trip_time_seconds`):
 //! how long a leader's entries wait for a quorum, and how long a peer takes to answer a
-//! heartbeat. With the fsync, apply and end-to-end histograms beside them they say which stage
-//! of append, fsync, replicate, acknowledge, apply and answer a busy cluster waits on.
+//! heartbeat. A follower times its side of the round
+//! (`pgraft_raft_append_ack_duration_seconds`): from the arrival of the leader's entries to its
+//! acknowledgement leaving, once they are written and fsynced. With the fsync, queue, apply and
+//! end-to-end histograms beside them they say which stage of append, fsync, replicate,
+//! acknowledge, apply and answer a busy cluster waits on.
 //!
 //! Bounded: at most [`MAX_TRACKED`] uncommitted entries are timed (past that, entries go
-//! untimed until the oldest commit), and one outstanding heartbeat per peer.
+//! untimed until the oldest commit), one outstanding heartbeat per peer, and one arrival of
+//! entries not yet acknowledged.
 
 use crate::metrics;
 use raft::eraftpb::{Message, MessageType};
@@ -25,6 +29,9 @@ pub struct RoundTimer {
     appended: VecDeque<(u64, Instant)>,
     /// Per peer, when the oldest heartbeat it has not answered yet left.
     heartbeats: HashMap<u64, Instant>,
+    /// On a follower: when the oldest append carrying entries that this member has not
+    /// acknowledged yet arrived.
+    append_arrived: Option<Instant>,
 }
 
 impl RoundTimer {
@@ -61,12 +68,33 @@ impl RoundTimer {
         }
     }
 
-    /// A message from a peer: a heartbeat's answer ends its round trip.
-    pub fn received(&mut self, m: &Message) {
-        if m.get_msg_type() == MessageType::MsgHeartbeatResponse {
-            if let Some(sent) = self.heartbeats.remove(&m.from) {
-                metrics::peer_round_trip(m.from, sent.elapsed());
+    /// A message from a peer, arrived at `arrived`: a heartbeat's answer ends its round trip;
+    /// entries from the leader start this follower's side of the round.
+    pub fn received(&mut self, m: &Message, arrived: Instant) {
+        match m.get_msg_type() {
+            MessageType::MsgHeartbeatResponse => {
+                if let Some(sent) = self.heartbeats.remove(&m.from) {
+                    metrics::peer_round_trip(m.from, sent.elapsed());
+                }
             }
+            MessageType::MsgAppend if !m.entries.is_empty() => {
+                self.append_arrived.get_or_insert(arrived);
+            }
+            _ => {}
+        }
+    }
+
+    /// Messages that leave once their Ready is durable: when they acknowledge appends, the
+    /// arrival of the oldest of them, to be observed as they leave ([`observe_ack`]). A Ready
+    /// answers every message stepped before it was taken.
+    pub fn acknowledging(&mut self, msgs: &[Message]) -> Option<Instant> {
+        if msgs
+            .iter()
+            .any(|m| m.get_msg_type() == MessageType::MsgAppendResponse)
+        {
+            self.append_arrived.take()
+        } else {
+            None
         }
     }
 
@@ -74,11 +102,19 @@ impl RoundTimer {
     pub fn clear(&mut self) {
         self.appended.clear();
         self.heartbeats.clear();
+        self.append_arrived = None;
     }
 
     #[cfg(test)]
     fn tracked(&self) -> usize {
         self.appended.len()
+    }
+}
+
+/// The acknowledgement of entries that arrived at `arrived` left now.
+pub fn observe_ack(arrived: Option<Instant>) {
+    if let Some(at) = arrived {
+        metrics::APPEND_ACK.since(at);
     }
 }
 
@@ -108,6 +144,43 @@ mod tests {
     }
 
     #[test]
+    fn a_follower_times_entries_from_the_oldest_arrival_to_their_acknowledgement() {
+        let mut t = RoundTimer::default();
+        let msg = |ty, entries: usize| {
+            let mut m = Message::default();
+            m.set_msg_type(ty);
+            m.entries = vec![Default::default(); entries].into();
+            m
+        };
+        let first = Instant::now();
+        let later = first + Duration::from_millis(1);
+        // A heartbeat-like append (commit index only) starts nothing.
+        t.received(&msg(MessageType::MsgAppend, 0), first);
+        assert_eq!(
+            t.acknowledging(&[msg(MessageType::MsgAppendResponse, 0)]),
+            None
+        );
+        t.received(&msg(MessageType::MsgAppend, 2), first);
+        t.received(&msg(MessageType::MsgAppend, 1), later);
+        // A Ready with no acknowledgement keeps the arrival.
+        assert_eq!(
+            t.acknowledging(&[msg(MessageType::MsgHeartbeatResponse, 0)]),
+            None
+        );
+        let acks = [msg(MessageType::MsgAppendResponse, 0)];
+        assert_eq!(
+            t.acknowledging(&acks),
+            Some(first),
+            "the oldest arrival counts"
+        );
+        assert_eq!(t.acknowledging(&acks), None, "timed once");
+        let before = metrics::APPEND_ACK.count();
+        observe_ack(Some(first));
+        observe_ack(None);
+        assert!(metrics::APPEND_ACK.count() > before);
+    }
+
+    #[test]
     fn a_heartbeat_is_timed_from_the_first_unanswered_one() {
         let mut t = RoundTimer::default();
         let hb = |to| {
@@ -123,7 +196,7 @@ mod tests {
         let mut resp = Message::default();
         resp.set_msg_type(MessageType::MsgHeartbeatResponse);
         resp.from = 2;
-        t.received(&resp);
+        t.received(&resp, Instant::now());
         assert!(!t.heartbeats.contains_key(&2));
         assert!(t.heartbeats.contains_key(&3));
     }

@@ -15,13 +15,14 @@
 //! spent about half its time in fdatasync while acknowledgements queued up behind it.
 
 use super::node::{poll_recv, Command};
+use super::round::observe_ack;
 use super::transport::Transport;
 use crate::backend::Backend;
 use raft::eraftpb::Message;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 struct Request {
     /// The Ready's number (raft's `Ready::number`).
@@ -30,6 +31,9 @@ struct Request {
     messages: Vec<Message>,
     /// Whether the Ready wrote anything that needs an fdatasync.
     sync: bool,
+    /// When the oldest append that `messages` acknowledge arrived (follower side of the
+    /// commit round, timed until the acknowledgement leaves).
+    acked: Option<Instant>,
 }
 
 /// The handle the raft loop holds; dropping it ends the thread after the queued requests.
@@ -63,8 +67,9 @@ impl Syncer {
     }
 
     /// Queues Ready `number`, already written; `sync` when it must reach the disk before its
-    /// `messages` leave and raft hears it persisted.
-    pub fn request(&self, number: u64, messages: Vec<Message>, sync: bool) {
+    /// `messages` leave and raft hears it persisted. `acked`: see
+    /// [`super::round::RoundTimer::acknowledging`].
+    pub fn request(&self, number: u64, messages: Vec<Message>, sync: bool, acked: Option<Instant>) {
         if let Some(tx) = &self.tx {
             // The thread only ends when this sender is dropped, or on a fatal storage error
             // (after which the process aborts).
@@ -72,6 +77,7 @@ impl Syncer {
                 number,
                 messages,
                 sync,
+                acked,
             });
         }
     }
@@ -103,6 +109,7 @@ fn run(rx: Receiver<Request>, backend: &Backend, transport: &Transport, loop_tx:
         for r in batch {
             last = r.number;
             transport.send(r.messages);
+            observe_ack(r.acked);
         }
         let _ = loop_tx.send(Command::Persisted(last));
     }
