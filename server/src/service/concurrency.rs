@@ -207,9 +207,10 @@ impl EtcdServer {
         Ok(r.id)
     }
 
-    /// The key as this member has it now (a local read), with the revision it was read at.
-    fn local_get(&self, key: &[u8]) -> Result<(Option<KeyValue>, i64)> {
-        let rr = self.store.read().range(&get_key(key))?;
+    /// The key as this member has it now (a local read), with the revision it was read at;
+    /// while a snapshot install replaces the stored state, once it is done.
+    async fn local_get(&self, key: &[u8]) -> Result<(Option<KeyValue>, i64)> {
+        let rr = self.read_view().await?.range(&get_key(key))?;
         Ok((rr.kvs.into_iter().next(), rr.rev))
     }
 
@@ -226,7 +227,7 @@ impl EtcdServer {
             let revs = match feed.next().await {
                 Ok(revs) => revs,
                 Err(Error::Compacted) => {
-                    let (kv, rev) = self.local_get(key)?;
+                    let (kv, rev) = self.local_get(key).await?;
                     feed.skip_to(rev + 1);
                     return Ok(vec![match kv {
                         Some(kv) if kv.create_revision == create_rev => KeyChange::Put(kv),
