@@ -311,8 +311,8 @@ stages_table() {
         proposal_queue:"proposal in the raft loop's queue" append_to_commit:"append to commit" \
         apply_batch:"apply, one batch" proposal_to_answer:"proposal to answer" \
         raft_loop_turn:"raft loop turn" \
-        peer_message_queue:"a follower's acknowledgement in the raft loop's queue" \
-        follower_stages.peer_message_queue:"followers: the leader's message in the raft loop's queue" \
+        peer_message_queue:"a peer's message (mostly acknowledgements) in the raft loop's queue" \
+        follower_stages.peer_message_queue:"followers: a peer's message (mostly the leader's) in the raft loop's queue" \
         follower_stages.append_to_ack:"followers: append to acknowledgement (written, fsynced)" \
         follower_stages.wal_fsync:"followers: WAL fsync"; do
         local key=${s%%:*} label=${s#*:}

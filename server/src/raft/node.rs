@@ -308,6 +308,8 @@ pub fn start<S: StateMachine>(
     let cs = storage.conf_state();
     let single = cs.voters == vec![cfg.id] && cs.learners.is_empty();
     let mut raw = RawNode::new(&rc, storage.clone(), &logger).map_err(Error::internal)?;
+    // The stored term and vote, before a lone member's campaign below moves them.
+    let written_term_vote = (raw.raft.term, raw.raft.vote);
     if single {
         // Alone in the cluster: no one to wait for.
         raw.campaign().map_err(Error::internal)?;
@@ -339,7 +341,6 @@ pub fn start<S: StateMachine>(
     transport.set_peers(sm.peers());
     let syncer = Syncer::start(storage.backend().clone(), transport.clone(), tx.clone())
         .map_err(Error::internal)?;
-    let raw_term_vote = (raw.raft.term, raw.raft.vote);
     let mut lp = Loop {
         raw,
         storage,
@@ -349,7 +350,7 @@ pub fn start<S: StateMachine>(
         transport: transport.clone(),
         syncer,
         persisting: 0,
-        written_term_vote: (raw_term_vote.0, raw_term_vote.1),
+        written_term_vote,
         term_vote_syncing: 0,
         applied_ahead: 0,
         leader_link_lost: None,
@@ -445,7 +446,7 @@ struct Loop<S> {
     /// Role and term seen at the last status update (to count elections).
     last_role: StateRole,
     last_term: u64,
-    /// Times the commit round's stages for the metrics (on the leader).
+    /// Times the commit round's stages for the metrics (the leader's side and a follower's).
     round: RoundTimer,
 }
 
@@ -598,10 +599,6 @@ fn admissible(m: &Message, local: &Local) -> std::result::Result<(), &'static st
     }
 }
 
-/// Whether an entry a peer proposes is a normal one or a membership change as members propose
-/// them (`service::cluster`): one change, of a member (raft ignores node 0, which the
-/// membership took for a member), without a joint configuration (an explicit one stays until
-/// a change leaves it, which no member proposes: no membership change could pass after it).
 /// Messages a follower may send before its Ready is durable (see [`Loop::send_ahead`]): they
 /// say nothing of its log or its vote.
 fn claims_nothing_durable(t: MessageType) -> bool {
@@ -611,6 +608,10 @@ fn claims_nothing_durable(t: MessageType) -> bool {
     )
 }
 
+/// Whether an entry a peer proposes is a normal one or a membership change as members propose
+/// them (`service::cluster`): one change, of a member (raft ignores node 0, which the
+/// membership took for a member), without a joint configuration (an explicit one stays until
+/// a change leaves it, which no member proposes: no membership change could pass after it).
 fn proposable_conf_change(e: &Entry) -> bool {
     match e.get_entry_type() {
         EntryType::EntryNormal => true,
@@ -1121,7 +1122,7 @@ impl<S: StateMachine> Loop<S> {
         if self.raw.raft.state == StateRole::Leader {
             self.round.committed(last);
         } else {
-            self.round.clear();
+            self.round.not_leading();
         }
     }
 

@@ -98,10 +98,15 @@ impl RoundTimer {
         }
     }
 
-    /// Leadership was lost or gained: what was timed belongs to another term.
-    pub fn clear(&mut self) {
+    /// Not the leader (any more): what the leader's side timed belongs to another term.
+    pub fn not_leading(&mut self) {
         self.appended.clear();
         self.heartbeats.clear();
+    }
+
+    /// Leadership was lost or gained: everything timed belongs to another term or role.
+    pub fn clear(&mut self) {
+        self.not_leading();
         self.append_arrived = None;
     }
 
@@ -162,6 +167,8 @@ mod tests {
         );
         t.received(&msg(MessageType::MsgAppend, 2), first);
         t.received(&msg(MessageType::MsgAppend, 1), later);
+        // Committed entries applied on a follower in the same Ready do not end its timing.
+        t.not_leading();
         // A Ready with no acknowledgement keeps the arrival.
         assert_eq!(
             t.acknowledging(&[msg(MessageType::MsgHeartbeatResponse, 0)]),
