@@ -234,7 +234,7 @@ fn load(
     let loader = match loader {
         Some(loader) => loader,
         None => {
-            let mut loader = IndexLoader::with_capacity(backend.kv.approximate_len());
+            let mut loader = IndexLoader::default();
             for item in backend.kv.iter() {
                 let (k, v) = item.into_inner()?;
                 loader.add(&k, &v)?;
@@ -262,12 +262,6 @@ pub struct IndexLoader {
 }
 
 impl IndexLoader {
-    pub fn with_capacity(n: usize) -> Self {
-        IndexLoader {
-            changes: Vec::with_capacity(n),
-        }
-    }
-
     /// One stored revision: its kv keyspace key and value.
     pub fn add(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         let rev = Revision::from_bytes(key)

@@ -140,8 +140,10 @@ pub(crate) fn clear(backend: &Backend) -> Result<()> {
 /// is checked before that batch.
 ///
 /// Ingestion needs each keyspace's keys in one ascending run, which is how the leader streams
-/// them (keyspace by keyspace, each in key order); a file that breaks that order is refused as
-/// corrupt, never handed to fjall (which panics on it). The cleared keyspaces' tombstones are
+/// them (keyspace by keyspace, each in key order). The receiver refuses a stream that breaks
+/// that order before it is staged (so before the state is touched); this checks again, and
+/// refuses such a file as corrupt rather than hand it to fjall, which panics on it (as on keys
+/// of 0 or more than 65535 bytes, which `parse_header` refuses). The cleared keyspaces' tombstones are
 /// flushed first, so that the ingestion's own flush, which holds fjall's journal (and so every
 /// raft log write of this member) while it runs, finds nothing to write. The ingested tables
 /// are fsynced and registered with a sequence number above those tombstones before `last`
@@ -158,9 +160,7 @@ fn fill(
     on_kv: KvVisitor<'_>,
 ) -> Result<()> {
     for tag in TAGS {
-        keyspace(backend, tag)
-            .expect("known tag")
-            .rotate_memtable_and_wait()?;
+        flush_memtables(keyspace(backend, tag).expect("known tag"))?;
     }
     let mut records = Records::new(file);
     let mut next = records.next(desc.length)?;
@@ -221,6 +221,18 @@ fn fill(
     last.remove(&backend.raft_meta, MARKER);
     last.durability(Some(fjall::PersistMode::SyncData))
         .commit()?;
+    Ok(())
+}
+
+/// Flushes what the keyspace holds in memory (the clear's tombstones) to tables, so that the
+/// ingestion's registration, which holds fjall's journal, finds nothing to flush. Waits for
+/// the flush worker 10 s at most; past that the registration flushes what is left itself.
+fn flush_memtables(ks: &fjall::Keyspace) -> Result<()> {
+    ks.rotate_memtable_and_wait()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ks.sealed_memtable_count() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     Ok(())
 }
 

@@ -35,6 +35,9 @@ pub const RECORD_HEADER: usize = 9;
 /// Largest key or value a record may carry (far above what a request can write): a record
 /// claiming more is malformed.
 pub const MAX_RECORD_PART: u32 = 256 * 1024 * 1024;
+/// Largest key a record may carry: fjall stores keys of 1 to 65535 bytes (and panics on any
+/// other), so a record outside that is malformed.
+pub const MAX_RECORD_KEY: u32 = u16::MAX as u32;
 /// Largest data a received chunk may carry; a chunk over it is refused.
 pub const MAX_CHUNK: usize = 4 * 1024 * 1024;
 /// Data per chunk the sender makes, unless lowered with [`set_chunk_bytes`].
@@ -142,6 +145,11 @@ fn parse_header(h: &[u8; RECORD_HEADER]) -> std::result::Result<(u8, u32, u32), 
     if klen > MAX_RECORD_PART || vlen > MAX_RECORD_PART {
         return Err(format!(
             "snapshot record of {klen}+{vlen} bytes is over the limit"
+        ));
+    }
+    if klen == 0 || klen > MAX_RECORD_KEY {
+        return Err(format!(
+            "snapshot record key of {klen} bytes (keys are 1 to {MAX_RECORD_KEY} bytes)"
         ));
     }
     Ok((tag, klen, vlen))

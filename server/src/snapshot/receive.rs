@@ -204,20 +204,40 @@ impl Drop for Partial {
 }
 
 /// Follows the record structure of a byte stream without keeping it: a record header is
-/// checked as soon as it is whole, its key and value are skipped.
+/// checked as soon as it is whole, and the records' order, which the install relies on (each
+/// keyspace's keys in one ascending run, keyspaces by ascending tag, as the leader streams
+/// them), as soon as a key is whole; values are skipped. Holds two keys at most (64 KiB each).
 #[derive(Default)]
 struct RecordCheck {
     header: [u8; RECORD_HEADER],
     have: usize,
-    skip: u64,
+    /// The current record's tag, the part of its key read so far, and how much of the key
+    /// and then of the value is still to come.
+    tag: u8,
+    key: Vec<u8>,
+    key_left: usize,
+    value_left: u64,
+    /// The previous record's tag and key (tag 0: none yet).
+    prev_tag: u8,
+    prev_key: Vec<u8>,
 }
 
 impl RecordCheck {
     fn feed(&mut self, mut data: &[u8]) -> Result<(), String> {
         while !data.is_empty() {
-            if self.skip > 0 {
-                let n = self.skip.min(data.len() as u64);
-                self.skip -= n;
+            if self.key_left > 0 {
+                let n = self.key_left.min(data.len());
+                self.key.extend_from_slice(&data[..n]);
+                self.key_left -= n;
+                data = &data[n..];
+                if self.key_left == 0 {
+                    self.check_order()?;
+                }
+                continue;
+            }
+            if self.value_left > 0 {
+                let n = self.value_left.min(data.len() as u64);
+                self.value_left -= n;
                 data = &data[n as usize..];
                 continue;
             }
@@ -226,15 +246,37 @@ impl RecordCheck {
             self.have += n;
             data = &data[n..];
             if self.have == RECORD_HEADER {
-                let (_, k, v) = parse_header(&self.header)?;
-                self.skip = u64::from(k) + u64::from(v);
+                let (tag, k, v) = parse_header(&self.header)?;
+                self.tag = tag;
+                self.key.clear();
+                self.key_left = k as usize;
+                self.value_left = u64::from(v);
                 self.have = 0;
             }
         }
         Ok(())
     }
 
+    /// The whole key of the current record is in: it must come after the previous record's.
+    fn check_order(&mut self) -> Result<(), String> {
+        if self.tag < self.prev_tag {
+            return Err(format!(
+                "snapshot records of keyspace {} after keyspace {}",
+                self.tag, self.prev_tag
+            ));
+        }
+        if self.tag == self.prev_tag && self.key <= self.prev_key {
+            return Err(format!(
+                "snapshot records of keyspace {} out of key order",
+                self.tag
+            ));
+        }
+        self.prev_tag = self.tag;
+        std::mem::swap(&mut self.prev_key, &mut self.key);
+        Ok(())
+    }
+
     fn at_boundary(&self) -> bool {
-        self.have == 0 && self.skip == 0
+        self.have == 0 && self.key_left == 0 && self.value_left == 0
     }
 }

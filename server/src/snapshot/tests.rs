@@ -352,24 +352,32 @@ fn raft_snapshot_is_a_descriptor_of_a_capture_reused_then_dropped() {
 /// A record as a test writes it: tag, key, value.
 type Crafted<'a> = (u8, &'a [u8], &'a [u8]);
 
-/// A staged stream of `records` under the leader's snapshot header.
-fn crafted_chunks(leader: &Backend, records: &[Crafted]) -> Vec<SnapshotChunk> {
-    use sha1::{Digest, Sha1};
-    let mut chunks = capture_chunks(leader, 1 << 20);
-    chunks.truncate(1);
+fn encode_records(records: &[Crafted]) -> Vec<u8> {
     let mut data = Vec::new();
     for (tag, k, v) in records {
         data.extend_from_slice(&record_header(*tag, k, v));
         data.extend_from_slice(k);
         data.extend_from_slice(v);
     }
+    data
+}
+
+/// A stream of `records` under the leader's snapshot header.
+fn crafted_chunks(leader: &Backend, records: &[Crafted]) -> Vec<SnapshotChunk> {
+    use sha1::{Digest, Sha1};
+    let mut chunks = capture_chunks(leader, 1 << 20);
+    chunks.truncate(1);
+    let data = encode_records(records);
     let sha1 = Sha1::digest(&data).to_vec();
     let length = data.len() as u64;
-    chunks.push(SnapshotChunk {
-        data,
-        cluster_id: CLUSTER,
-        ..Default::default()
-    });
+    // Split in small chunks, so that keys arrive in pieces.
+    for piece in data.chunks(3) {
+        chunks.push(SnapshotChunk {
+            data: piece.to_vec(),
+            cluster_id: CLUSTER,
+            ..Default::default()
+        });
+    }
     chunks.push(SnapshotChunk {
         cluster_id: CLUSTER,
         done: true,
@@ -380,26 +388,69 @@ fn crafted_chunks(leader: &Backend, records: &[Crafted]) -> Vec<SnapshotChunk> {
     chunks
 }
 
+/// Records an install can only refuse: keys going back or repeated, keyspaces coming again
+/// or out of order.
+const OUT_OF_ORDER: [&[Crafted]; 4] = [
+    &[(1, b"b", b"1"), (1, b"a", b"2")],
+    &[(1, b"a", b"1"), (1, b"a", b"2")],
+    &[(2, b"a", b"1"), (1, b"b", b"2")],
+    &[(1, b"a", b"1"), (2, b"b", b"2"), (1, b"c", b"3")],
+];
+
 /// The install writes each keyspace as one ascending run of new tables (fjall's ingestion,
-/// which panics on keys out of order): a file whose keys go back, or whose keyspaces come
-/// again or out of order, is refused as corrupt, with no panic, and the marker stays.
+/// which panics on keys out of order, empty or over 65535 bytes): the receiver refuses such a
+/// stream before it is staged, so before the state is touched.
 #[tokio::test]
-async fn records_out_of_order_are_refused_without_a_panic() {
+async fn streams_the_install_cannot_take_are_refused_before_staging() {
     let src = tempfile::tempdir().unwrap();
     let leader = leader_backend(src.path());
-    let cases: [&[Crafted]; 4] = [
-        &[(1, b"b", b"1"), (1, b"a", b"2")],
-        &[(1, b"a", b"1"), (1, b"a", b"2")],
-        &[(2, b"a", b"1"), (1, b"b", b"2")],
-        &[(1, b"a", b"1"), (2, b"b", b"2"), (1, b"c", b"3")],
-    ];
-    for (i, records) in cases.into_iter().enumerate() {
+    let long = vec![b'k'; 65536];
+    let bad_keys: [&[Crafted]; 2] = [&[(1, b"", b"1")], &[(1, &long, b"1")]];
+    for (i, records) in OUT_OF_ORDER.iter().chain(&bad_keys).enumerate() {
         let dst = tempfile::tempdir().unwrap();
-        let m = receive_all(&staging_dir(dst.path()), crafted_chunks(&leader, records))
+        let dir = staging_dir(dst.path());
+        let e = receive_all(&dir, crafted_chunks(&leader, records))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "case {i}: {e:?}");
+        assert!(files(&dir).is_empty(), "case {i} left {:?}", files(&dir));
+    }
+    // In order, with the longest key fjall takes: staged.
+    let longest = vec![b'k'; 65535];
+    let dst = tempfile::tempdir().unwrap();
+    let ok: &[Crafted] = &[
+        (1, b"a", b"1"),
+        (1, &longest, b""),
+        (2, b"a", b"2"),
+        (5, b"a", b""),
+    ];
+    receive_all(&staging_dir(dst.path()), crafted_chunks(&leader, ok))
+        .await
+        .unwrap();
+}
+
+/// The install checks the order again (the staged file is its own input, e.g. at a restart's
+/// redo): a file out of order is refused as corrupt, with no panic, and the marker stays.
+#[tokio::test]
+async fn a_staged_file_out_of_order_is_refused_without_a_panic() {
+    use sha1::{Digest, Sha1};
+    let src = tempfile::tempdir().unwrap();
+    let leader = leader_backend(src.path());
+    for (i, records) in OUT_OF_ORDER.iter().enumerate() {
+        let dst = tempfile::tempdir().unwrap();
+        let m = receive_all(&staging_dir(dst.path()), capture_chunks(&leader, 1 << 20))
             .await
             .unwrap();
+        // The staged file replaced by one out of order, its descriptor to match.
+        let mut snap = m.get_snapshot().clone();
+        let mut desc = Descriptor::decode_from(&snap.data).unwrap();
+        let data = encode_records(records);
+        std::fs::write(&desc.file, &data).unwrap();
+        desc.length = data.len() as u64;
+        desc.sha1 = Sha1::digest(&data).to_vec();
+        snap.data = prost::Message::encode_to_vec(&desc).into();
         let b = Backend::open(dst.path()).unwrap();
-        let e = install::install(&b, m.get_snapshot(), b.db.batch()).unwrap_err();
+        let e = install::install(&b, &snap, b.db.batch()).unwrap_err();
         let msg = e.to_string();
         assert!(
             msg.contains("out of order") || msg.contains("after keyspace"),
