@@ -191,6 +191,18 @@ async fn receiver_refuses_oversized_chunks_and_truncated_streams() {
     assert_eq!(b.kv.get(b"mine").unwrap().as_deref(), Some(&b"kept"[..]));
 }
 
+/// The leader's snapshot, sent in `chunk`-byte chunks and staged under `dst`, with the state
+/// it holds (the leader's, less the write made after the capture).
+async fn staged_from_leader(dst: &Path, chunk: usize) -> (Snapshot, [Pairs; 3]) {
+    let src = tempfile::tempdir().unwrap();
+    let leader = leader_backend(src.path());
+    let chunks = capture_chunks(&leader, chunk);
+    let mut expected = state(&leader);
+    expected[0].retain(|(k, _)| k.as_slice() != 999u32.to_be_bytes());
+    let m = receive_all(&staging_dir(dst), chunks).await.unwrap();
+    (m.get_snapshot().clone(), expected)
+}
+
 /// A follower with older state and a raft log of its own.
 fn follower(dir: &Path) -> (Backend, RaftStorage) {
     let b = Backend::open(dir).unwrap();
@@ -216,15 +228,8 @@ fn follower(dir: &Path) -> (Backend, RaftStorage) {
 
 #[tokio::test]
 async fn install_interrupted_after_its_marker_is_redone_at_the_next_open() {
-    let src = tempfile::tempdir().unwrap();
-    let leader = leader_backend(src.path());
-    let chunks = capture_chunks(&leader, 1000);
-    let mut expected = state(&leader);
-    expected[0].retain(|(k, _)| k.as_slice() != 999u32.to_be_bytes());
-
     let dst = tempfile::tempdir().unwrap();
-    let m = receive_all(&staging_dir(dst.path()), chunks).await.unwrap();
-    let snap: Snapshot = m.get_snapshot().clone();
+    let (snap, expected) = staged_from_leader(dst.path(), 1000).await;
     let desc = Descriptor::decode_from(&snap.data).unwrap();
     {
         let (b, _storage) = follower(dst.path());
@@ -261,15 +266,8 @@ async fn install_interrupted_after_its_marker_is_redone_at_the_next_open() {
 /// keeps those entries (they may have been acknowledged to the leader).
 #[tokio::test]
 async fn staged_install_interrupted_keeps_the_entries_appended_since() {
-    let src = tempfile::tempdir().unwrap();
-    let leader = leader_backend(src.path());
-    let chunks = capture_chunks(&leader, 1000);
-    let mut expected = state(&leader);
-    expected[0].retain(|(k, _)| k.as_slice() != 999u32.to_be_bytes());
-
     let dst = tempfile::tempdir().unwrap();
-    let m = receive_all(&staging_dir(dst.path()), chunks).await.unwrap();
-    let snap: Snapshot = m.get_snapshot().clone();
+    let (snap, expected) = staged_from_leader(dst.path(), 1000).await;
     {
         let (b, storage) = follower(dst.path());
         install::stage(&b, &storage, &snap).unwrap();
@@ -468,15 +466,8 @@ async fn a_staged_file_out_of_order_is_refused_without_a_panic() {
 /// tables, and the writes after the install stay. The install shows every kv record, in order.
 #[tokio::test]
 async fn installed_state_survives_a_restart_with_later_writes() {
-    let src = tempfile::tempdir().unwrap();
-    let leader = leader_backend(src.path());
-    let chunks = capture_chunks(&leader, 4096);
-    let mut expected = state(&leader);
-    expected[0].retain(|(k, _)| k.as_slice() != 999u32.to_be_bytes());
-
     let dst = tempfile::tempdir().unwrap();
-    let m = receive_all(&staging_dir(dst.path()), chunks).await.unwrap();
-    let snap: Snapshot = m.get_snapshot().clone();
+    let (snap, expected) = staged_from_leader(dst.path(), 4096).await;
     {
         let (b, storage) = follower(dst.path());
         install::stage(&b, &storage, &snap).unwrap();
