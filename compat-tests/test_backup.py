@@ -138,8 +138,10 @@ def test_corrupted_backup_is_refused(cluster_factory, cluster_kind, tmp_path):
     assert p.returncode != 0, p.stdout
     assert "sha256" in p.stderr.lower() or "SHA-256" in p.stderr, p.stderr
     if cluster_kind == "pgraftd":
-        # (etcd leaves a half-made data directory behind; pgraftd checks the file first.)
+        # (etcd leaves a half-made data directory behind; pgraftd builds it under another
+        # name and removes that when the file turns out bad.)
         assert not (tmp_path / "restored").exists()
+        assert not (tmp_path / "restored.restoring").exists()
 
 
 def test_gateway_snapshot_is_the_same_stream(cluster_factory, cluster_kind, tmp_path):

@@ -25,12 +25,13 @@
 //! The server reads the view twice: once to count (so `remaining_bytes` counts down to 0 as
 //! etcd's does, and the header can carry the counts), once to send.
 
+use super::ingest::Record;
 use super::source::{Chunker, StateView};
 use super::{parse_header, record_header, RECORD_HEADER};
 use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::io::{BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const MAGIC: &[u8; 8] = b"PGRAFTBK";
 /// The format version this code writes and the only one it reads.
@@ -179,111 +180,162 @@ pub fn read(
     check_hash: bool,
     mut each: impl FnMut(u8, Vec<u8>, Vec<u8>) -> Result<()>,
 ) -> Result<Summary> {
-    let file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
-    let total_size = file.metadata().map_err(|e| bad(path, e))?.len();
-    let too_short = || bad(path, "truncated: too short to be a pgraft snapshot");
-    let content = total_size
-        .checked_sub(DIGEST as u64)
-        .filter(|c| *c >= PREAMBLE as u64)
-        .ok_or_else(too_short)?;
-    let mut reader = BufReader::with_capacity(64 * 1024, file);
-    let mut sha = Sha256::new();
-    let mut input = (&mut reader).take(content);
-    let mut read_exact = |buf: &mut [u8], what: &str| -> Result<()> {
-        input
-            .read_exact(buf)
-            .map_err(|_| bad(path, format!("truncated in {what}")))?;
-        sha.update(&*buf);
-        Ok(())
-    };
-    let mut pre = [0u8; PREAMBLE];
-    read_exact(&mut pre, "its header")?;
-    if &pre[..8] != MAGIC {
-        return Err(bad(
-            path,
-            "not a pgraft snapshot (bad magic; etcd's bbolt snapshots cannot be restored into pgraft)",
-        ));
+    let mut reader = Reader::open(path)?;
+    while let Some((tag, key, value)) = reader.next_record()? {
+        each(tag, key, value)?;
     }
-    let version = u32::from_be_bytes([pre[8], pre[9], pre[10], pre[11]]);
-    if version != VERSION {
-        return Err(bad(
-            path,
-            format!("format version {version}, this pgraftd reads version {VERSION}"),
-        ));
-    }
-    let hlen = u32::from_be_bytes([pre[12], pre[13], pre[14], pre[15]]);
-    if hlen > MAX_HEADER {
-        return Err(bad(
-            path,
-            format!("header of {hlen} bytes is over the limit"),
-        ));
-    }
-    let mut hbuf = vec![0u8; hlen as usize];
-    read_exact(&mut hbuf, "its header")?;
-    let header: BackupHeader =
-        prost::Message::decode(hbuf.as_slice()).map_err(|e| bad(path, format!("header: {e}")))?;
-    let expected = content_len(u64::from(hlen), header.records_bytes)
-        .ok_or_else(|| bad(path, "header gives an impossible length"))?;
-    if expected != content {
-        return Err(bad(
-            path,
-            format!(
+    reader.finish(check_hash)
+}
+
+/// A backup file read in order: its header at [`Reader::open`], its records one at a time,
+/// then its padding and digest at [`Reader::finish`]. Each part's structure is checked as it
+/// is read; the digest covers the whole file, so a caller acts on the records only once
+/// `finish` said the file is whole, or writes them where it can throw them away.
+pub struct Reader {
+    path: PathBuf,
+    input: std::io::Take<BufReader<std::fs::File>>,
+    sha: Sha256,
+    header: BackupHeader,
+    header_len: u64,
+    /// Bytes of the file before its digest.
+    content: u64,
+    /// Records read, and their bytes.
+    records: u64,
+    bytes: u64,
+    /// CRC-32 (IEEE 802.3, as Go's `crc32.ChecksumIEEE` and etcdutl's status hash) of the
+    /// records.
+    crc: crc32fast::Hasher,
+}
+
+impl Reader {
+    /// Opens the file and reads its preamble and header.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| bad(path, e))?;
+        let total_size = file.metadata().map_err(|e| bad(path, e))?.len();
+        let content = total_size
+            .checked_sub(DIGEST as u64)
+            .filter(|c| *c >= PREAMBLE as u64)
+            .ok_or_else(|| bad(path, "truncated: too short to be a pgraft snapshot"))?;
+        let mut r = Reader {
+            path: path.to_path_buf(),
+            input: BufReader::with_capacity(64 * 1024, file).take(content),
+            sha: Sha256::new(),
+            header: BackupHeader::default(),
+            header_len: 0,
+            content,
+            records: 0,
+            bytes: 0,
+            crc: crc32fast::Hasher::new(),
+        };
+        let mut pre = [0u8; PREAMBLE];
+        r.read_exact(&mut pre, "its header")?;
+        if &pre[..8] != MAGIC {
+            return Err(r.bad(
+                "not a pgraft snapshot (bad magic; etcd's bbolt snapshots cannot be restored into pgraft)",
+            ));
+        }
+        let version = u32::from_be_bytes([pre[8], pre[9], pre[10], pre[11]]);
+        if version != VERSION {
+            return Err(r.bad(format!(
+                "format version {version}, this pgraftd reads version {VERSION}"
+            )));
+        }
+        let hlen = u32::from_be_bytes([pre[12], pre[13], pre[14], pre[15]]);
+        if hlen > MAX_HEADER {
+            return Err(r.bad(format!("header of {hlen} bytes is over the limit")));
+        }
+        let mut hbuf = vec![0u8; hlen as usize];
+        r.read_exact(&mut hbuf, "its header")?;
+        r.header =
+            prost::Message::decode(hbuf.as_slice()).map_err(|e| r.bad(format!("header: {e}")))?;
+        r.header_len = u64::from(hlen);
+        let expected = content_len(r.header_len, r.header.records_bytes)
+            .ok_or_else(|| r.bad("header gives an impossible length"))?;
+        if expected != content {
+            return Err(r.bad(format!(
                 "truncated or padded: {total_size} bytes, {} expected",
                 expected + DIGEST as u64
-            ),
-        ));
+            )));
+        }
+        Ok(r)
     }
-    let mut crc = Crc32::default();
-    let mut bytes = 0u64;
-    for _ in 0..header.records {
+
+    /// What the file says about itself.
+    pub fn header(&self) -> &BackupHeader {
+        &self.header
+    }
+
+    /// The next record (tag, key, value), or None after the last one the header counts.
+    pub fn next_record(&mut self) -> Result<Option<Record>> {
+        if self.records == self.header.records {
+            return Ok(None);
+        }
         let mut rh = [0u8; RECORD_HEADER];
-        read_exact(&mut rh, "a record")?;
-        let (tag, klen, vlen) = parse_header(&rh).map_err(|e| bad(path, e))?;
-        bytes += (RECORD_HEADER as u64) + u64::from(klen) + u64::from(vlen);
-        if bytes > header.records_bytes {
-            return Err(bad(path, "records overrun the length the header gives"));
+        self.read_exact(&mut rh, "a record")?;
+        let (tag, klen, vlen) = parse_header(&rh).map_err(|e| self.bad(e))?;
+        self.bytes += (RECORD_HEADER as u64) + u64::from(klen) + u64::from(vlen);
+        if self.bytes > self.header.records_bytes {
+            return Err(self.bad("records overrun the length the header gives"));
         }
         let mut key = vec![0u8; klen as usize];
         let mut value = vec![0u8; vlen as usize];
-        read_exact(&mut key, "a record")?;
-        read_exact(&mut value, "a record")?;
-        crc.update(&[tag]);
-        crc.update(&key);
-        crc.update(&value);
-        each(tag, key, value)?;
+        self.read_exact(&mut key, "a record")?;
+        self.read_exact(&mut value, "a record")?;
+        self.crc.update(&[tag]);
+        self.crc.update(&key);
+        self.crc.update(&value);
+        self.records += 1;
+        Ok(Some((tag, key, value)))
     }
-    if bytes != header.records_bytes {
-        return Err(bad(path, "records end before the length the header gives"));
-    }
-    let mut padding = vec![0u8; (content - PREAMBLE as u64 - u64::from(hlen) - bytes) as usize];
-    read_exact(&mut padding, "its padding")?;
-    if padding.iter().any(|b| *b != 0) {
-        return Err(bad(path, "padding after the records is not zeros"));
-    }
-    let mut digest = [0u8; DIGEST];
-    reader
-        .read_exact(&mut digest)
-        .map_err(|_| bad(path, "truncated: no SHA-256 at its end"))?;
-    let computed = sha.finalize();
-    if check_hash && computed.as_slice() != digest {
-        return Err(bad(
-            path,
-            format!(
+
+    /// After the last record: checks the padding and (unless `check_hash` is false) the
+    /// trailing SHA-256, and sums the file up.
+    pub fn finish(mut self, check_hash: bool) -> Result<Summary> {
+        while self.next_record()?.is_some() {}
+        if self.bytes != self.header.records_bytes {
+            return Err(self.bad("records end before the length the header gives"));
+        }
+        let padding = self.content - PREAMBLE as u64 - self.header_len - self.bytes;
+        let mut padding = vec![0u8; padding as usize];
+        self.read_exact(&mut padding, "its padding")?;
+        if padding.iter().any(|b| *b != 0) {
+            return Err(self.bad("padding after the records is not zeros"));
+        }
+        let mut digest = [0u8; DIGEST];
+        self.input
+            .get_mut()
+            .read_exact(&mut digest)
+            .map_err(|_| self.bad("truncated: no SHA-256 at its end"))?;
+        let computed = self.sha.finalize_reset();
+        if check_hash && computed.as_slice() != digest {
+            return Err(self.bad(format!(
                 "SHA-256 mismatch: the file says {}, its content hashes to {} (corrupted; \
                  --skip-hash-check restores it anyway)",
                 hex(&digest),
                 hex(&computed)
-            ),
-        ));
+            )));
+        }
+        Ok(Summary {
+            revision: self.header.current_rev,
+            total_key: self.header.records,
+            hash: self.crc.finalize(),
+            header: self.header,
+            total_size: self.content,
+            hash_checked: check_hash,
+        })
     }
-    Ok(Summary {
-        revision: header.current_rev,
-        total_key: header.records,
-        hash: crc.finish(),
-        header,
-        total_size: content,
-        hash_checked: check_hash,
-    })
+
+    fn read_exact(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
+        self.input
+            .read_exact(buf)
+            .map_err(|_| bad(&self.path, format!("truncated in {what}")))?;
+        self.sha.update(&*buf);
+        Ok(())
+    }
+
+    fn bad(&self, what: impl std::fmt::Display) -> Error {
+        bad(&self.path, what)
+    }
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {
@@ -298,52 +350,13 @@ pub fn encode_record(tag: u8, key: &[u8], value: &[u8]) -> Vec<u8> {
     r
 }
 
-/// CRC-32 (IEEE 802.3, as Go's `crc32.ChecksumIEEE` and etcdutl's status hash).
-#[derive(Default)]
-struct Crc32(u32);
-
-const CRC_TABLE: [u32; 256] = {
-    let mut t = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        t[i] = c;
-        i += 1;
-    }
-    t
-};
-
-impl Crc32 {
-    fn update(&mut self, data: &[u8]) {
-        let mut c = !self.0;
-        for &b in data {
-            c = CRC_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
-        }
-        self.0 = !c;
-    }
-
-    fn finish(&self) -> u32 {
-        self.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-
+    /// The status hash is CRC-32 (IEEE 802.3), as Go's `crc32.ChecksumIEEE` and etcdutl's.
     #[test]
     fn crc32_of_known_input() {
-        let mut c = Crc32::default();
+        let mut c = crc32fast::Hasher::new();
         c.update(b"123456789");
-        assert_eq!(c.finish(), 0xCBF4_3926);
+        assert_eq!(c.finalize(), 0xCBF4_3926);
     }
 }

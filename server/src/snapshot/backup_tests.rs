@@ -15,6 +15,8 @@ use raft::Storage as _;
 use sha2::{Digest, Sha256};
 
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+/// A record as a test writes it: tag, key, value.
+type Crafted<'a> = (u8, &'a [u8], &'a [u8]);
 
 fn dump(ks: &Keyspace) -> Pairs {
     ks.iter()
@@ -240,13 +242,98 @@ fn restore_builds_a_member_of_a_new_cluster() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("exists"), "{err}");
-    // A corrupted file creates nothing.
-    let mut bad = file.clone();
-    let at = bad.len() - 100;
-    bad[at] ^= 1;
-    let bad_path = dir.path().join("bad.db");
-    std::fs::write(&bad_path, bad).unwrap();
-    let m3 = dir.path().join("m3");
-    assert!(restore(&restore_args(&bad_path, &m3, "m3")).is_err());
-    assert!(!m3.exists());
+    // A corrupted file creates nothing, wherever the damage is: in the last bytes, or in a
+    // value the restore has already written (the records are written as they are read, under
+    // a temporary name that a failed restore removes).
+    let deep = file
+        .windows(700)
+        .position(|w| w.iter().all(|b| *b == 150))
+        .unwrap()
+        + 100;
+    for at in [file.len() - 100, deep] {
+        let mut bad = file.clone();
+        bad[at] ^= 1;
+        let bad_path = dir.path().join("bad.db");
+        std::fs::write(&bad_path, bad).unwrap();
+        let m3 = dir.path().join("m3");
+        let err = restore(&restore_args(&bad_path, &m3, "m3"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SHA-256 mismatch") || err.contains("padding"),
+            "at {at}: {err}"
+        );
+        assert!(!m3.exists());
+        assert!(!dir.path().join("m3.restoring").exists());
+    }
+}
+
+/// A backup file of `records` (tag, key, value), with a header that counts them and a
+/// matching digest: what the server would write, had it such records.
+fn crafted_backup(records: &[Crafted]) -> Vec<u8> {
+    let body: Vec<u8> = records
+        .iter()
+        .flat_map(|(t, k, v)| backup::encode_record(*t, k, v))
+        .collect();
+    let header = prost::Message::encode_to_vec(&backup::BackupHeader {
+        current_rev: 10,
+        compact_rev: -1,
+        applied_index: 12,
+        records: records.len() as u64,
+        records_bytes: body.len() as u64,
+        ..Default::default()
+    });
+    let mut file = backup::MAGIC.to_vec();
+    file.extend_from_slice(&backup::VERSION.to_be_bytes());
+    file.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    file.extend_from_slice(&header);
+    file.extend_from_slice(&body);
+    file.resize(file.len().next_multiple_of(512), 0);
+    let digest = Sha256::digest(&file);
+    file.extend_from_slice(&digest);
+    file
+}
+
+/// A restore writes each keyspace as one ascending run of new tables (fjall's ingestion,
+/// which panics on keys out of order): a file whose records are not in that order, even one
+/// with a good digest, is refused with an error and leaves nothing behind.
+#[test]
+fn restore_refuses_records_out_of_order_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let in_order: &[Crafted] = &[
+        (1, b"a", b"1"),
+        (1, b"b", b"2"),
+        (2, b"l", b"3"),
+        (3, b"m", b"old member"),
+        (5, b"u/alice", b"4"),
+    ];
+    let path = write_file(dir.path(), &crafted_backup(in_order));
+    restore(&restore_args(&path, &dir.path().join("m1"), "m1")).unwrap();
+    let nb = Backend::open(&dir.path().join("m1")).unwrap();
+    assert_eq!(dump(&nb.kv).len(), 2);
+    assert_eq!(dump(&nb.lease).len(), 1);
+    assert_eq!(dump(&nb.auth).len(), 1);
+    drop(nb);
+
+    let cases: [&[Crafted]; 5] = [
+        &[(1, b"b", b"1"), (1, b"a", b"2")],
+        &[(1, b"a", b"1"), (1, b"a", b"2")],
+        &[(2, b"a", b"1"), (1, b"b", b"2")],
+        &[(1, b"a", b"1"), (2, b"b", b"2"), (1, b"c", b"3")],
+        // Records of a keyspace a restore drops (the old members) are checked too.
+        &[(1, b"a", b"1"), (3, b"n", b"2"), (3, b"m", b"3")],
+    ];
+    for (i, records) in cases.iter().enumerate() {
+        let path = write_file(dir.path(), &crafted_backup(records));
+        let m2 = dir.path().join("m2");
+        let err = restore(&restore_args(&path, &m2, "m2"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("out of key order") || err.contains("after keyspace"),
+            "case {i}: {err}"
+        );
+        assert!(!m2.exists(), "case {i}");
+        assert!(!dir.path().join("m2.restoring").exists(), "case {i}");
+    }
 }

@@ -8,8 +8,8 @@
 //!    then on raft appends the entries that follow the snapshot, while
 //! 2. [`install_staged`], on an installer thread: the kv, lease, members and alarm keyspaces
 //!    are cleared (removals in bounded batches, not synced: fjall's journal recovers as a
-//!    prefix) and refilled from the file, one ingestion per keyspace (tables fsynced and
-//!    registered when each is done), and
+//!    prefix) and refilled from the file, one ingestion per keyspace ([`super::ingest`]:
+//!    tables fsynced and registered when each is done), and
 //! 3. a last batch sets the applied index and revisions, removes the marker, and is synced.
 //!
 //! The raft thread goes on meanwhile (ticks, heartbeats, appends, acknowledgements) and applies
@@ -19,7 +19,9 @@
 //! The kv records are shown to the caller as they are written, so that the key index is built
 //! from them instead of from a second read of the whole state.
 
-use super::{keyspace, parse_header, staging_dir, Descriptor, KV_TAG, RECORD_HEADER, TAGS};
+pub use super::ingest::KvVisitor;
+use super::ingest::{ingest, Record};
+use super::{keyspace, parse_header, staging_dir, Descriptor, RECORD_HEADER, TAGS};
 use crate::backend::{meta_key, Backend};
 use crate::error::{Error, Result};
 use crate::raft::RaftStorage;
@@ -55,10 +57,6 @@ pub fn install(backend: &Backend, snap: &Snapshot, last: fjall::OwnedWriteBatch)
     super::INSTALLED.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
-
-/// What sees each record of the kv keyspace (key, value) as the install writes it, in key
-/// order: the store's index loader, so that it need not read the whole state back.
-pub type KvVisitor<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> Result<()>;
 
 /// Step 1, on the raft thread: checks the staged file is there and whole, then writes the
 /// marker and resets the raft log to `snap` in one synced batch, and tells the raft storage.
@@ -134,20 +132,18 @@ pub(crate) fn clear(backend: &Backend) -> Result<()> {
     Ok(())
 }
 
-/// Writes the file's records straight into new tables of their keyspaces (fjall's ingestion:
-/// no journal, no memtable, no flush or compaction of what was just written), then `last`, the
-/// applied index and revisions, and the marker's removal in one synced batch. The file's SHA-1
-/// is checked before that batch.
+/// Writes the file's records straight into new tables of their keyspaces ([`ingest`]), then
+/// `last`, the applied index and revisions, and the marker's removal in one synced batch. The
+/// file's SHA-1 is checked before that batch.
 ///
-/// Ingestion needs each keyspace's keys in one ascending run, which is how the leader streams
-/// them (keyspace by keyspace, each in key order). The receiver refuses a stream that breaks
-/// that order before it is staged (so before the state is touched); this checks again, and
-/// refuses such a file as corrupt rather than hand it to fjall, which panics on it (as on keys
-/// of 0 or more than 65535 bytes, which `parse_header` refuses). The cleared keyspaces' tombstones are
-/// flushed first, so that the ingestion's own flush, which holds fjall's journal (and so every
-/// raft log write of this member) while it runs, finds nothing to write. The ingested tables
-/// are fsynced and registered with a sequence number above those tombstones before `last`
-/// commits; a stop before that leaves the marker, and the install is redone.
+/// The receiver refuses a stream whose records are out of the order ingestion needs before it
+/// is staged (so before the state is touched); [`ingest`] checks again, and refuses such a file
+/// as corrupt rather than hand it to fjall, which panics on it. The cleared keyspaces'
+/// tombstones are flushed first, so that each ingestion's own flush, which holds fjall's
+/// journal (and so every raft log write of this member) while it runs, finds nothing to write.
+/// The ingested tables are fsynced and registered with a sequence number above those
+/// tombstones before `last` commits; a stop before that leaves the marker, and the install is
+/// redone.
 ///
 /// Measured on the 2-core machine, 1M keys of 300-byte values (313 MB), an idle member: 2.6 s
 /// through 1 MB write batches, 1.2 s ingested. Under a put load, the kv keyspace's final
@@ -163,41 +159,12 @@ fn fill(
         flush_memtables(keyspace(backend, tag).expect("known tag"))?;
     }
     let mut records = Records::new(file);
-    let mut next = records.next(desc.length)?;
-    // Keyspaces come in ascending tag order, each one run of ascending keys.
-    let mut done = 0u8;
-    while let Some((tag, key, value)) = next.take() {
-        if tag <= done {
-            return Err(corrupt(format!("keyspace {tag} after keyspace {done}")));
-        }
-        let ks = keyspace(backend, tag).expect("checked tag");
-        let mut ingestion = ks.start_ingestion()?;
-        if tag == KV_TAG {
-            on_kv(&key, &value)?;
-        }
-        ingestion.write(key.as_slice(), value)?;
-        let mut prev = key;
-        loop {
-            match records.next(desc.length)? {
-                Some((t, key, value)) if t == tag => {
-                    if key <= prev {
-                        return Err(corrupt(format!("keys of keyspace {tag} out of order")));
-                    }
-                    if tag == KV_TAG {
-                        on_kv(&key, &value)?;
-                    }
-                    ingestion.write(key.as_slice(), value)?;
-                    prev = key;
-                }
-                other => {
-                    next = other;
-                    break;
-                }
-            }
-        }
-        ingestion.finish()?;
-        done = tag;
-    }
+    ingest(
+        || records.next(desc.length),
+        |tag| keyspace(backend, tag),
+        on_kv,
+        corrupt,
+    )?;
     if records.read != desc.length || records.sha1.finalize().as_slice() != desc.sha1 {
         return Err(corrupt(format!("{}: checksum mismatch", desc.file)));
     }
@@ -235,9 +202,6 @@ fn flush_memtables(ks: &fjall::Keyspace) -> Result<()> {
     }
     Ok(())
 }
-
-/// A record: its keyspace tag, key and value.
-type Record = (u8, Vec<u8>, Vec<u8>);
 
 /// The staged file's records, read in order through a bounded buffer, hashed as they go.
 struct Records {

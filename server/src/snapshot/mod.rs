@@ -7,8 +7,9 @@
 //!   the state from the storage snapshot in chunks, off the raft thread.
 //! - [`receive`]: on the member catching up, the chunks go to a staging file (fsync'ed, checked
 //!   by length and SHA-1) before raft hears of the snapshot.
-//! - [`install`]: the staged file replaces the state in batches of bounded size, crash-safe
-//!   through a durable marker that startup honours ([`install::recover`]).
+//! - [`install`]: the staged file replaces the state, written straight into new tables
+//!   ([`ingest`]), crash-safe through a durable marker that startup honours
+//!   ([`install::recover`]).
 //!
 //! - [`backup`], [`restore`], [`cli`]: backups (etcd's `Maintenance.Snapshot`) stream from the
 //!   same kind of storage snapshot into a file of their own format; `pgraftd snapshot restore`
@@ -19,6 +20,7 @@
 
 pub mod backup;
 pub mod cli;
+mod ingest;
 pub mod install;
 pub mod receive;
 pub mod restore;

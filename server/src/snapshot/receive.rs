@@ -4,6 +4,7 @@
 //! is the file fsync'ed and given its final name, and the raft message, its data now a
 //! [`Descriptor`] naming that file, handed back to be stepped into raft.
 
+use super::ingest::KeyOrder;
 use super::{parse_header, Descriptor, MAX_CHUNK, RECORD_HEADER};
 use etcd_proto::pgraftpb::SnapshotChunk;
 use futures::{Stream, StreamExt};
@@ -217,9 +218,7 @@ struct RecordCheck {
     key: Vec<u8>,
     key_left: usize,
     value_left: u64,
-    /// The previous record's tag and key (tag 0: none yet).
-    prev_tag: u8,
-    prev_key: Vec<u8>,
+    order: KeyOrder,
 }
 
 impl RecordCheck {
@@ -259,21 +258,7 @@ impl RecordCheck {
 
     /// The whole key of the current record is in: it must come after the previous record's.
     fn check_order(&mut self) -> Result<(), String> {
-        if self.tag < self.prev_tag {
-            return Err(format!(
-                "snapshot records of keyspace {} after keyspace {}",
-                self.tag, self.prev_tag
-            ));
-        }
-        if self.tag == self.prev_tag && self.key <= self.prev_key {
-            return Err(format!(
-                "snapshot records of keyspace {} out of key order",
-                self.tag
-            ));
-        }
-        self.prev_tag = self.tag;
-        std::mem::swap(&mut self.prev_key, &mut self.key);
-        Ok(())
+        self.order.check(self.tag, &self.key)
     }
 
     fn at_boundary(&self) -> bool {

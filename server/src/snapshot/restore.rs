@@ -16,6 +16,7 @@
 //! restore that stops half way leaves no data directory a member would start from.
 
 use super::backup;
+use super::ingest::ingest;
 use crate::backend::{meta_key, Backend};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -24,9 +25,6 @@ use crate::raft::RaftStorage;
 use clap::Parser;
 use raft::eraftpb::{ConfState, Snapshot, SnapshotMetadata};
 use std::path::{Path, PathBuf};
-
-/// Bytes of keys and values per write batch.
-const BATCH_BYTES: usize = 1024 * 1024;
 
 /// `pgraftd snapshot restore`'s flags, named and defaulted as etcdutl's.
 #[derive(Parser, Debug, Clone)]
@@ -115,14 +113,18 @@ pub fn restore(args: &RestoreArgs) -> Result<Restored> {
             )));
         }
     }
-    // The whole file is checked before anything is written.
-    let summary = backup::read(&args.file, !args.skip_hash_check, |_, _, _| Ok(()))?;
-
     let building = temporary_dir(&data_dir);
     if building.exists() {
         std::fs::remove_dir_all(&building).map_err(Error::internal)?;
     }
-    let restored = build(args, &cfg, &initial, &building)?;
+    let built = build(args, &cfg, &initial, &building);
+    let (restored, summary) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&building);
+            return Err(e);
+        }
+    };
     sync_dir(&building)?;
     std::fs::rename(&building, &data_dir).map_err(Error::internal)?;
     if let Some(parent) = data_dir.parent() {
@@ -161,36 +163,36 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(Error::internal)
 }
 
-/// Fills a fresh database in `dir`: returns (member ID, cluster ID).
+/// Fills a fresh database in `dir` from the backup, read once: its records go straight into
+/// new tables ([`ingest`]) as they are read, and only once the whole file is read and its
+/// digest checked does the raft state that makes it a member's directory follow. A file found
+/// bad part way leaves a directory the caller throws away. Returns (member ID, cluster ID) and
+/// what the file held.
 fn build(
     args: &RestoreArgs,
     cfg: &Config,
     initial: &[crate::config::InitialMember],
     dir: &Path,
-) -> Result<(u64, u64)> {
+) -> Result<((u64, u64), backup::Summary)> {
+    let mut reader = backup::Reader::open(&args.file)?;
     let backend = Backend::open(dir)?;
-    let mut batch = backend.db.batch();
-    let mut bytes = 0usize;
-    let summary = backup::read(&args.file, !args.skip_hash_check, |tag, key, value| {
-        let ks = match tag {
-            1 => &backend.kv,
-            2 => &backend.lease,
+    let file = args.file.display().to_string();
+    ingest(
+        || reader.next_record(),
+        |tag| match tag {
+            1 => Some(&backend.kv),
+            2 => Some(&backend.lease),
             // Users, roles and the auth flag, as etcd's restore keeps its auth buckets.
-            5 => &backend.auth,
+            5 => Some(&backend.auth),
             // The old cluster's members (the new cluster's come from --initial-cluster) and
             // alarms (raised for the old members).
-            _ => return Ok(()),
-        };
-        bytes += key.len() + value.len();
-        batch.insert(ks, key, value);
-        if bytes >= BATCH_BYTES {
-            std::mem::replace(&mut batch, backend.db.batch()).commit()?;
-            bytes = 0;
-        }
-        Ok(())
-    })?;
-    batch.commit()?;
-    let header = summary.header;
+            _ => None,
+        },
+        &mut |_, _| Ok(()),
+        |what| Error::Internal(format!("snapshot file {file}: {what}")),
+    )?;
+    let summary = reader.finish(!args.skip_hash_check)?;
+    let header = &summary.header;
 
     let membership = Membership::bootstrap(
         backend.clone(),
@@ -234,5 +236,5 @@ fn build(
     drop(storage);
     drop(membership);
     drop(backend);
-    Ok(ids)
+    Ok((ids, summary))
 }

@@ -451,7 +451,7 @@ async fn a_staged_file_out_of_order_is_refused_without_a_panic() {
         let e = install::install(&b, &snap, b.db.batch()).unwrap_err();
         let msg = e.to_string();
         assert!(
-            msg.contains("out of order") || msg.contains("after keyspace"),
+            msg.contains("out of key order") || msg.contains("after keyspace"),
             "case {i}: {msg}"
         );
         assert!(
