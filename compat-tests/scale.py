@@ -16,13 +16,18 @@ random keys of the key space, `pgraft-bench --duration`), issues in turn:
      reaches the leader's at the add, then, once the load is over, the same keys as the leader);
   5. once the load is over, a restart of one of the first followers: SIGTERM, then started
      again on its data, timed from the start until it serves a linearizable read (`etcdctl
-     endpoint health`).
+     endpoint health`);
+  6. a backup restored: `etcdctl snapshot save` from the leader, then the file restored into
+     the data directory of a new one-member cluster (`pgraftd snapshot restore`, `etcdctl
+     snapshot restore` for etcd), timed with the restore's peak RSS, and that member started,
+     timed until it serves a linearizable read, and checked to hold the leader's keys.
 Then it prints, per target: leader changes during the test (the growth of
 `etcd_server_leader_changes_seen_total` on each member's /metrics), the put load's p99, slowest
 request and errors (from `pgraft-bench --json`), the time of the range and of the compaction,
-how long the new member took, how long the restarted member took to serve, peak RSS per member
+how long the new member took, how long the restarted member took to serve, the backup's save,
+restore and start, peak RSS per member
 (VmHWM from /proc/<pid>/status at the end), and one PASS/FAIL line per target: 0 leader changes,
-0 failed requests (puts, range, compaction, catch-up, restart), slowest put no worse than
+0 failed requests (puts, range, compaction, catch-up, restart, backup and restore), slowest put no worse than
 etcd's, peak RSS no more than etcd's, restart no slower than etcd's (the comparisons only when
 etcd ran too).
 
@@ -54,7 +59,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from cluster import Cluster, _reconfig, status  # noqa: E402
-from harness import ETCDCTL_BIN, REPO_ROOT, etcdctl_env, thread_dump  # noqa: E402
+from harness import (ETCDCTL_BIN, REPO_ROOT, etcdctl_env, pgraftd_path,  # noqa: E402
+                     thread_dump)
 
 KEY_SIZE = 16
 VAL_SIZE = 256
@@ -105,6 +111,13 @@ class Result:
     new_member_snapshot: bool | None = None  # its log says it installed a snapshot
     restart_secs: float | None = None  # a follower's restart, start to serving
     restart_error: str | None = None
+    backup_bytes: int | None = None
+    save_secs: float | None = None
+    restore_secs: float | None = None
+    restore_peak_rss_kb: int | None = None
+    restored_ready_secs: float | None = None  # the restored member's start, to serving
+    restored_same_keys: bool | None = None
+    restore_error: str | None = None
     rss_start_kb: dict = field(default_factory=dict)  # member -> VmRSS after the initial load
     peak_rss_kb: dict = field(default_factory=dict)   # member -> VmHWM at the end
     watcher_unread_bytes: int | None = None
@@ -138,11 +151,14 @@ class Result:
         if any(v is None for v in self.leader_changes.values()) or not self.leader_changes:
             f.append("leader-change metric unreadable")
         for what, err in (("range", self.range_error), ("compaction", self.compact_error),
-                          ("catch-up", self.catchup_error), ("restart", self.restart_error)):
+                          ("catch-up", self.catchup_error), ("restart", self.restart_error),
+                          ("backup and restore", self.restore_error)):
             if err:
                 f.append(f"{what}: {err}")
         if self.same_keys is False:
             f.append(f"new member has {self.new_member_keys} keys, leader {self.leader_keys}")
+        if self.restored_same_keys is False:
+            f.append("the restored member's keys are not the leader's")
         for name, dump in self.stuck.items():
             f.append(f"{name} alive but not answering; its threads:\n{dump}")
         return f
@@ -315,6 +331,7 @@ def _run(cl: Cluster, p: Params, res: Result, note, procs: list) -> None:
     except Exception:
         now_leader = leader
     restart_follower([m for m in cl.members[:3] if m is not now_leader][0], p, res, note)
+    backup_restore(cl.kind, now_leader, p, res, note)
 
 
 def initial_load(eps: list[str], p: Params, res: Result, note) -> None:
@@ -459,6 +476,74 @@ def restart_follower(m, p: Params, res: Result, note) -> None:
     note(f"{m.name} restarted: serving after {res.restart_secs:.2f}s")
 
 
+def backup_restore(kind: str, leader, p: Params, res: Result, note) -> None:
+    """Step 6: a backup of the leader restored into a new one-member cluster, and started."""
+    new = Cluster(kind, 1)
+    m = new.members[0]
+    path = new.workdir / "backup.db"
+    try:
+        t0 = time.monotonic()
+        rc, _, err = etcdctl(leader.endpoint, "snapshot", "save", str(path),
+                             timeout=p.step_timeout)
+        if rc != 0:
+            res.restore_error = f"snapshot save: exit {rc}: {err.strip()[-300:]}"
+            return
+        res.save_secs = time.monotonic() - t0
+        res.backup_bytes = path.stat().st_size
+        tool = [str(pgraftd_path()), "snapshot"] if kind == "pgraftd" else [ETCDCTL_BIN,
+                                                                            "snapshot"]
+        argv = [*tool, "restore", str(path), "--name", m.name, "--data-dir", str(m.data_dir),
+                "--initial-cluster", m.initial_cluster, "--initial-cluster-token", new.token,
+                "--initial-advertise-peer-urls", m.advertise_peer_url]
+        t0 = time.monotonic()
+        rc, res.restore_peak_rss_kb, err = run_measured(argv, new.workdir / "restore.log",
+                                                        p.step_timeout)
+        if rc != 0:
+            res.restore_error = f"restore: exit {rc}: {err}"
+            return
+        res.restore_secs = time.monotonic() - t0
+        t0 = time.monotonic()
+        new.start(timeout=p.step_timeout)
+        res.restored_ready_secs = time.monotonic() - t0
+        n1, h1, e1 = keys_digest(leader, p.step_timeout)
+        n2, h2, e2 = keys_digest(m, p.step_timeout)
+        res.restored_same_keys = bool(h1) and h1 == h2 and not e1 and not e2
+        note(f"backup of {res.backup_bytes} bytes saved in {res.save_secs:.2f}s, restored in "
+             f"{res.restore_secs:.2f}s (peak RSS {res.restore_peak_rss_kb} KiB), serving "
+             f"after {res.restored_ready_secs:.2f}s; keys: leader {n1}, restored {n2}, "
+             f"same: {res.restored_same_keys} {e1} {e2}")
+    except Exception as e:  # reported, not raised: the run goes on to its report
+        res.restore_error = f"{type(e).__name__}: {e}"[:500]
+        note(f"backup and restore failed: {res.restore_error}")
+    finally:
+        keep = os.environ.get("SCALE_KEEP", "") not in ("", "0")
+        new.stop(cleanup=not keep)
+        if not keep:
+            path.unlink(missing_ok=True)
+
+
+def run_measured(argv: list[str], log: Path, timeout: float) -> tuple[int, int | None, str]:
+    """(exit status, peak RSS in KiB, the end of its output) of a command, killed after
+    `timeout`. The peak is its VmHWM, sampled every 20 ms while it runs: the rusage of wait4
+    would report this script's own RSS (a child's maximum includes the memory it had before
+    its exec, a copy of this process)."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                env={**os.environ, **etcdctl_env()})
+    peak = None
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        hwm = proc_status_kb(proc.pid, "VmHWM")
+        if hwm is not None:
+            peak = max(peak or 0, hwm)
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            break
+        time.sleep(0.02)
+    return proc.returncode, peak, log.read_text(errors="replace").strip()[-300:]
+
+
 # --------------------------------------------------------------------------- report
 def fmt(v, unit: str = "", digits: int = 1) -> str:
     if v is None:
@@ -510,6 +595,13 @@ def report(results: dict[str, Result], p: Params) -> str:
         ("new member got a snapshot", lambda r: fmt(r.new_member_snapshot)),
         ("follower restart, serving after", lambda r: fmt(r.restart_secs, " s", 2) + (
             f" FAILED {r.restart_error}" if r.restart_error else "")),
+        ("backup: save / bytes", lambda r: fmt(r.save_secs, " s", 2) + " / "
+         + fmt(r.backup_bytes)),
+        ("backup: restore (peak RSS MiB)", lambda r: fmt(r.restore_secs, " s", 2) + (
+            f" ({r.restore_peak_rss_kb // 1024})" if r.restore_peak_rss_kb else "") + (
+            f" FAILED {r.restore_error}" if r.restore_error else "")),
+        ("backup: restored, serving after", lambda r: fmt(r.restored_ready_secs, " s", 2)
+         + f" (same keys: {r.restored_same_keys})"),
         ("new member keys = leader's", lambda r: f"{r.same_keys} ({r.new_member_keys} / "
          f"{r.leader_keys})"),
         ("RSS after load (MiB)", lambda r: " ".join(

@@ -2,7 +2,8 @@
 100k keys and a short load. While 16 clients put, a full keys-only range, a physical
 compaction of all history, a snapshot to a 4th member and a watcher that never reads must
 cost no failed request, no leader change and no unbounded memory, and the new member must end
-with the leader's keys.
+with the leader's keys; then a backup of the leader, restored into a new member, must serve the
+leader's keys.
 
 Sizes by environment: SCALE_CI_KEYS (default 100000), SCALE_CI_LOAD_SECS (30),
 SCALE_CI_WATCH_SECS (20), SCALE_CI_RSS_GROWTH_MB (the most a member's peak RSS may exceed its
@@ -49,6 +50,7 @@ def test_scale_ci_sized():
                    errors=r.put_errors(), p99_ms=r.p99_ms(), slowest_ms=r.slowest_put_ms(),
                    leader_changes=r.total_leader_changes(), range_s=r.range_secs,
                    compact_s=r.compact_secs, catchup_s=r.catchup_secs,
+                   restore_s=r.restore_secs, restored_ready_s=r.restored_ready_secs,
                    peak_rss_mb={n: v // 1024 for n, v in r.peak_rss_kb.items() if v})
 
     problems = list(scale.verdicts(results)["pgraftd"])
