@@ -13,7 +13,7 @@
 //!
 //! - [`backup`], [`restore`], [`cli`]: backups (etcd's `Maintenance.Snapshot`) stream from the
 //!   same kind of storage snapshot into a file of their own format; `pgraftd snapshot restore`
-//!   builds a new cluster's member from one.
+//!   builds a new cluster's member from one, writing it through [`ingest`] as an install does.
 //!
 //! The state travels as a byte stream of records: keyspace tag (1 byte), key length and value
 //! length (4 bytes each, big-endian), key, value.
