@@ -48,6 +48,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -508,6 +509,8 @@ def backup_restore(kind: str, leader, p: Params, res: Result, note) -> None:
         n1, h1, e1 = keys_digest(leader, p.step_timeout)
         n2, h2, e2 = keys_digest(m, p.step_timeout)
         res.restored_same_keys = bool(h1) and h1 == h2 and not e1 and not e2
+        if e1 or e2:
+            res.restore_error = f"listing the keys: leader: {e1 or 'ok'}; restored: {e2 or 'ok'}"
         note(f"backup of {res.backup_bytes} bytes saved in {res.save_secs:.2f}s, restored in "
              f"{res.restore_secs:.2f}s (peak RSS {res.restore_peak_rss_kb} KiB), serving "
              f"after {res.restored_ready_secs:.2f}s; keys: leader {n1}, restored {n2}, "
@@ -518,29 +521,32 @@ def backup_restore(kind: str, leader, p: Params, res: Result, note) -> None:
     finally:
         keep = os.environ.get("SCALE_KEEP", "") not in ("", "0")
         new.stop(cleanup=not keep)
-        if not keep:
-            path.unlink(missing_ok=True)
+        if not keep:  # the backup, and a half-made directory a killed restore left
+            shutil.rmtree(new.workdir, ignore_errors=True)
 
 
 def run_measured(argv: list[str], log: Path, timeout: float) -> tuple[int, int | None, str]:
     """(exit status, peak RSS in KiB, the end of its output) of a command, killed after
-    `timeout`. The peak is its VmHWM, sampled every 20 ms while it runs: the rusage of wait4
-    would report this script's own RSS (a child's maximum includes the memory it had before
-    its exec, a copy of this process)."""
+    `timeout`. The peak is its VmHWM, sampled every 20 ms while it runs (so a lower bound: a
+    rise in its last 20 ms is missed): the rusage of wait4 would report this script's own RSS
+    (a child's maximum includes the memory it had before its exec, a copy of this process)."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                 env={**os.environ, **etcdctl_env()})
     peak = None
     deadline = time.monotonic() + timeout
-    while proc.poll() is None:
-        hwm = proc_status_kb(proc.pid, "VmHWM")
-        if hwm is not None:
-            peak = max(peak or 0, hwm)
-        if time.monotonic() > deadline:
+    try:
+        while proc.poll() is None:
+            hwm = proc_status_kb(proc.pid, "VmHWM")
+            if hwm is not None:
+                peak = max(peak or 0, hwm)
+            if time.monotonic() > deadline:
+                return -9, peak, f"killed after {timeout:.0f}s"
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
             proc.kill()
             proc.wait()
-            break
-        time.sleep(0.02)
     return proc.returncode, peak, log.read_text(errors="replace").strip()[-300:]
 
 

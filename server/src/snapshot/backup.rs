@@ -301,19 +301,9 @@ impl Reader {
         if padding.iter().any(|b| *b != 0) {
             return Err(self.bad("padding after the records is not zeros"));
         }
-        let mut digest = [0u8; DIGEST];
-        self.input
-            .get_mut()
-            .read_exact(&mut digest)
-            .map_err(|_| self.bad("truncated: no SHA-256 at its end"))?;
-        let computed = self.sha.finalize_reset();
-        if check_hash && computed.as_slice() != digest {
-            return Err(self.bad(format!(
-                "SHA-256 mismatch: the file says {}, its content hashes to {} (corrupted; \
-                 --skip-hash-check restores it anyway)",
-                hex(&digest),
-                hex(&computed)
-            )));
+        let digest = self.read_digest()?;
+        if check_hash {
+            self.check_digest(&digest)?;
         }
         Ok(Summary {
             revision: self.header.current_rev,
@@ -323,6 +313,50 @@ impl Reader {
             total_size: self.content,
             hash_checked: check_hash,
         })
+    }
+
+    /// After a record the caller could not take (out of order, say): reads the rest of the
+    /// file raw and checks the digest, so that a damaged file is reported as damaged (its
+    /// first symptom may be a key out of order) rather than as badly made. Ok when the digest
+    /// matches: the caller's own error stands then.
+    pub fn check_rest(mut self) -> Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = self
+                .input
+                .read(&mut buf)
+                .map_err(|e| self.bad(format!("reading: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            self.sha.update(&buf[..n]);
+        }
+        let digest = self.read_digest()?;
+        self.check_digest(&digest)
+    }
+
+    /// The trailing SHA-256, after the content.
+    fn read_digest(&mut self) -> Result<[u8; DIGEST]> {
+        let mut digest = [0u8; DIGEST];
+        self.input
+            .get_mut()
+            .read_exact(&mut digest)
+            .map_err(|_| self.bad("truncated: no SHA-256 at its end"))?;
+        Ok(digest)
+    }
+
+    /// Compares the digest with the SHA-256 of everything read before it.
+    fn check_digest(&mut self, digest: &[u8; DIGEST]) -> Result<()> {
+        let computed = self.sha.finalize_reset();
+        if computed.as_slice() != digest {
+            return Err(self.bad(format!(
+                "SHA-256 mismatch: the file says {}, its content hashes to {} (corrupted; \
+                 --skip-hash-check restores it anyway)",
+                hex(digest),
+                hex(&computed)
+            )));
+        }
+        Ok(())
     }
 
     fn read_exact(&mut self, buf: &mut [u8], what: &str) -> Result<()> {

@@ -117,7 +117,11 @@ pub fn restore(args: &RestoreArgs) -> Result<Restored> {
     if building.exists() {
         std::fs::remove_dir_all(&building).map_err(Error::internal)?;
     }
-    let built = build(args, &cfg, &initial, &building);
+    let built = build(args, &cfg, &initial, &building).and_then(|b| {
+        sync_dir(&building)?;
+        std::fs::rename(&building, &data_dir).map_err(Error::internal)?;
+        Ok(b)
+    });
     let (restored, summary) = match built {
         Ok(b) => b,
         Err(e) => {
@@ -125,8 +129,6 @@ pub fn restore(args: &RestoreArgs) -> Result<Restored> {
             return Err(e);
         }
     };
-    sync_dir(&building)?;
-    std::fs::rename(&building, &data_dir).map_err(Error::internal)?;
     if let Some(parent) = data_dir.parent() {
         sync_dir(parent)?;
     }
@@ -177,7 +179,7 @@ fn build(
     let mut reader = backup::Reader::open(&args.file)?;
     let backend = Backend::open(dir)?;
     let file = args.file.display().to_string();
-    ingest(
+    let ingested = ingest(
         || reader.next_record(),
         |tag| match tag {
             1 => Some(&backend.kv),
@@ -190,7 +192,14 @@ fn build(
         },
         &mut |_, _| Ok(()),
         |what| Error::Internal(format!("snapshot file {file}: {what}")),
-    )?;
+    );
+    if let Err(e) = ingested {
+        // A damaged file says so, whatever its first symptom was.
+        if !args.skip_hash_check {
+            reader.check_rest()?;
+        }
+        return Err(e);
+    }
     let summary = reader.finish(!args.skip_hash_check)?;
     let header = &summary.header;
 
