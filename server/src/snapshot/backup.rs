@@ -260,11 +260,6 @@ impl Reader {
         Ok(r)
     }
 
-    /// What the file says about itself.
-    pub fn header(&self) -> &BackupHeader {
-        &self.header
-    }
-
     /// The next record (tag, key, value), or None after the last one the header counts.
     pub fn next_record(&mut self) -> Result<Option<Record>> {
         if self.records == self.header.records {

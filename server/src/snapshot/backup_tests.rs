@@ -251,29 +251,36 @@ fn restore_builds_a_member_of_a_new_cluster() {
         .unwrap()
         + 100;
     // A key's byte: the first symptom is a key out of order, but the file is damaged, and
-    // the error says so.
-    let key = |i: u32| {
-        let mut r = record_header(KV_TAG, &i.to_be_bytes(), &[i as u8; 700]).to_vec();
-        r.extend_from_slice(&i.to_be_bytes());
-        r
-    };
-    let in_key = file.windows(13).position(|w| w == key(150)).unwrap() + 12;
+    // the error says so. (The record of key 150; its key's last byte.)
+    let record = backup::encode_record(KV_TAG, &150u32.to_be_bytes(), &[150; 700]);
+    let in_key = file
+        .windows(record.len())
+        .position(|w| w == record)
+        .unwrap()
+        + RECORD_HEADER
+        + 3;
     for at in [file.len() - 100, deep, in_key] {
         let mut bad = file.clone();
         bad[at] ^= 1;
-        let bad_path = dir.path().join("bad.db");
-        std::fs::write(&bad_path, bad).unwrap();
-        let m3 = dir.path().join("m3");
-        let err = restore(&restore_args(&bad_path, &m3, "m3"))
-            .unwrap_err()
-            .to_string();
+        let err = refused_restore(dir.path(), &bad, "m3");
         assert!(
             err.contains("SHA-256 mismatch") || err.contains("padding"),
             "at {at}: {err}"
         );
-        assert!(!m3.exists());
-        assert!(!dir.path().join("m3.restoring").exists());
     }
+}
+
+/// Restores the backup `file` as member `name` in `dir`, which must fail and leave neither
+/// the data directory nor the one it was being built in; the error.
+fn refused_restore(dir: &Path, file: &[u8], name: &str) -> String {
+    let path = write_file(dir, file);
+    let data_dir = dir.join(name);
+    let err = restore(&restore_args(&path, &data_dir, name))
+        .unwrap_err()
+        .to_string();
+    assert!(!data_dir.exists(), "{err}");
+    assert!(!dir.join(format!("{name}.restoring")).exists(), "{err}");
+    err
 }
 
 /// A backup file of `records` (tag, key, value), with a header that counts them and a
@@ -332,16 +339,10 @@ fn restore_refuses_records_out_of_order_without_a_panic() {
         &[(1, b"a", b"1"), (3, b"n", b"2"), (3, b"m", b"3")],
     ];
     for (i, records) in cases.iter().enumerate() {
-        let path = write_file(dir.path(), &crafted_backup(records));
-        let m2 = dir.path().join("m2");
-        let err = restore(&restore_args(&path, &m2, "m2"))
-            .unwrap_err()
-            .to_string();
+        let err = refused_restore(dir.path(), &crafted_backup(records), "m2");
         assert!(
             err.contains("out of key order") || err.contains("after keyspace"),
             "case {i}: {err}"
         );
-        assert!(!m2.exists(), "case {i}");
-        assert!(!dir.path().join("m2.restoring").exists(), "case {i}");
     }
 }

@@ -230,7 +230,8 @@ impl RecordCheck {
                 self.key_left -= n;
                 data = &data[n..];
                 if self.key_left == 0 {
-                    self.check_order()?;
+                    // The whole key is in: it must come after the previous record's.
+                    self.order.check(self.tag, &self.key)?;
                 }
                 continue;
             }
@@ -254,11 +255,6 @@ impl RecordCheck {
             }
         }
         Ok(())
-    }
-
-    /// The whole key of the current record is in: it must come after the previous record's.
-    fn check_order(&mut self) -> Result<(), String> {
-        self.order.check(self.tag, &self.key)
     }
 
     fn at_boundary(&self) -> bool {

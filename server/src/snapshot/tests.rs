@@ -351,13 +351,10 @@ fn raft_snapshot_is_a_descriptor_of_a_capture_reused_then_dropped() {
 type Crafted<'a> = (u8, &'a [u8], &'a [u8]);
 
 fn encode_records(records: &[Crafted]) -> Vec<u8> {
-    let mut data = Vec::new();
-    for (tag, k, v) in records {
-        data.extend_from_slice(&record_header(*tag, k, v));
-        data.extend_from_slice(k);
-        data.extend_from_slice(v);
-    }
-    data
+    records
+        .iter()
+        .flat_map(|(tag, k, v)| backup::encode_record(*tag, k, v))
+        .collect()
 }
 
 /// A stream of `records` under the leader's snapshot header.
