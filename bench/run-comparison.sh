@@ -17,7 +17,7 @@
 # rounds pgraft first) and the table shows the median of the rounds, with each round's figures.
 #
 # Knobs (environment): QUICK=1, ROUNDS (default 1), PUT_TOTAL, RANGE_TOTAL, LAT_TOTAL, CONNS,
-# WATCHERS (a multiple of 100), WATCH_KEYS, WATCH_PUTS,
+# WATCHERS (a multiple of 100), WATCH_KEYS, WATCH_PUTS, WATCH_STREAMS,
 # SETTLE (seconds before reading RSS), ETCD (etcd binary), PGRAFTD and BENCH (prebuilt
 # binaries, with SKIP_BUILD=1), SKIP_BUILD=1, CARGO_JOBS,
 # RESULTS_DIR, KEEP_WORK=1 (the temp dir with data and logs is also kept when the script
@@ -30,7 +30,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
     PUT_TOTAL=${PUT_TOTAL:-2000} RANGE_TOTAL=${RANGE_TOTAL:-2000} LAT_TOTAL=${LAT_TOTAL:-200}
-    WATCHERS=${WATCHERS:-1000} WATCH_PUTS=${WATCH_PUTS:-100}
+    WATCHERS=${WATCHERS:-1000} WATCH_PUTS=${WATCH_PUTS:-100} WATCH_STREAMS=${WATCH_STREAMS:-1000}
     SETTLE=${SETTLE:-3}
 else
     # 100000 puts per run, as etcd's own benchmark guide: at 64 clients 20000 lasted about a
@@ -38,12 +38,15 @@ else
     PUT_TOTAL=${PUT_TOTAL:-100000} RANGE_TOTAL=${RANGE_TOTAL:-20000} LAT_TOTAL=${LAT_TOTAL:-2000}
     # Issue 19's watch target: 10,000 watchers on 100 keys.
     WATCHERS=${WATCHERS:-10000} WATCH_PUTS=${WATCH_PUTS:-1000}
+    # Many clients watching a key each: 10,000 streams of one watcher, on keys of their own.
+    WATCH_STREAMS=${WATCH_STREAMS:-10000}
     SETTLE=${SETTLE:-10}
 fi
 CONNS=${CONNS:-16}
 WATCH_KEYS=${WATCH_KEYS:-100}
 ROUNDS=${ROUNDS:-1}
 ((WATCHERS >= 100 && WATCHERS % 100 == 0)) || { echo "WATCHERS must be a multiple of 100" >&2; exit 2; }
+[[ $WATCH_STREAMS =~ ^[1-9][0-9]*$ ]] || { echo "WATCH_STREAMS must be a positive integer" >&2; exit 2; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a positive integer" >&2; exit 2; }
 ETCD=${ETCD:-/usr/bin/etcd}
 PGRAFTD=${PGRAFTD:-$ROOT/target/release/pgraftd}
@@ -207,25 +210,26 @@ rss_sum() {
     echo "$sum"
 }
 
-# watch_run KIND: WATCHERS watchers (streams of 100, over the members) on WATCH_KEYS keys, put
-# to in turn at 100/s: put-to-event latency; the members' RSS, sampled every 0.2 s while they
-# hold the watchers, gives the memory per watcher ((peak - before) / WATCHERS, with what the
-# puts and the streams' buffers take).
+# watch_run KIND TEST STREAMS PER_STREAM KEYS: STREAMS streams (over the members) of PER_STREAM
+# watchers on KEYS keys, put to in turn at 100/s: put-to-event latency; the members' RSS,
+# sampled every 0.2 s while they hold the watchers, gives the memory per watcher ((peak -
+# before) / watchers, with what the puts and the streams' buffers take).
 watch_run() {
-    local kind=$1 before peak now pid
+    local kind=$1 test=$2 streams=$3 per_stream=$4 keys=$5 before peak now pid
+    local watchers=$((streams * per_stream))
     before=$(rss_sum)
     peak=$before
-    bench "$kind" watch --conns "$CONNS" watch-latency --put-total "$WATCH_PUTS" --put-rate 100 \
-        --streams $((WATCHERS / 100)) --watchers-per-stream 100 --key-space-size "$WATCH_KEYS" &
+    bench "$kind" "$test" --conns "$CONNS" watch-latency --put-total "$WATCH_PUTS" --put-rate 100 \
+        --streams "$streams" --watchers-per-stream "$per_stream" --key-space-size "$keys" &
     pid=$!
     while kill -0 "$pid" 2>/dev/null; do
         now=$(rss_sum)
         ((now > peak)) && peak=$now
         sleep 0.2
     done
-    wait "$pid" || die "$kind watch failed"
-    echo $(((peak - before) * 1024 / WATCHERS)) >"$ROUND_DIR/$kind-watch-bytes-per-watcher"
-    log "$kind: memory per watcher $(cat "$ROUND_DIR/$kind-watch-bytes-per-watcher") bytes"
+    wait "$pid" || die "$kind $test failed"
+    echo $(((peak - before) * 1024 / watchers)) >"$ROUND_DIR/$kind-$test-bytes-per-watcher"
+    log "$kind: $test: memory per watcher $(cat "$ROUND_DIR/$kind-$test-bytes-per-watcher") bytes"
 }
 
 run_matrix() {
@@ -235,7 +239,8 @@ run_matrix() {
     start_cluster "$kind" "$bin"
     # First, on fresh members: memory the put runs left behind (a Go heap keeps what it grew
     # to) would hold the watchers without growing, and hide what they cost.
-    watch_run "$kind"
+    watch_run "$kind" watch $((WATCHERS / 100)) 100 "$WATCH_KEYS"
+    watch_run "$kind" watch-streams "$WATCH_STREAMS" 1 "$WATCH_STREAMS"
     local put=(put --key-size 8 --val-size 256 --sequential-keys --key-space-size "$PUT_TOTAL")
     staged "$kind" put16 --target-leader --conns "$CONNS" --clients 16 --total "$PUT_TOTAL" "${put[@]}"
     staged "$kind" put64 --target-leader --conns "$CONNS" --clients 64 --total "$PUT_TOTAL" "${put[@]}"
@@ -281,10 +286,11 @@ j() {
 each() { jq -s -r "map($2 | round) | map(tostring) | join(\", \")" "$RESULTS_DIR"/round*/"$1.json"; }
 rss() { cat "$RESULTS_DIR"/round*/"$1-rss-kib" | awk -v f="$2" '{s += $1; if ($1 > m) m = $1} END {printf "%.1f", (f == "max" ? m : s / NR) / 1024}'; }
 errors() {
-    cat "$RESULTS_DIR"/round*/"$1"-{put16,put64,put1,range-l,range-s,watch}.json |
+    cat "$RESULTS_DIR"/round*/"$1"-{put16,put64,put1,range-l,range-s,watch,watch-streams}.json |
         jq -s 'map(if has("watch") then .put.errors + .watch.errors else .errors end) | add'
 }
-per_watcher() { sort -n "$RESULTS_DIR"/round*/"$1-watch-bytes-per-watcher" | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+# per_watcher KIND TEST: the median over the rounds.
+per_watcher() { sort -n "$RESULTS_DIR"/round*/"$1-$2-bytes-per-watcher" | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 warnings() { cat "$RESULTS_DIR"/round*/"$1-log-warnings" | awk '{s += $1} END {print s}'; }
 row() { # row LABEL ETCD PGRAFT
     local ratio
@@ -351,7 +357,13 @@ report() {
     row "watch, $WATCHERS watchers on $WATCH_KEYS keys: put to event, p99 (ms, lower is better)" \
         "$(fmt "$(j etcd-watch .watch.percentiles_ms.p99)" 2)" "$(fmt "$(j pgraft-watch .watch.percentiles_ms.p99)" 2)"
     row "watch: memory per watcher, all members (bytes, lower is better)" \
-        "$(per_watcher etcd)" "$(per_watcher pgraft)"
+        "$(per_watcher etcd watch)" "$(per_watcher pgraft watch)"
+    row "watch, $WATCH_STREAMS streams of one watcher, a key each: put to event, p50 (ms, lower is better)" \
+        "$(fmt "$(j etcd-watch-streams .watch.percentiles_ms.p50)" 2)" "$(fmt "$(j pgraft-watch-streams .watch.percentiles_ms.p50)" 2)"
+    row "watch, $WATCH_STREAMS streams of one watcher, a key each: put to event, p99 (ms, lower is better)" \
+        "$(fmt "$(j etcd-watch-streams .watch.percentiles_ms.p99)" 2)" "$(fmt "$(j pgraft-watch-streams .watch.percentiles_ms.p99)" 2)"
+    row "watch, $WATCH_STREAMS streams: memory per watcher, all members (bytes, lower is better)" \
+        "$(per_watcher etcd watch-streams)" "$(per_watcher pgraft watch-streams)"
     row "idle RSS per member, mean (MiB, lower is better)" "$(rss etcd mean)" "$(rss pgraft mean)"
     row "idle RSS per member, max (MiB, lower is better)" "$(rss etcd max)" "$(rss pgraft max)"
     row "failed requests, all runs (lower is better)" "$(errors etcd)" "$(errors pgraft)"
@@ -373,8 +385,8 @@ report() {
         "($("$PGRAFTD" --version | sed -n 1p)); clients, servers and all three members of each" \
         "cluster share this machine; data dirs on $(df -P "$WORK" | awk 'NR == 2 {print $1}')."
     echo
-    echo "Command: \`$(env | grep -E '^(QUICK|ROUNDS|PUT_TOTAL|RANGE_TOTAL|LAT_TOTAL|CONNS|SETTLE|WATCHERS|WATCH_KEYS|WATCH_PUTS)=' | sort | tr '\n' ' ')bench/run-comparison.sh\`" \
-        "(ROUNDS=$ROUNDS PUT_TOTAL=$PUT_TOTAL RANGE_TOTAL=$RANGE_TOTAL LAT_TOTAL=$LAT_TOTAL CONNS=$CONNS SETTLE=$SETTLE WATCHERS=$WATCHERS WATCH_KEYS=$WATCH_KEYS WATCH_PUTS=$WATCH_PUTS)."
+    echo "Command: \`$(env | grep -E '^(QUICK|ROUNDS|PUT_TOTAL|RANGE_TOTAL|LAT_TOTAL|CONNS|SETTLE|WATCHERS|WATCH_KEYS|WATCH_PUTS|WATCH_STREAMS)=' | sort | tr '\n' ' ')bench/run-comparison.sh\`" \
+        "(ROUNDS=$ROUNDS PUT_TOTAL=$PUT_TOTAL RANGE_TOTAL=$RANGE_TOTAL LAT_TOTAL=$LAT_TOTAL CONNS=$CONNS SETTLE=$SETTLE WATCHERS=$WATCHERS WATCH_KEYS=$WATCH_KEYS WATCH_PUTS=$WATCH_PUTS WATCH_STREAMS=$WATCH_STREAMS)."
     echo "Benchmarks run against each cluster (\$ENDPOINTS: its three client URLs):"
     echo '```'
     cat "$WORK/commands-etcd"

@@ -3,13 +3,13 @@
 
 use std::ops::Bound;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyRange {
     pub start: Vec<u8>,
     pub end: RangeEnd,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RangeEnd {
     /// Only `start` itself.
     Single,

@@ -4,12 +4,15 @@
 //! - [`stream`]: one task per client Watch stream. Each pulls the events it still needs (from
 //!   the hub's memory, or from stored history when it fell behind) at its own pace, so a slow
 //!   watcher never blocks writers or other watchers.
+//! - [`routing`]: which streams watch which keys. The hub wakes only the streams a new
+//!   revision touches, and tells them which revisions to read.
 //!
 //! Memory is bounded in bytes, not in revisions: the history holds at most
 //! [`HISTORY_BYTES`] of keys and values (a revision can carry a 1.5 MiB value and its
 //! `prev_kv`), and one read of [`WatchHub::events`] returns about `max_bytes` of events.
 
 pub mod outbox;
+pub mod routing;
 pub mod stream;
 mod watchers;
 
@@ -77,9 +80,11 @@ pub struct WatchHub {
     store: Arc<Store>,
     recent: RwLock<History>,
     max_history_bytes: usize,
+    /// The current revision, announced to the revision feeds (lock and election waiters).
     current: watch::Sender<i64>,
     /// The current revision the streams were last woken for.
     announced: AtomicI64,
+    router: Arc<routing::Router>,
 }
 
 impl WatchHub {
@@ -97,6 +102,7 @@ impl WatchHub {
             max_history_bytes,
             current,
             announced: AtomicI64::new(rev),
+            router: Arc::new(routing::Router::new(rev)),
         }
     }
 
@@ -117,17 +123,21 @@ impl WatchHub {
     /// that they stay contiguous: a stream opened later reads what it misses from the store.
     /// The oldest revisions leave once the history holds more than its byte cap.
     ///
-    /// The streams are not woken yet: the applier answers the chunk's proposers first, so that
-    /// a writer's answer is not queued behind every stream the chunk wakes. A watch created
-    /// after that answer already starts past the chunk: the current revision is set here.
+    /// The revisions are routed to the streams watching their keys before the current revision
+    /// moves, so a stream never sees a current revision past what was routed to it. The
+    /// streams are not woken yet: the applier answers the chunk's proposers first, so that a
+    /// writer's answer is not queued behind every stream the chunk wakes. A watch created after
+    /// that answer already starts past the chunk: the current revision is set here.
     pub fn record(&self, revs: Option<Vec<RevEvents>>, current: i64) {
         match revs {
             Some(revs) if !revs.is_empty() => {
+                let revs: Vec<Arc<RevEvents>> = revs.into_iter().map(Arc::new).collect();
+                self.router.route(revs.iter().map(|r| r.as_ref()), current);
                 let mut recent = self.recent.write();
                 for r in revs {
                     let n = rev_bytes(&r);
                     recent.bytes += n;
-                    recent.revs.push_back((Arc::new(r), n));
+                    recent.revs.push_back((r, n));
                 }
                 while recent.bytes > self.max_history_bytes {
                     let Some((_, n)) = recent.revs.pop_front() else {
@@ -137,7 +147,11 @@ impl WatchHub {
                 }
             }
             Some(_) => {}
-            None => self.recent.write().clear(),
+            None => {
+                self.recent.write().clear();
+                // Not built: a stream that opened meanwhile reads them from the store.
+                self.router.route_unknown(current);
+            }
         }
         // Set without waking anyone (a `false` from the closure); `announce` wakes the streams.
         self.current.send_if_modified(|c| {
@@ -146,34 +160,45 @@ impl WatchHub {
         });
     }
 
-    /// Wakes the streams to catch up with what was recorded. A stream that already caught up
-    /// finds nothing new.
+    /// Wakes the streams that watch a key of what was recorded since the last call, and the
+    /// revision feeds.
     pub fn announce(&self) {
+        self.router.wake();
         let current = self.current_rev();
         if self.announced.swap(current, Ordering::AcqRel) != current {
             self.current.send_modify(|_| {});
         }
     }
 
-    /// Forgets recent revisions after the store was replaced by a snapshot.
+    /// Forgets recent revisions after the store was replaced by a snapshot; every stream is
+    /// woken, to read what changed from the new store (or to retry a read the install held
+    /// back).
     pub fn reset(&self) {
         self.recent.write().clear();
         let current = self.store.current_rev();
-        self.announced.store(current, Ordering::Release);
+        self.router.route_unknown(current);
         self.current.send_replace(current);
+        self.announced.store(current, Ordering::Release);
+        self.router.wake_all();
+    }
+
+    /// A new stream's place among the watched keys.
+    pub fn route(&self) -> routing::Route {
+        self.router.join()
     }
 
     pub fn current_rev(&self) -> i64 {
         *self.current.borrow()
     }
 
+    /// The current revision as it is announced, for the revision feeds.
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.current.subscribe()
     }
 
-    /// How many client watch streams are being served (each holds one subscription).
+    /// How many watch streams and revision feeds are being served.
     pub fn stream_count(&self) -> usize {
-        self.current.receiver_count()
+        self.router.stream_count() + self.current.receiver_count()
     }
 
     /// Bytes the in-memory history holds now.

@@ -4,11 +4,15 @@
 //! Guarantees: `created` goes out before any event of that watcher; events leave in revision
 //! order, every revision whole (unless the watcher asked for `fragment`), none twice.
 //!
+//! The task wakes when the hub routes it a revision that touches one of its watchers' ranges
+//! ([`Route`]), or for its client's requests; revisions that touch none of them cost it nothing.
+//!
 //! Memory: a catch-up step holds one batch of about [`BATCH_BYTES`] (shared with the hub's
 //! history where it can), builds one watcher's response from it at a time, and queues it in a
 //! byte-bounded [`Outbox`]; a client that reads nothing stops the task there, holding no more.
 
 use super::outbox::{Gone, Outbox};
+use super::routing::{Route, Span};
 use super::watchers::{Watcher, Watchers};
 use super::WatchHub;
 use crate::error::Error;
@@ -19,6 +23,7 @@ use etcd_proto::etcdserverpb::{ResponseHeader, WatchCreateRequest, WatchRequest,
 use etcd_proto::mvccpb::Event;
 use futures::{Stream, StreamExt};
 use prost::Message;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +54,12 @@ struct WatchStream {
     cfg: StreamConfig,
     out: Outbox,
     watchers: Watchers,
+    route: Route,
+    /// Revisions routed here that the synced watchers have not read yet, oldest first.
+    routed: VecDeque<Span>,
+    /// The newest revision the hub had routed when the stream last looked: beyond `routed`,
+    /// nothing up to it touches the synced watchers.
+    routed_upto: i64,
     next_id: i64,
     /// The compaction revision every watcher is known to be at or past (see
     /// [`WatchStream::cancel_compacted`]).
@@ -69,14 +80,16 @@ pub async fn serve<S>(
 ) where
     S: Stream<Item = WatchRequest> + Unpin,
 {
-    let mut revs = hub.subscribe();
     let mut ticker = progress_ticker(cfg.progress_interval).await;
     let mut ws = WatchStream {
+        route: hub.route(),
         hub,
         header,
         cfg,
         out,
         watchers: Watchers::default(),
+        routed: VecDeque::new(),
+        routed_upto: 0,
         next_id: 0,
         compact_checked: 0,
     };
@@ -87,10 +100,7 @@ pub async fn serve<S>(
                 Some(r) => ws.handle(r).await,
                 None => { input_open = false; Ok(()) }
             },
-            changed = revs.changed() => match changed {
-                Ok(()) => ws.catch_up().await,
-                Err(_) => Err(Closed),
-            },
+            _ = ws.route.routed() => ws.catch_up().await,
             _ = next_tick(&mut ticker) => ws.progress_tick().await,
             _ = ws.out.closed() => Err(Closed),
         };
@@ -134,7 +144,7 @@ impl WatchStream {
         match req.request_union {
             Some(RequestUnion::CreateRequest(c)) => self.create(c).await,
             Some(RequestUnion::CancelRequest(c)) => {
-                if self.watchers.remove(c.watch_id).is_some() {
+                if self.remove(c.watch_id) {
                     self.send(WatchResponse {
                         header: Some((self.header)(self.current())),
                         watch_id: c.watch_id,
@@ -147,14 +157,16 @@ impl WatchStream {
             }
             Some(RequestUnion::ProgressRequest(_)) => {
                 // Catching up first makes every watcher synced, so the notify may go out; not
-                // while a snapshot install holds them back (etcd sends none to unsynced ones).
+                // while one is still behind, reading history a snapshot install holds back
+                // (etcd sends none to unsynced ones). The revision is the one every synced
+                // watcher was sent everything up to.
                 self.catch_up().await?;
-                let current = self.current();
-                if self.watchers.iter().any(|(_, _, next)| next <= current) {
+                let synced = self.watchers.synced_next() - 1;
+                if self.watchers.iter().any(|(_, _, next)| next <= synced) {
                     return Ok(());
                 }
                 self.send(WatchResponse {
-                    header: Some((self.header)(self.current())),
+                    header: Some((self.header)(synced)),
                     watch_id: -1,
                     ..Default::default()
                 })
@@ -204,6 +216,9 @@ impl WatchStream {
             self.next_id += 1;
             self.next_id - 1
         };
+        // Routed here before the current revision is read: a revision recorded after this
+        // read is routed to the watcher, one recorded before it is not owed.
+        let routed = self.route.watch(&range);
         let current = self.current();
         // It may start below the compaction point.
         self.compact_checked = 0;
@@ -224,6 +239,7 @@ impl WatchStream {
                 fragment: c.fragment,
                 notified_since_tick: false,
             },
+            routed,
         );
         self.send(WatchResponse {
             header: Some((self.header)(current)),
@@ -235,15 +251,49 @@ impl WatchStream {
         self.catch_up().await
     }
 
-    /// Brings every watcher up to the hub's current revision.
+    /// Removes watcher `id`; false if there is none.
+    fn remove(&mut self, id: i64) -> bool {
+        let Some(w) = self.watchers.remove(id) else {
+            return false;
+        };
+        self.route.unwatch(&w.range);
+        true
+    }
+
+    /// Brings the synced watchers up to the revision the hub routed last, through the
+    /// revisions routed here, and the watchers behind up to the hub's current revision.
     async fn catch_up(&mut self) -> Result<(), Closed> {
+        // Read before what was routed, which is routed before the current revision moves: the
+        // watchers behind never read past what the synced ones are known to be at.
         let current = self.current();
+        let (spans, routed) = self.route.take();
+        self.routed.extend(spans);
+        self.routed_upto = self.routed_upto.max(routed);
         loop {
+            if !self.watchers.has_synced() {
+                // No one to read them for (they may be every revision, from `route_unknown`).
+                self.routed.clear();
+            }
+            // Up to the first revision routed here (or the last routed anywhere), none touches
+            // the synced watchers: they are past it before a compaction is checked, or a
+            // quiet stream's watchers would look owed compacted revisions.
+            match self.routed.front() {
+                Some(&(from, _)) => self.watchers.synced_to(from - 1),
+                None => self.watchers.synced_to(self.routed_upto),
+            }
             self.cancel_compacted().await?;
-            let Some(from) = self.watchers.needs_from(current) else {
-                return Ok(());
+            let synced_next = self.watchers.synced_next();
+            while self.routed.front().is_some_and(|s| s.1 < synced_next) {
+                self.routed.pop_front();
+            }
+            let (from, to, synced) = match self.routed.front() {
+                Some(&(from, to)) => (from.max(synced_next), to, true),
+                None => match self.watchers.behind_from(current) {
+                    Some(from) => (from, current, false),
+                    None => return Ok(()),
+                },
             };
-            let batch = match self.hub.events(from, current, BATCH_BYTES) {
+            let batch = match self.hub.events(from, to, BATCH_BYTES) {
                 Ok(b) => b,
                 // A compaction raced with us: the next turn cancels the affected watchers.
                 Err(Error::Compacted) => continue,
@@ -257,9 +307,13 @@ impl WatchStream {
             };
             let upto = batch.upto;
             let compact = self.hub.store().compact_rev();
-            // Every watcher moves past the batch; those of its keys (found through the key
-            // index) are owed some of its events.
-            let due = self.watchers.advance(&batch.revs, upto);
+            // The watchers of the group move past the batch; those of its keys (found through
+            // the key index) are owed some of its events.
+            let due = if synced {
+                self.watchers.advance_synced(&batch.revs, upto)
+            } else {
+                self.watchers.advance_behind(&batch.revs, upto)
+            };
             // One watcher's copy of the events at a time: it is queued before the next is built.
             for (id, from) in due {
                 let Some(w) = self.watchers.get_mut(id) else {
@@ -279,22 +333,32 @@ impl WatchStream {
     /// Cancels the watchers that need a revision below the compaction point. Watchers only
     /// move forward, so once every one was checked against a compaction revision, none needs
     /// checking again until the next compaction or a new watcher.
+    ///
+    /// The synced watchers are checked only once their position is known at or past the
+    /// compaction, or a revision routed to them is below it: a compaction is visible from the
+    /// applier's commit on, before its chunk's revisions are routed, and a quiet stream's
+    /// position moves only with what was routed.
     async fn cancel_compacted(&mut self) -> Result<(), Closed> {
         let compact = self.hub.store().compact_rev();
         if compact <= self.compact_checked {
             return Ok(());
         }
-        self.compact_checked = compact;
+        let synced_known = self.watchers.synced_next() >= compact || !self.routed.is_empty();
         let behind: Vec<i64> = self
             .watchers
             .iter()
-            .filter(|(_, _, next)| *next < compact)
+            .filter(|(id, _, next)| {
+                *next < compact && (synced_known || self.watchers.is_behind(*id))
+            })
             .map(|(id, _, _)| id)
             .collect();
         for &id in &behind {
-            self.watchers.remove(id);
+            self.remove(id);
         }
-        self.watchers.compacted(compact);
+        if synced_known {
+            self.compact_checked = compact;
+            self.watchers.compacted(compact);
+        }
         for id in behind {
             self.send(WatchResponse {
                 header: Some((self.header)(0)),
@@ -355,7 +419,8 @@ impl WatchStream {
     /// Periodic progress notifications for synced watchers that asked for them and had nothing
     /// to report since the last tick.
     async fn progress_tick(&mut self) -> Result<(), Closed> {
-        let current = self.current();
+        self.catch_up().await?;
+        let current = self.watchers.synced_next() - 1;
         let due: Vec<i64> = self
             .watchers
             .iter()
@@ -374,5 +439,14 @@ impl WatchStream {
             .await?;
         }
         Ok(())
+    }
+}
+
+impl Drop for WatchStream {
+    /// Takes the watchers' ranges out of the hub's routes (the route itself leaves after).
+    fn drop(&mut self) {
+        for (_, w, _) in self.watchers.iter() {
+            self.route.unwatch(&w.range);
+        }
     }
 }

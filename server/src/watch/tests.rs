@@ -91,13 +91,32 @@ fn catch_up_reads_are_bounded_in_bytes() {
 
 /// One put of `value` to `key`, published as the applier publishes it; its revision.
 fn put(hub: &WatchHub, key: &[u8], value: &[u8]) -> i64 {
-    let mut w = hub.store().write();
-    w.begin_txn();
-    w.put(key, value.to_vec(), 0, false).unwrap();
-    let current = w.end_txn();
-    let events = w.commit().unwrap();
+    let (events, current) = commit_puts(hub, key, value, 1, false);
     hub.publish(events, current);
     current
+}
+
+/// `n` puts of `value` to `key`, a revision each, committed as one chunk but not recorded in
+/// the hub yet; with `compact`, the store is compacted at the last one in the same chunk. The
+/// chunk's events and its last revision.
+fn commit_puts(
+    hub: &WatchHub,
+    key: &[u8],
+    value: &[u8],
+    n: usize,
+    compact: bool,
+) -> (Option<Vec<RevEvents>>, i64) {
+    let mut w = hub.store().write();
+    let mut current = 0;
+    for _ in 0..n {
+        w.begin_txn();
+        w.put(key, value.to_vec(), 0, false).unwrap();
+        current = w.end_txn();
+    }
+    if compact {
+        w.compact(current);
+    }
+    (w.commit().unwrap(), current)
 }
 
 /// A stream that fell behind (here: its runtime busy) while the store was compacted past the
@@ -243,4 +262,224 @@ async fn recorded_revisions_wake_the_streams_only_when_announced() {
         rx.changed().now_or_never().is_none(),
         "nothing new: not woken again"
     );
+}
+
+/// A client's side of one watch stream served by `stream::serve` on the test's runtime.
+struct TestStream {
+    requests: futures::channel::mpsc::UnboundedSender<etcd_proto::etcdserverpb::WatchRequest>,
+    responses: super::outbox::Responses,
+}
+
+impl TestStream {
+    fn open(hub: &Arc<WatchHub>) -> Self {
+        use super::stream::{self, HeaderFn, StreamConfig};
+        use etcd_proto::etcdserverpb::ResponseHeader;
+        let (requests, req_rx) = futures::channel::mpsc::unbounded();
+        let (out, responses) = super::outbox::channel(super::outbox::MAX_QUEUED, 1 << 20);
+        let header: HeaderFn = Arc::new(|revision| ResponseHeader {
+            revision,
+            ..Default::default()
+        });
+        let cfg = StreamConfig {
+            progress_interval: std::time::Duration::ZERO,
+            max_response_bytes: 1 << 20,
+            permit: None,
+        };
+        tokio::spawn(stream::serve(hub.clone(), header, cfg, req_rx, out));
+        TestStream {
+            requests,
+            responses,
+        }
+    }
+
+    /// Creates a watcher on `[key, range_end)` (`key` alone when `range_end` is empty) from
+    /// `start_revision` and returns its id.
+    async fn watch(&mut self, key: &[u8], range_end: &[u8], start_revision: i64) -> i64 {
+        use etcd_proto::etcdserverpb::{watch_request::RequestUnion, WatchCreateRequest};
+        let create = WatchCreateRequest {
+            key: key.to_vec(),
+            range_end: range_end.to_vec(),
+            start_revision,
+            ..Default::default()
+        };
+        self.requests
+            .unbounded_send(etcd_proto::etcdserverpb::WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(create)),
+            })
+            .unwrap();
+        let r = self.next().await.expect("a created response");
+        assert!(r.created && !r.canceled, "{r:?}");
+        r.watch_id
+    }
+
+    /// Asks for a progress notification and returns its revision.
+    async fn progress(&mut self) -> i64 {
+        use etcd_proto::etcdserverpb::{watch_request::RequestUnion, WatchProgressRequest};
+        self.requests
+            .unbounded_send(etcd_proto::etcdserverpb::WatchRequest {
+                request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})),
+            })
+            .unwrap();
+        let r = self.next().await.expect("the progress notification");
+        assert!(
+            !r.canceled && r.watch_id == -1,
+            "not a progress notification: {r:?}"
+        );
+        r.header.unwrap().revision
+    }
+
+    /// The next response, or `None` after `wait` without one.
+    async fn next_within(
+        &mut self,
+        wait: std::time::Duration,
+    ) -> Option<etcd_proto::etcdserverpb::WatchResponse> {
+        use futures::StreamExt;
+        tokio::time::timeout(wait, self.responses.next())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn next(&mut self) -> Option<etcd_proto::etcdserverpb::WatchResponse> {
+        self.next_within(std::time::Duration::from_secs(10)).await
+    }
+
+    /// (watch id, key, mod revision) of every event in the responses until `n` events came;
+    /// none may be a cancellation.
+    async fn events(&mut self, n: usize) -> Vec<(i64, Vec<u8>, i64)> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let r = self.next().await.expect("more events");
+            assert!(!r.canceled, "cancelled: {r:?}");
+            for e in r.events {
+                let kv = e.kv.unwrap();
+                got.push((r.watch_id, kv.key, kv.mod_revision));
+            }
+        }
+        got
+    }
+}
+
+/// Streams get the events of their own keys only, each in order and once, whether the hub
+/// holds the revisions in memory or they are read from the store; a watcher created in the
+/// past catches up and then follows new revisions; a stream no put concerns hears nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_get_the_revisions_of_their_keys_only() {
+    for history in [HISTORY_BYTES, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = Arc::new(hub_with_puts(dir.path(), history, 1, 8));
+        let (mut a, mut b, mut idle) = (
+            TestStream::open(&hub),
+            TestStream::open(&hub),
+            TestStream::open(&hub),
+        );
+        let wa = a.watch(b"a", b"", 0).await;
+        let wp = b.watch(b"p/", b"p0", 0).await;
+        idle.watch(b"zzz", b"", 0).await;
+        let mut puts = Vec::new();
+        for i in 0..30 {
+            let key: &[u8] = match i % 3 {
+                0 => b"a",
+                1 => b"p/x",
+                _ => b"q",
+            };
+            puts.push((key.to_vec(), put(&hub, key, b"v")));
+        }
+        let owed = |key: &[u8], id: i64| -> Vec<(i64, Vec<u8>, i64)> {
+            puts.iter()
+                .filter(|(k, _)| k.starts_with(key))
+                .map(|(k, r)| (id, k.clone(), *r))
+                .collect()
+        };
+        assert_eq!(a.events(10).await, owed(b"a", wa), "history {history}");
+        assert_eq!(b.events(10).await, owed(b"p/", wp), "history {history}");
+
+        // A second watcher on stream b, from the first put on: the history of "a", then on.
+        let first = puts[0].1;
+        let wb = b.watch(b"a", b"", first).await;
+        assert_eq!(b.events(10).await, owed(b"a", wb), "history {history}");
+        let rev = put(&hub, b"a", b"w");
+        let want = vec![(wa, b"a".to_vec(), rev)];
+        assert_eq!(a.events(1).await, want);
+        assert_eq!(b.events(1).await, vec![(wb, b"a".to_vec(), rev)]);
+
+        let quiet = std::time::Duration::from_millis(200);
+        assert!(idle.next_within(quiet).await.is_none());
+        assert!(a.next_within(quiet).await.is_none());
+        assert!(b.next_within(quiet).await.is_none());
+    }
+}
+
+/// A hub on a fresh store in `dir`, and a stream with one watcher, on key `q`: the hub, the
+/// stream and the watcher's id.
+async fn hub_watching_q(dir: &std::path::Path) -> (Arc<WatchHub>, TestStream, i64) {
+    let hub = Arc::new(hub_with_puts(dir, HISTORY_BYTES, 1, 8));
+    let mut stream = TestStream::open(&hub);
+    let id = stream.watch(b"q", b"", 0).await;
+    (hub, stream, id)
+}
+
+/// A stream whose keys no put touched for a while is not woken, so its position stays where it
+/// was; a compaction past that position must not cancel its watchers, which are owed nothing
+/// below it, and the next put to its key reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_stream_is_not_cancelled_by_a_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, mut quiet, id) = hub_watching_q(dir.path()).await;
+    for _ in 0..20 {
+        put(&hub, b"other", b"v");
+    }
+    let mut w = hub.store().write();
+    w.compact(hub.current_rev());
+    w.commit().unwrap();
+    let rev = put(&hub, b"q", b"v");
+    assert_eq!(quiet.events(1).await, vec![(id, b"q".to_vec(), rev)]);
+}
+
+/// A compaction is visible from the applier's commit on, before its chunk's revisions are
+/// routed: a stream that catches up in between (here for a progress request) must not take
+/// its quiet watcher for one owed compacted revisions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_not_yet_routed_cancels_no_synced_watcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, mut quiet, id) = hub_watching_q(dir.path()).await;
+    let routed = hub.current_rev();
+
+    // One chunk: two puts elsewhere and a compaction past them, committed, not yet recorded.
+    let (events, current) = commit_puts(&hub, b"other", b"v", 2, true);
+
+    assert_eq!(quiet.progress().await, routed);
+
+    hub.publish(events, current);
+    let rev = put(&hub, b"q", b"v");
+    assert_eq!(quiet.events(1).await, vec![(id, b"q".to_vec(), rev)]);
+}
+
+/// Revisions are routed when recorded, before the current revision moves: a progress
+/// notification right after a watch is created, before the streams are woken, is at or past
+/// the revision in the `created` header (etcd sends its current revision; clients take it
+/// as monotonic).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_never_below_the_created_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Arc::new(hub_with_puts(dir.path(), HISTORY_BYTES, 1, 8));
+    let mut s = TestStream::open(&hub);
+    let (events, current) = commit_puts(&hub, b"x", b"v", 1, false);
+    hub.record(events, current);
+    s.watch(b"q", b"", 0).await;
+    assert_eq!(s.progress().await, current);
+    hub.announce();
+}
+
+/// A snapshot install wakes every stream, also when no revision changed: a read it held back
+/// is tried again.
+#[test]
+fn a_snapshot_install_wakes_every_stream() {
+    use futures::FutureExt;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = hub_with_puts(dir.path(), HISTORY_BYTES, 1, 8);
+    let route = hub.route();
+    assert!(route.routed().now_or_never().is_none());
+    hub.reset();
+    assert!(route.routed().now_or_never().is_some());
 }

@@ -8,9 +8,10 @@
 //!
 //! Like etcd's `synced` and `unsynced` groups, the watchers that are up to date share one
 //! position, [`Watchers::synced_next`]: a new revision moves that one number and touches only
-//! the watchers its events are for, not every watcher of the stream. Watchers still catching up
-//! from history (created with a past start revision) keep their own position until they reach
-//! the synced one, and then join it.
+//! the watchers its events are for, not every watcher of the stream. The synced watchers read
+//! only the revisions the hub routed to the stream ([`super::routing`]); those still catching up
+//! from history (created with a past start revision) read every revision from their own
+//! position until they reach the current one, and then join the synced ones.
 
 use crate::mvcc::{KeyRange, RevEvents};
 use etcd_proto::mvccpb::{event::EventType, Event};
@@ -78,14 +79,16 @@ pub struct Watchers {
     ranged: BTreeSet<i64>,
     /// The first revision not yet sent to the synced watchers (every watcher not `behind`).
     synced_next: i64,
-    /// Watchers behind the synced position, each at its own `next_rev`: below `synced_next`, or
-    /// past it when the synced group emptied and restarted lower; either way they keep their
-    /// own position until a batch takes them to the synced one.
-    behind: BTreeSet<i64>,
+    /// Watchers created for a revision the hub had already routed, each at its own `next_rev`
+    /// until a batch takes it past the synced position and past the revision the hub had
+    /// routed when it was created (kept here): revisions after that one reach the stream.
+    behind: BTreeMap<i64, i64>,
 }
 
 impl Watchers {
-    pub fn insert(&mut self, id: i64, w: Watcher) {
+    /// Adds a watcher whose range the hub routes to this stream after revision `routed`: it is
+    /// synced if it starts after that, behind (reading history on its own) otherwise.
+    pub fn insert(&mut self, id: i64, w: Watcher, routed: i64) {
         self.remove(id);
         if w.range.is_single() {
             self.by_key
@@ -95,12 +98,8 @@ impl Watchers {
         } else {
             self.ranged.insert(id);
         }
-        if self.by_id.len() == self.behind.len() {
-            // No synced watcher: the synced position is free to start where this one does.
-            self.synced_next = w.next_rev;
-        }
-        if w.next_rev < self.synced_next {
-            self.behind.insert(id);
+        if w.next_rev <= routed || w.next_rev < self.synced_next {
+            self.behind.insert(id, routed);
         }
         self.by_id.insert(id, w);
     }
@@ -142,24 +141,42 @@ impl Watchers {
 
     /// The first revision watcher `id` is still owed.
     fn next_of(&self, id: i64, w: &Watcher) -> i64 {
-        if self.behind.contains(&id) {
+        if self.behind.contains_key(&id) {
             w.next_rev
         } else {
             w.next_rev.max(self.synced_next)
         }
     }
 
-    /// The lowest revision at or below `current` that some watcher may still be owed: where the
-    /// next catch-up step starts. Looks only at the synced position and the watchers behind it.
-    pub fn needs_from(&self, current: i64) -> Option<i64> {
-        let synced = (self.by_id.len() > self.behind.len() && self.synced_next <= current)
-            .then_some(self.synced_next);
-        let behind = self
-            .behind
-            .iter()
+    /// The lowest revision at or below `current` that a watcher behind is still owed: where
+    /// its next catch-up step starts.
+    pub fn behind_from(&self, current: i64) -> Option<i64> {
+        self.behind
+            .keys()
             .map(|id| self.by_id[id].next_rev)
-            .filter(|r| *r <= current);
-        synced.into_iter().chain(behind).min()
+            .filter(|r| *r <= current)
+            .min()
+    }
+
+    /// Whether some watcher is synced (not behind).
+    pub fn has_synced(&self) -> bool {
+        self.by_id.len() > self.behind.len()
+    }
+
+    /// Whether watcher `id` is behind, reading history on its own.
+    pub fn is_behind(&self, id: i64) -> bool {
+        self.behind.contains_key(&id)
+    }
+
+    /// The first revision the synced watchers may still be owed.
+    pub fn synced_next(&self) -> i64 {
+        self.synced_next
+    }
+
+    /// Every revision up to `rev` that touches the synced watchers was sent to them (the hub
+    /// routed nothing else up to it).
+    pub fn synced_to(&mut self, rev: i64) {
+        self.synced_next = self.synced_next.max(rev + 1);
     }
 
     /// The compaction reached `rev`, and the watchers owed a revision below it were cancelled:
@@ -170,27 +187,36 @@ impl Watchers {
         self.synced_next = self.synced_next.max(rev);
     }
 
-    /// Moves every watcher past `upto`, the end of a catch-up batch of revisions `revs`, and
-    /// returns those owed some of its events: (id, first revision owed), in id order. A synced
-    /// watcher is visited only when the batch touches its key; a watcher behind joins the synced
-    /// ones once it reaches their position.
-    pub fn advance(&mut self, revs: &[Arc<RevEvents>], upto: i64) -> Vec<(i64, i64)> {
+    /// Moves the synced watchers past `upto`, the end of a batch of revisions `revs` routed to
+    /// the stream (the revisions between them touch none of its keys), and returns those owed
+    /// some of its events: (id, first revision owed), in id order. Only the watchers of the
+    /// batch's keys are visited.
+    pub fn advance_synced(&mut self, revs: &[Arc<RevEvents>], upto: i64) -> Vec<(i64, i64)> {
+        let mut due = Vec::new();
+        if self.synced_next > upto {
+            return due;
+        }
+        for id in self.touched_by(revs) {
+            if self.behind.contains_key(&id) {
+                continue;
+            }
+            let from = self.by_id[&id].next_rev.max(self.synced_next);
+            if from <= upto {
+                due.push((id, from));
+            }
+        }
+        self.synced_next = upto + 1;
+        due
+    }
+
+    /// Moves the watchers behind past `upto`, the end of a batch holding every revision from
+    /// the lowest they are owed, and returns those owed some of its events, as
+    /// [`Watchers::advance_synced`] does. One that reaches the synced position joins it.
+    pub fn advance_behind(&mut self, revs: &[Arc<RevEvents>], upto: i64) -> Vec<(i64, i64)> {
         let touched = self.touched_by(revs);
         let mut due = Vec::new();
-        if self.synced_next <= upto {
-            for id in &touched {
-                if self.behind.contains(id) {
-                    continue;
-                }
-                let from = self.by_id[id].next_rev.max(self.synced_next);
-                if from <= upto {
-                    due.push((*id, from));
-                }
-            }
-            self.synced_next = upto + 1;
-        }
         let mut joined = Vec::new();
-        for id in &self.behind {
+        for (id, routed) in &self.behind {
             let w = self
                 .by_id
                 .get_mut(id)
@@ -202,7 +228,7 @@ impl Watchers {
                 due.push((*id, w.next_rev));
             }
             w.next_rev = upto + 1;
-            if w.next_rev >= self.synced_next {
+            if w.next_rev >= self.synced_next && w.next_rev > *routed {
                 joined.push(*id);
             }
         }
@@ -233,7 +259,7 @@ impl Watchers {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use etcd_proto::mvccpb::KeyValue;
 
@@ -250,7 +276,8 @@ mod tests {
         }
     }
 
-    fn rev(rev: i64, keys: &[&[u8]]) -> Arc<RevEvents> {
+    /// A revision with a put to each of `keys`.
+    pub(in crate::watch) fn rev(rev: i64, keys: &[&[u8]]) -> Arc<RevEvents> {
         Arc::new(RevEvents {
             rev,
             events: keys
@@ -269,11 +296,11 @@ mod tests {
     #[test]
     fn events_reach_the_watchers_of_their_keys_and_ranges_only() {
         let mut ws = Watchers::default();
-        ws.insert(1, watcher(b"a", b""));
-        ws.insert(2, watcher(b"b", b""));
-        ws.insert(3, watcher(b"a", b""));
-        ws.insert(4, watcher(b"b", b"c")); // [b, c)
-        ws.insert(5, watcher(b"x", b"\0")); // from x on
+        ws.insert(1, watcher(b"a", b""), 0);
+        ws.insert(2, watcher(b"b", b""), 0);
+        ws.insert(3, watcher(b"a", b""), 0);
+        ws.insert(4, watcher(b"b", b"c"), 0); // [b, c)
+        ws.insert(5, watcher(b"x", b"\0"), 0); // from x on
         let touched = |ws: &Watchers, keys: &[&[u8]]| {
             ws.touched_by(&[rev(2, keys)])
                 .into_iter()
@@ -286,7 +313,7 @@ mod tests {
 
         // Removed (and replaced) watchers leave the index.
         ws.remove(1);
-        ws.insert(4, watcher(b"q", b""));
+        ws.insert(4, watcher(b"q", b""), 0);
         assert_eq!(touched(&ws, &[b"a", b"bz"]), vec![3]);
         assert_eq!(touched(&ws, &[b"q"]), vec![4]);
         ws.remove(3);
@@ -301,51 +328,55 @@ mod tests {
         }
     }
 
-    /// The synced watchers share one position; a watcher created in the past catches up on its
-    /// own and joins them; one created for a later revision is owed nothing before it.
+    /// The synced watchers share one position and read what the hub routed; a watcher created
+    /// in the past catches up on its own and joins them; one created for a later revision is
+    /// owed nothing before it.
     #[test]
     fn watchers_behind_catch_up_and_join_the_synced_ones() {
         let mut ws = Watchers::default();
-        ws.insert(1, at(b"a", 11)); // synced at 11 (the stream's first watcher)
-        ws.insert(2, at(b"b", 11));
-        ws.insert(3, at(b"a", 5)); // behind: from revision 5
-        ws.insert(4, at(b"a", 14)); // synced, starts at 14
-        assert_eq!(ws.synced_next, 11);
-        assert_eq!(ws.behind.iter().copied().collect::<Vec<_>>(), vec![3]);
-        assert_eq!(ws.needs_from(10), Some(5));
-        assert_eq!(ws.needs_from(4), None);
+        // The hub had routed revision 10 when these were created.
+        ws.insert(1, at(b"a", 11), 10); // synced
+        ws.insert(2, at(b"b", 11), 10);
+        ws.insert(3, at(b"a", 5), 10); // behind: from revision 5
+        ws.insert(4, at(b"a", 14), 10); // synced, starts at 14
+        assert_eq!(ws.behind.keys().copied().collect::<Vec<_>>(), vec![3]);
+        assert_eq!(ws.behind_from(10), Some(5));
+        assert_eq!(ws.behind_from(4), None);
 
         // Revisions 5..=8 reach only the watcher behind, which is still behind afterwards.
-        let due = ws.advance(&[rev(5, &[b"a"]), rev(7, &[b"b"])], 8);
+        let due = ws.advance_behind(&[rev(5, &[b"a"]), rev(7, &[b"b"])], 8);
         assert_eq!(due, vec![(3, 5)]);
-        assert_eq!((ws.synced_next, ws.by_id[&3].next_rev), (11, 9));
-        assert_eq!(ws.needs_from(12), Some(9));
+        assert_eq!(ws.by_id[&3].next_rev, 9);
+        assert_eq!(ws.behind_from(12), Some(9));
 
-        // Revisions 9..=12: the watcher behind gets 9 and 11, the synced watcher of "a" 11, that
-        // of "b" 12, the later one nothing; the one behind reaches the synced position and
-        // joins it.
-        let due = ws.advance(&[rev(9, &[b"a"]), rev(11, &[b"a"]), rev(12, &[b"b"])], 12);
-        assert_eq!(due, vec![(1, 11), (2, 11), (3, 9)]);
+        // Revisions 11 and 12 routed: the synced watcher of "a" gets 11, that of "b" 12, the
+        // later one nothing, the one behind nothing yet.
+        let due = ws.advance_synced(&[rev(11, &[b"a"]), rev(12, &[b"b"])], 12);
+        assert_eq!(due, vec![(1, 11), (2, 11)]);
         assert_eq!(ws.synced_next, 13);
+
+        // The one behind reads every revision, 9..=12, and joins the synced ones.
+        let due = ws.advance_behind(&[rev(9, &[b"a"]), rev(11, &[b"a"]), rev(12, &[b"b"])], 12);
+        assert_eq!(due, vec![(3, 9)]);
         assert!(ws.behind.is_empty());
         let owed: Vec<(i64, i64)> = ws.iter().map(|(id, _, next)| (id, next)).collect();
         assert_eq!(owed, vec![(1, 13), (2, 13), (3, 13), (4, 14)]);
 
         // Revision 14 on "a": all three watchers of "a", the later one from its start.
-        let due = ws.advance(&[rev(14, &[b"a"])], 14);
+        let due = ws.advance_synced(&[rev(14, &[b"a"])], 14);
         assert_eq!(due, vec![(1, 13), (3, 13), (4, 14)]);
-        assert_eq!(ws.needs_from(14), None);
+        // Nothing else routed up to 20: the synced position moves there.
+        ws.synced_to(20);
+        assert_eq!(ws.synced_next(), 21);
+        assert_eq!(ws.behind_from(25), None);
 
-        // With every synced watcher gone, a new one sets the synced position; one added after
-        // it with a past start is behind.
-        for id in 1..=4 {
-            ws.remove(id);
-        }
-        ws.insert(5, at(b"c", 30));
-        ws.insert(6, at(b"c", 20));
-        assert_eq!(ws.synced_next, 30);
-        assert_eq!(ws.behind.iter().copied().collect::<Vec<_>>(), vec![6]);
+        // A new watcher is behind if it starts at or before what the hub had routed.
+        ws.insert(5, at(b"c", 30), 25);
+        ws.insert(6, at(b"c", 20), 25);
+        ws.insert(7, at(b"c", 24), 25);
+        assert_eq!(ws.behind.keys().copied().collect::<Vec<_>>(), vec![6, 7]);
         ws.remove(6);
+        ws.remove(7);
         assert!(ws.behind.is_empty());
     }
 
@@ -355,10 +386,11 @@ mod tests {
     #[test]
     fn a_compaction_moves_the_synced_position_up() {
         let mut ws = Watchers::default();
-        ws.insert(1, at(b"a", 11));
-        ws.insert(2, at(b"a", 30)); // synced, starts later
-        ws.insert(3, at(b"b", 8)); // behind
-        assert_eq!(ws.needs_from(25), Some(8));
+        ws.insert(1, at(b"a", 11), 10);
+        ws.insert(2, at(b"a", 30), 10); // synced, starts later
+        ws.insert(3, at(b"b", 8), 10); // behind
+        ws.synced_to(10);
+        assert_eq!(ws.behind_from(25), Some(8));
         // Compacted at 20: watchers 1 and 3 are owed revisions below it and are cancelled.
         let cancelled: Vec<i64> = ws
             .iter()
@@ -370,7 +402,7 @@ mod tests {
             ws.remove(id);
         }
         ws.compacted(20);
-        assert_eq!(ws.needs_from(25), Some(20));
+        assert_eq!((ws.synced_next(), ws.behind_from(25)), (20, None));
         let owed: Vec<(i64, i64)> = ws.iter().map(|(id, _, next)| (id, next)).collect();
         assert_eq!(owed, vec![(2, 30)]);
         // An older compaction does not move it back.
