@@ -56,10 +56,10 @@ struct WatchStream {
     watchers: Watchers,
     route: Route,
     /// Revisions routed here that the synced watchers have not read yet, oldest first.
-    routed: VecDeque<Span>,
-    /// The newest revision the hub had routed when the stream last looked: beyond `routed`,
-    /// nothing up to it touches the synced watchers.
-    routed_upto: i64,
+    pending: VecDeque<Span>,
+    /// The newest revision the hub had routed when the stream last looked: up to it, nothing
+    /// outside `pending` touches the synced watchers, and every revision is in the store.
+    routed_rev: i64,
     next_id: i64,
     /// The compaction revision every watcher is known to be at or past (see
     /// [`WatchStream::cancel_compacted`]).
@@ -88,8 +88,8 @@ pub async fn serve<S>(
         cfg,
         out,
         watchers: Watchers::default(),
-        routed: VecDeque::new(),
-        routed_upto: 0,
+        pending: VecDeque::new(),
+        routed_rev: 0,
         next_id: 0,
         compact_checked: 0,
     };
@@ -100,7 +100,7 @@ pub async fn serve<S>(
                 Some(r) => ws.handle(r).await,
                 None => { input_open = false; Ok(()) }
             },
-            _ = ws.route.routed() => ws.catch_up().await,
+            _ = ws.route.wait() => ws.catch_up().await,
             _ = next_tick(&mut ticker) => ws.progress_tick().await,
             _ = ws.out.closed() => Err(Closed),
         };
@@ -161,10 +161,9 @@ impl WatchStream {
                 // (etcd sends none to unsynced ones). The revision is the one every synced
                 // watcher was sent everything up to.
                 self.catch_up().await?;
-                let synced = self.watchers.synced_next() - 1;
-                if self.watchers.iter().any(|(_, _, next)| next <= synced) {
+                let Some(synced) = self.synced_rev() else {
                     return Ok(());
-                }
+                };
                 self.send(WatchResponse {
                     header: Some((self.header)(synced)),
                     watch_id: -1,
@@ -261,44 +260,25 @@ impl WatchStream {
     }
 
     /// Brings the synced watchers up to the revision the hub routed last, through the
-    /// revisions routed here, and the watchers behind up to the hub's current revision.
+    /// revisions routed here, and the watchers behind up to it too, through every revision.
     async fn catch_up(&mut self) -> Result<(), Closed> {
-        // Read before what was routed, which is routed before the current revision moves: the
-        // watchers behind never read past what the synced ones are known to be at.
-        let current = self.current();
         let (spans, routed) = self.route.take();
-        self.routed.extend(spans);
-        self.routed_upto = self.routed_upto.max(routed);
+        self.pending.extend(spans);
+        self.routed_rev = self.routed_rev.max(routed);
         loop {
-            if !self.watchers.has_synced() {
-                // No one to read them for (they may be every revision, from `route_unknown`).
-                self.routed.clear();
-            }
-            // Up to the first revision routed here (or the last routed anywhere), none touches
-            // the synced watchers: they are past it before a compaction is checked, or a
-            // quiet stream's watchers would look owed compacted revisions.
-            match self.routed.front() {
-                Some(&(from, _)) => self.watchers.synced_to(from - 1),
-                None => self.watchers.synced_to(self.routed_upto),
-            }
+            self.skip_unrouted();
             self.cancel_compacted().await?;
-            let synced_next = self.watchers.synced_next();
-            while self.routed.front().is_some_and(|s| s.1 < synced_next) {
-                self.routed.pop_front();
-            }
-            let (from, to, synced) = match self.routed.front() {
-                Some(&(from, to)) => (from.max(synced_next), to, true),
-                None => match self.watchers.behind_from(current) {
-                    Some(from) => (from, current, false),
-                    None => return Ok(()),
-                },
+            // A compaction may have moved the synced watchers past some of what is pending.
+            self.skip_unrouted();
+            let Some((from, to, synced)) = self.next_step() else {
+                return Ok(());
             };
             let batch = match self.hub.events(from, to, BATCH_BYTES) {
                 Ok(b) => b,
                 // A compaction raced with us: the next turn cancels the affected watchers.
                 Err(Error::Compacted) => continue,
                 // The store is being replaced by a snapshot: the watchers stay where they are,
-                // and catch up once the install is done (the hub announces it).
+                // and catch up once the install is done (the hub wakes every stream).
                 Err(Error::SnapshotInstalling) => return Ok(()),
                 Err(e) => {
                     tracing::error!(error = %e, "watch history read failed");
@@ -330,6 +310,46 @@ impl WatchStream {
         }
     }
 
+    /// Drops the pending spans the synced watchers are past, and moves them over what was not
+    /// routed here: up to the first pending revision (or the last routed anywhere), none
+    /// touches them. Without a synced watcher, nothing pending is read.
+    fn skip_unrouted(&mut self) {
+        if !self.watchers.has_synced() {
+            // They may be every revision (from `route_unknown`), with no one to read them for.
+            self.pending.clear();
+        }
+        let synced_next = self.watchers.synced_next();
+        while self.pending.front().is_some_and(|s| s.1 < synced_next) {
+            self.pending.pop_front();
+        }
+        match self.pending.front() {
+            Some(&(from, _)) => self.watchers.synced_to(from - 1),
+            None => self.watchers.synced_to(self.routed_rev),
+        }
+    }
+
+    /// The next revisions to read, `from..=to`, and for whom: the synced watchers (true: a
+    /// pending span) or those behind (every revision up to the last routed); `None` when all
+    /// are caught up.
+    fn next_step(&self) -> Option<(i64, i64, bool)> {
+        match self.pending.front() {
+            Some(&(from, to)) => Some((from.max(self.watchers.synced_next()), to, true)),
+            None => {
+                let from = self.watchers.behind_from(self.routed_rev)?;
+                Some((from, self.routed_rev, false))
+            }
+        }
+    }
+
+    /// The revision every watcher was sent everything up to, for a progress notification;
+    /// `None` while some are not there yet (behind, or revisions routed here not read: a
+    /// snapshot install held them back).
+    fn synced_rev(&self) -> Option<i64> {
+        let rev = self.watchers.synced_next() - 1;
+        let behind = self.watchers.iter().any(|(_, _, next)| next <= rev);
+        (self.pending.is_empty() && !behind).then_some(rev)
+    }
+
     /// Cancels the watchers that need a revision below the compaction point. Watchers only
     /// move forward, so once every one was checked against a compaction revision, none needs
     /// checking again until the next compaction or a new watcher.
@@ -343,7 +363,8 @@ impl WatchStream {
         if compact <= self.compact_checked {
             return Ok(());
         }
-        let synced_known = self.watchers.synced_next() >= compact || !self.routed.is_empty();
+        // With a span pending, the synced watchers are at `synced_next` for sure.
+        let synced_known = self.watchers.synced_next() >= compact || !self.pending.is_empty();
         let behind: Vec<i64> = self
             .watchers
             .iter()
@@ -421,10 +442,14 @@ impl WatchStream {
     async fn progress_tick(&mut self) -> Result<(), Closed> {
         self.catch_up().await?;
         let current = self.watchers.synced_next() - 1;
+        // Revisions routed here and not read yet (an install held them back): none is synced.
+        let held = !self.pending.is_empty();
         let due: Vec<i64> = self
             .watchers
             .iter()
-            .filter(|(_, w, next)| w.progress_notify && *next > current && !w.notified_since_tick)
+            .filter(|(_, w, next)| {
+                !held && w.progress_notify && *next > current && !w.notified_since_tick
+            })
             .map(|(id, _, _)| id)
             .collect();
         for (_, w) in self.watchers.iter_mut() {

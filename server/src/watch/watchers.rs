@@ -87,7 +87,8 @@ pub struct Watchers {
 
 impl Watchers {
     /// Adds a watcher whose range the hub routes to this stream after revision `routed`: it is
-    /// synced if it starts after that, behind (reading history on its own) otherwise.
+    /// synced if it starts after that (and not before the synced position), behind (reading
+    /// every revision on its own) otherwise.
     pub fn insert(&mut self, id: i64, w: Watcher, routed: i64) {
         self.remove(id);
         if w.range.is_single() {
