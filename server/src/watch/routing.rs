@@ -17,7 +17,7 @@ use crate::mvcc::{KeyRange, RevEvents};
 use crate::service::prefix_end;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -33,6 +33,8 @@ pub struct Router {
     /// The newest revision routed: every one up to it went to the streams that watch its keys.
     /// Written under the `routes` lock after the revisions' spans are added, read without it.
     routed: AtomicI64,
+    /// How many streams have a route: read by the applier for every chunk, without the lock.
+    streams: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -175,6 +177,7 @@ impl Router {
         Router {
             routes: Mutex::default(),
             routed: AtomicI64::new(routed),
+            streams: AtomicUsize::new(0),
         }
     }
 
@@ -188,6 +191,7 @@ impl Router {
             wake: Notify::new(),
         });
         r.streams.insert(id, slot.clone());
+        self.streams.store(r.streams.len(), Ordering::Release);
         Route {
             router: self.clone(),
             id,
@@ -197,7 +201,14 @@ impl Router {
 
     /// How many streams have a route.
     pub fn stream_count(&self) -> usize {
-        self.routes.lock().streams.len()
+        self.streams.load(Ordering::Acquire)
+    }
+
+    /// Routes the revisions after the last routed, up to `upto`, to every stream (nothing is
+    /// known here of what they hold), and records `upto` as routed.
+    fn route_unknown_locked(&self, r: &mut Routes, upto: i64) {
+        r.add_all((self.routed.load(Ordering::Acquire) + 1, upto));
+        self.routed.fetch_max(upto, Ordering::AcqRel);
     }
 
     /// Routes the revisions `revs` (in order, the newest `upto`) to the streams that watch
@@ -208,8 +219,7 @@ impl Router {
         // Revisions between the last routed and these (none, as the applier records them) are
         // unknown here: every stream reads them.
         if let Some(first) = revs.peek() {
-            let gap = (self.routed.load(Ordering::Acquire) + 1, first.rev - 1);
-            r.add_all(gap);
+            self.route_unknown_locked(&mut r, first.rev - 1);
         }
         let mut ids = Vec::new();
         for rev in revs {
@@ -233,9 +243,7 @@ impl Router {
     /// hold is not known here (not built, or replaced by a snapshot), so each stream reads and
     /// filters them.
     pub fn route_unknown(&self, upto: i64) {
-        let mut r = self.routes.lock();
-        r.add_all((self.routed.load(Ordering::Acquire) + 1, upto));
-        self.routed.fetch_max(upto, Ordering::AcqRel);
+        self.route_unknown_locked(&mut self.routes.lock(), upto);
     }
 
     /// Wakes the streams routed something since the last call.
@@ -249,9 +257,13 @@ impl Router {
 
     /// Wakes every stream, routed something or not.
     pub fn wake_all(&self) {
-        self.wake();
-        let all: Vec<Arc<Slot>> = self.routes.lock().streams.values().cloned().collect();
+        let all: Vec<Arc<Slot>> = {
+            let mut r = self.routes.lock();
+            r.to_wake.clear();
+            r.streams.values().cloned().collect()
+        };
         for slot in all {
+            slot.pending.lock().queued = false;
             slot.wake.notify_one();
         }
     }
@@ -320,7 +332,11 @@ impl Drop for Route {
     /// Forgets the stream. Its watchers' ranges are unwatched by their owner first
     /// (`WatchStream`'s drop), so nothing of it is left in the key index.
     fn drop(&mut self) {
-        self.router.routes.lock().streams.remove(&self.id);
+        let mut r = self.router.routes.lock();
+        r.streams.remove(&self.id);
+        self.router
+            .streams
+            .store(r.streams.len(), Ordering::Release);
     }
 }
 
