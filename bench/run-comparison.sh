@@ -210,17 +210,19 @@ rss_sum() {
     echo "$sum"
 }
 
-# watch_run KIND TEST STREAMS PER_STREAM KEYS: STREAMS streams (over the members) of PER_STREAM
-# watchers on KEYS keys, put to in turn at 100/s: put-to-event latency; the members' RSS,
+# watch_run KIND TEST STREAMS PER_STREAM KEYS [WATCH-LATENCY OPTIONS]: STREAMS streams (over the
+# members) of PER_STREAM watchers on KEYS keys, put to in turn at 100/s: put-to-event latency; the
+# members' RSS,
 # sampled every 0.2 s while they hold the watchers, gives the memory per watcher ((peak -
 # before) / watchers, with what the puts and the streams' buffers take).
 watch_run() {
     local kind=$1 test=$2 streams=$3 per_stream=$4 keys=$5 before peak now pid
     local watchers=$((streams * per_stream))
+    shift 5
     before=$(rss_sum)
     peak=$before
     bench "$kind" "$test" --conns "$CONNS" watch-latency --put-total "$WATCH_PUTS" --put-rate 100 \
-        --streams "$streams" --watchers-per-stream "$per_stream" --key-space-size "$keys" &
+        --streams "$streams" --watchers-per-stream "$per_stream" --key-space-size "$keys" "$@" &
     pid=$!
     while kill -0 "$pid" 2>/dev/null; do
         now=$(rss_sum)
@@ -241,6 +243,8 @@ run_matrix() {
     # to) would hold the watchers without growing, and hide what they cost.
     watch_run "$kind" watch $((WATCHERS / 100)) 100 "$WATCH_KEYS"
     watch_run "$kind" watch-streams "$WATCH_STREAMS" 1 "$WATCH_STREAMS"
+    # The same, each watcher on a range ([key, key + "\0")): found through the range index.
+    watch_run "$kind" watch-ranges "$WATCH_STREAMS" 1 "$WATCH_STREAMS" --watch-ranges
     local put=(put --key-size 8 --val-size 256 --sequential-keys --key-space-size "$PUT_TOTAL")
     staged "$kind" put16 --target-leader --conns "$CONNS" --clients 16 --total "$PUT_TOTAL" "${put[@]}"
     staged "$kind" put64 --target-leader --conns "$CONNS" --clients 64 --total "$PUT_TOTAL" "${put[@]}"
@@ -286,7 +290,7 @@ j() {
 each() { jq -s -r "map($2 | round) | map(tostring) | join(\", \")" "$RESULTS_DIR"/round*/"$1.json"; }
 rss() { cat "$RESULTS_DIR"/round*/"$1-rss-kib" | awk -v f="$2" '{s += $1; if ($1 > m) m = $1} END {printf "%.1f", (f == "max" ? m : s / NR) / 1024}'; }
 errors() {
-    cat "$RESULTS_DIR"/round*/"$1"-{put16,put64,put1,range-l,range-s,watch,watch-streams}.json |
+    cat "$RESULTS_DIR"/round*/"$1"-{put16,put64,put1,range-l,range-s,watch,watch-streams,watch-ranges}.json |
         jq -s 'map(if has("watch") then .put.errors + .watch.errors else .errors end) | add'
 }
 # per_watcher KIND TEST: the median over the rounds.
@@ -364,6 +368,10 @@ report() {
         "$(fmt "$(j etcd-watch-streams .watch.percentiles_ms.p99)" 2)" "$(fmt "$(j pgraft-watch-streams .watch.percentiles_ms.p99)" 2)"
     row "watch, $WATCH_STREAMS streams: memory per watcher, all members (bytes, lower is better)" \
         "$(per_watcher etcd watch-streams)" "$(per_watcher pgraft watch-streams)"
+    row "watch, $WATCH_STREAMS streams of one range watcher: put to event, p50 (ms, lower is better)" \
+        "$(fmt "$(j etcd-watch-ranges .watch.percentiles_ms.p50)" 2)" "$(fmt "$(j pgraft-watch-ranges .watch.percentiles_ms.p50)" 2)"
+    row "watch, $WATCH_STREAMS streams of one range watcher: put to event, p99 (ms, lower is better)" \
+        "$(fmt "$(j etcd-watch-ranges .watch.percentiles_ms.p99)" 2)" "$(fmt "$(j pgraft-watch-ranges .watch.percentiles_ms.p99)" 2)"
     row "idle RSS per member, mean (MiB, lower is better)" "$(rss etcd mean)" "$(rss pgraft mean)"
     row "idle RSS per member, max (MiB, lower is better)" "$(rss etcd max)" "$(rss pgraft max)"
     row "failed requests, all runs (lower is better)" "$(errors etcd)" "$(errors pgraft)"

@@ -98,6 +98,13 @@ def test_watch_latency(server):
               "--streams", "3", "--watchers-per-stream", "3", "--key-space-size", "3")
     assert r["put"]["requests"] == 10 and r["put"]["errors"] == 0, r
     assert r["watch"]["requests"] == 30 and r["watch"]["errors"] == 0, r
+    # The same with each watcher on the range [key, key + "\0"): the same events, found
+    # through the range index.
+    r = bench(server, "--conns", "2", "watch-latency", "--put-total", "10", "--put-rate", "200",
+              "--streams", "3", "--watchers-per-stream", "3", "--key-space-size", "3",
+              "--watch-ranges")
+    assert r["put"]["requests"] == 10 and r["put"]["errors"] == 0, r
+    assert r["watch"]["requests"] == 30 and r["watch"]["errors"] == 0, r
 
 
 @pytest.mark.parametrize("kind", KINDS)

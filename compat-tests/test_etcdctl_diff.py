@@ -242,10 +242,11 @@ step("watch_history_from_rev", "watch", "", "--prefix", V("--rev={r_a2}"), secon
 step("current_rev", "get", "a/1", "-w", "json", capture=header_rev("r_now"))
 
 
-def live_watch(json_out: bool):
-    """Start `watch live/ --prefix --rev=<next>` in the background, write, collect."""
+def live_watch(json_out: bool, what=("live/", "--prefix")):
+    """Start `watch <what> --rev=<next>` (default: `live/ --prefix`) in the background, write,
+    collect."""
     def run(server: Server, vars):
-        args = ["watch", "live/", "--prefix", f"--rev={vars['r_now'] + 1}"]
+        args = ["watch", *what, f"--rev={vars['r_now'] + 1}"]
         if json_out:
             args += ["-w", "json"]
         p = server.popen_etcdctl(*args)
@@ -268,6 +269,9 @@ def live_watch(json_out: bool):
 
 step("watch_live", run=live_watch(False), expect_rc="killed")
 step("watch_live_json", run=live_watch(True), expect_rc="killed")
+# Ranges other than prefixes: found through the servers' range index (etcd's interval tree).
+step("watch_live_range", run=live_watch(False, ("live/1", "live/2")), expect_rc="killed")
+step("watch_live_range_json", run=live_watch(True, ("live/2", "m")), expect_rc="killed")
 
 # ---- compaction ---------------------------------------------------------------------------------
 step("rev_before_compact", "put", "cmp", "1", "-w", "json", capture=header_rev("r_c"))

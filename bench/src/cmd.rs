@@ -177,21 +177,31 @@ pub struct WatchLatency {
     pub val_size: usize,
     /// Distinct keys, watched and put round-robin.
     pub key_space_size: usize,
+    /// Watch `[key, key + "\0")` rather than the key.
+    pub watch_ranges: bool,
 }
 
 /// Opens one watch stream with a watcher on each of `keys`, waits until all are created, and
-/// forwards the arrival time of every event to `events`.
+/// forwards the arrival time of every event to `events`. With `ranges`, each watcher watches
+/// the range `[key, key + "\0")`, which holds the key alone.
 async fn open_watch_stream(
     ch: Channel,
     keys: Vec<Vec<u8>>,
+    ranges: bool,
     events: mpsc::UnboundedSender<Instant>,
     timeout: Duration,
 ) -> Result<(), String> {
     let watchers = keys.len();
     let (req_tx, req_rx) = mpsc::channel(watchers.max(1));
     for key in keys {
+        let range_end = if ranges {
+            [key.as_slice(), &[0]].concat()
+        } else {
+            Vec::new()
+        };
         let create = WatchCreateRequest {
             key,
+            range_end,
             ..Default::default()
         };
         let req = WatchRequest {
@@ -249,7 +259,7 @@ pub async fn watch_latency(ctx: &Ctx, w: &WatchLatency) -> Result<(Report, Repor
                 keys[i % keys.len()].clone()
             })
             .collect();
-        open_watch_stream(ch, mine, ev_tx.clone(), ctx.timeout).await?;
+        open_watch_stream(ch, mine, w.watch_ranges, ev_tx.clone(), ctx.timeout).await?;
     }
     drop(ev_tx);
 

@@ -129,6 +129,11 @@ enum Cmd {
         /// (1: every watcher sees every put, as etcd's tool).
         #[arg(long, default_value_t = 1)]
         key_space_size: usize,
+        /// Each watcher watches the range [key, key + "\0"), which holds only its key, instead
+        /// of the key itself: the same events, found through the servers' range index (etcd's
+        /// interval tree) rather than their key map.
+        #[arg(long)]
+        watch_ranges: bool,
     },
 }
 
@@ -170,6 +175,7 @@ async fn run(cli: Cli) -> Result<Vec<stats::Report>, String> {
             key_size,
             val_size,
             key_space_size,
+            watch_ranges,
         } => {
             let w = cmd::WatchLatency {
                 put_total,
@@ -179,6 +185,7 @@ async fn run(cli: Cli) -> Result<Vec<stats::Report>, String> {
                 key_size,
                 val_size,
                 key_space_size,
+                watch_ranges,
             };
             let (put, watch) = cmd::watch_latency(&ctx, &w).await?;
             vec![put, watch]

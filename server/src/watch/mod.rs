@@ -6,11 +6,14 @@
 //!   watcher never blocks writers or other watchers.
 //! - [`routing`]: which streams watch which keys. The hub wakes only the streams a new
 //!   revision touches, and tells them which revisions to read.
+//! - `keyindex`: the watched keys and ranges, found by a key they hold (for the routing, and
+//!   for each stream's watchers).
 //!
 //! Memory is bounded in bytes, not in revisions: the history holds at most
 //! [`HISTORY_BYTES`] of keys and values (a revision can carry a 1.5 MiB value and its
 //! `prev_kv`), and one read of [`WatchHub::events`] returns about `max_bytes` of events.
 
+mod keyindex;
 pub mod outbox;
 pub mod routing;
 pub mod stream;

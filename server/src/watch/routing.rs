@@ -12,9 +12,8 @@
 //! open) or that a snapshot install replaced are routed to every stream
 //! ([`Router::route_unknown`]); those streams read them from the store.
 
-use crate::mvcc::range::RangeEnd;
+use super::keyindex::KeyIndex;
 use crate::mvcc::{KeyRange, RevEvents};
-use crate::service::prefix_end;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -41,13 +40,8 @@ pub struct Router {
 struct Routes {
     next_stream: u64,
     streams: HashMap<u64, Arc<Slot>>,
-    /// Single-key watchers, by key.
-    by_key: HashMap<Vec<u8>, Watching>,
-    /// Prefix watchers (the most common range: etcdctl's and Patroni's), by prefix.
-    by_prefix: HashMap<Vec<u8>, Watching>,
-    /// Other range watchers (`--from-key`, an interval), by range, each compared with every
-    /// event.
-    ranged: HashMap<KeyRange, Watching>,
+    /// The streams watching each key and range.
+    index: KeyIndex<Watching>,
     /// Streams routed something since the last [`Router::wake`].
     to_wake: Vec<Arc<Slot>>,
 }
@@ -74,23 +68,6 @@ impl Watching {
 
     fn streams(&self) -> impl Iterator<Item = u64> + '_ {
         self.0.keys().copied()
-    }
-}
-
-/// Where a watcher's range is kept.
-enum Shape<'a> {
-    Key(&'a [u8]),
-    Prefix(&'a [u8]),
-    Other,
-}
-
-fn shape(range: &KeyRange) -> Shape<'_> {
-    match &range.end {
-        RangeEnd::Single => Shape::Key(&range.start),
-        RangeEnd::Before(end) if !range.start.is_empty() && *end == prefix_end(&range.start) => {
-            Shape::Prefix(&range.start)
-        }
-        _ => Shape::Other,
     }
 }
 
@@ -136,28 +113,7 @@ impl Routes {
     /// The streams with a watcher whose range holds `key`, into `ids` (a stream may come more
     /// than once).
     fn watching(&self, key: &[u8], ids: &mut Vec<u64>) {
-        if let Some(w) = self.by_key.get(key) {
-            ids.extend(w.streams());
-        }
-        if self.by_prefix.len() <= key.len() {
-            for (prefix, w) in &self.by_prefix {
-                if key.starts_with(prefix) {
-                    ids.extend(w.streams());
-                }
-            }
-        } else {
-            // More prefixes watched than the key is long: look up each of its prefixes.
-            for len in 1..=key.len() {
-                if let Some(w) = self.by_prefix.get(&key[..len]) {
-                    ids.extend(w.streams());
-                }
-            }
-        }
-        for (range, w) in &self.ranged {
-            if range.contains(key) {
-                ids.extend(w.streams());
-            }
-        }
+        self.index.holding(key, |w| ids.extend(w.streams()));
     }
 
     /// Adds `span` to every stream.
@@ -281,35 +237,15 @@ impl Route {
     /// routed so far: every later one that touches `range` will reach this stream.
     pub fn watch(&self, range: &KeyRange) -> i64 {
         let mut r = self.router.routes.lock();
-        let watching = match shape(range) {
-            Shape::Key(key) => r.by_key.entry(key.to_vec()).or_default(),
-            Shape::Prefix(prefix) => r.by_prefix.entry(prefix.to_vec()).or_default(),
-            Shape::Other => r.ranged.entry(range.clone()).or_default(),
-        };
-        watching.add(self.id);
+        r.index.entry(range).add(self.id);
         self.router.routed.load(Ordering::Acquire)
     }
 
     /// Undoes one [`Route::watch`] of `range`.
     pub fn unwatch(&self, range: &KeyRange) {
         let mut r = self.router.routes.lock();
-        let id = self.id;
-        match shape(range) {
-            Shape::Key(key) => {
-                if r.by_key.get_mut(key).is_some_and(|w| w.remove(id)) {
-                    r.by_key.remove(key);
-                }
-            }
-            Shape::Prefix(prefix) => {
-                if r.by_prefix.get_mut(prefix).is_some_and(|w| w.remove(id)) {
-                    r.by_prefix.remove(prefix);
-                }
-            }
-            Shape::Other => {
-                if r.ranged.get_mut(range).is_some_and(|w| w.remove(id)) {
-                    r.ranged.remove(range);
-                }
-            }
+        if r.index.get_mut(range).is_some_and(|w| w.remove(self.id)) {
+            r.index.remove(range);
         }
     }
 
@@ -343,6 +279,7 @@ impl Drop for Route {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::prefix_end;
     use futures::FutureExt;
 
     fn rev(rev: i64, keys: &[&[u8]]) -> RevEvents {
@@ -392,11 +329,10 @@ mod tests {
         router.wake();
         assert!(!woken(&a) && !woken(&c));
         let r = router.routes.lock();
-        assert!(!r.by_key.contains_key(b"a".as_slice()) && r.by_prefix.is_empty());
+        assert_eq!(r.index.len(), 1, "only b's key is left");
     }
 
-    /// Prefix watchers are found by comparing the key with each prefix when few are watched,
-    /// by looking up each of the key's prefixes when many are; other ranges by comparison.
+    /// Prefix and range watchers are found, among few ranges and among many.
     #[test]
     fn prefixes_and_ranges_are_found_however_many() {
         for extra in [0u8, 40] {
@@ -415,7 +351,7 @@ mod tests {
             assert_eq!(b.take().0, vec![(1, 1)], "{extra} more prefixes");
             assert_eq!(c.take().0, vec![(2, 2)], "{extra} more prefixes");
             let r = router.routes.lock();
-            assert_eq!((r.by_prefix.len(), r.ranged.len()), (2 + extra as usize, 1));
+            assert_eq!(r.index.len(), 3 + extra as usize);
         }
     }
 

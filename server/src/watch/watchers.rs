@@ -3,8 +3,8 @@
 //! every event with every watcher's range. With 10,000 watchers on 100 keys, over 100 streams,
 //! every put woke each stream to compare its key with 100 ranges, and only one matched.
 //!
-//! Single-key watchers (most: Patroni's and etcd's own clients watch a key or a prefix) are
-//! found by their key; range watchers are kept apart and tested one by one.
+//! The watchers are found through a [`KeyIndex`]: single keys by hash, ranges (prefixes,
+//! `--from-key`, intervals) through an interval tree.
 //!
 //! Like etcd's `synced` and `unsynced` groups, the watchers that are up to date share one
 //! position, [`Watchers::synced_next`]: a new revision moves that one number and touches only
@@ -13,9 +13,10 @@
 //! from history (created with a past start revision) read every revision from their own
 //! position until they reach the current one, and then join the synced ones.
 
+use super::keyindex::KeyIndex;
 use crate::mvcc::{KeyRange, RevEvents};
 use etcd_proto::mvccpb::{event::EventType, Event};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 pub struct Watcher {
@@ -73,10 +74,8 @@ impl Watcher {
 #[derive(Default)]
 pub struct Watchers {
     by_id: BTreeMap<i64, Watcher>,
-    /// Single-key watchers by their key.
-    by_key: HashMap<Vec<u8>, Vec<i64>>,
-    /// Watchers of a range (a prefix, `--from-key`, an interval).
-    ranged: BTreeSet<i64>,
+    /// The watchers of each key and range.
+    index: KeyIndex<Vec<i64>>,
     /// The first revision not yet sent to the synced watchers (every watcher not `behind`).
     synced_next: i64,
     /// Watchers created for a revision the hub had already routed, each at its own `next_rev`
@@ -91,14 +90,7 @@ impl Watchers {
     /// every revision on its own) otherwise.
     pub fn insert(&mut self, id: i64, w: Watcher, routed: i64) {
         self.remove(id);
-        if w.range.is_single() {
-            self.by_key
-                .entry(w.range.start.clone())
-                .or_default()
-                .push(id);
-        } else {
-            self.ranged.insert(id);
-        }
+        self.index.entry(&w.range).push(id);
         if w.next_rev <= routed || w.next_rev < self.synced_next {
             self.behind.insert(id, routed);
         }
@@ -107,15 +99,11 @@ impl Watchers {
 
     pub fn remove(&mut self, id: i64) -> Option<Watcher> {
         let w = self.by_id.remove(&id)?;
-        if w.range.is_single() {
-            if let Some(ids) = self.by_key.get_mut(&w.range.start) {
-                ids.retain(|i| *i != id);
-                if ids.is_empty() {
-                    self.by_key.remove(&w.range.start);
-                }
+        if let Some(ids) = self.index.get_mut(&w.range) {
+            ids.retain(|i| *i != id);
+            if ids.is_empty() {
+                self.index.remove(&w.range);
             }
-        } else {
-            self.ranged.remove(&id);
         }
         self.behind.remove(&id);
         Some(w)
@@ -246,14 +234,7 @@ impl Watchers {
         let mut ids = BTreeSet::new();
         for e in revs.iter().flat_map(|r| r.events.iter()) {
             let Some(kv) = &e.kv else { continue };
-            if let Some(found) = self.by_key.get(&kv.key) {
-                ids.extend(found);
-            }
-            for id in &self.ranged {
-                if self.by_id[id].range.contains(&kv.key) {
-                    ids.insert(*id);
-                }
-            }
+            self.index.holding(&kv.key, |found| ids.extend(found));
         }
         ids
     }
@@ -318,8 +299,10 @@ pub(super) mod tests {
         assert_eq!(touched(&ws, &[b"a", b"bz"]), vec![3]);
         assert_eq!(touched(&ws, &[b"q"]), vec![4]);
         ws.remove(3);
-        assert!(!ws.by_key.contains_key(b"a".as_slice()));
-        assert!(!ws.ranged.contains(&4));
+        ws.remove(4);
+        ws.remove(2);
+        ws.remove(5);
+        assert!(ws.index.is_empty(), "emptied entries are removed");
     }
 
     fn at(key: &[u8], next_rev: i64) -> Watcher {
