@@ -156,7 +156,9 @@ impl<V> Default for Treap<V> {
         Treap {
             root: None,
             len: 0,
-            seed: 0x9e37_79b9_7f4a_7c15,
+            // Random, so that no client can choose ranges that line the tree up into a chain
+            // (a deep recursion, and a search in time linear in the ranges).
+            seed: rand::random(),
         }
     }
 }
@@ -318,6 +320,21 @@ mod tests {
         assert_eq!(ix.remove(&KeyRange::new(b"a", b"\0")), None);
         assert_eq!(found(&ix, b"b"), [5, 6]);
         assert_eq!(ix.len(), 4);
+    }
+
+    /// Ranges added in order (a client's choice) still make a shallow tree: the priorities are
+    /// random, not the same for every tree.
+    #[test]
+    fn ranges_added_in_order_make_a_shallow_tree() {
+        let mut ix: KeyIndex<Vec<u32>> = KeyIndex::default();
+        for i in 0..50_000u32 {
+            let k = format!("{i:06}").into_bytes();
+            ix.entry(&KeyRange::new(&k, &[k.as_slice(), &[0]].concat()))
+                .push(i);
+        }
+        let depth = check(&ix.ranges.root);
+        assert!(depth < 80, "depth {depth} for 50,000 ranges");
+        assert_eq!(found(&ix, b"012345"), [12345]);
     }
 
     /// Thousands of ranges added and removed at random: every search finds what comparing the

@@ -75,7 +75,7 @@ impl Watcher {
 pub struct Watchers {
     by_id: BTreeMap<i64, Watcher>,
     /// The watchers of each key and range.
-    index: KeyIndex<Vec<i64>>,
+    index: KeyIndex<BTreeSet<i64>>,
     /// The first revision not yet sent to the synced watchers (every watcher not `behind`).
     synced_next: i64,
     /// Watchers created for a revision the hub had already routed, each at its own `next_rev`
@@ -90,7 +90,7 @@ impl Watchers {
     /// every revision on its own) otherwise.
     pub fn insert(&mut self, id: i64, w: Watcher, routed: i64) {
         self.remove(id);
-        self.index.entry(&w.range).push(id);
+        self.index.entry(&w.range).insert(id);
         if w.next_rev <= routed || w.next_rev < self.synced_next {
             self.behind.insert(id, routed);
         }
@@ -100,7 +100,7 @@ impl Watchers {
     pub fn remove(&mut self, id: i64) -> Option<Watcher> {
         let w = self.by_id.remove(&id)?;
         if let Some(ids) = self.index.get_mut(&w.range) {
-            ids.retain(|i| *i != id);
+            ids.remove(&id);
             if ids.is_empty() {
                 self.index.remove(&w.range);
             }
