@@ -263,6 +263,7 @@ impl PeerService {
         }
         let transport = &self.0.raft.transport;
         transport.heard_from(from);
+        transport.peer_dialed(from);
         let mut buf: Vec<u8> = Vec::with_capacity(READ_BUFFER);
         let mut used = 0;
         loop {

@@ -191,6 +191,8 @@ pub enum Command {
     /// follower's leader and then stays silent, its lease is given up early (see
     /// `Loop::leader_silent`).
     LinkLost(u64),
+    /// The raft stream to this peer (re)connected: a leader sends its heartbeats now.
+    LinkUp(u64),
     /// A snapshot stream to this peer finished (`true`) or failed.
     SnapshotStatus(u64, bool),
     /// Asks for a status report.
@@ -760,6 +762,7 @@ impl<S: StateMachine> Loop<S> {
                 self.raw.report_unreachable(id);
                 self.link_lost(id);
             }
+            Command::LinkUp(_) => self.raw.ping(),
             Command::SnapshotStatus(id, ok) => {
                 let st = if ok {
                     SnapshotStatus::Finish

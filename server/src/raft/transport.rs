@@ -75,6 +75,9 @@ struct Link {
     /// Raft traffic since the last heartbeat tick (an idle link sends heartbeats).
     busy: AtomicBool,
     closed: AtomicBool,
+    /// Rung when the peer opened its own stream to this member: it is up (just restarted,
+    /// say), so a link waiting to reconnect tries at once rather than after its backoff.
+    redial: Notify,
 }
 
 #[derive(Default)]
@@ -258,6 +261,15 @@ impl Transport {
         e.1 = now;
     }
 
+    /// The peer opened a raft stream to this member: if the link to it is down, it reconnects
+    /// now (etcd's peers dial each other's streams as they start, so a restarted member hears
+    /// from the leader at once instead of after the leader's next retry).
+    pub fn peer_dialed(&self, peer: u64) {
+        if let Some(p) = self.peers.lock().get(&peer) {
+            p.link.redial.notify_one();
+        }
+    }
+
     /// When a peer was last heard from (raft traffic or a link heartbeat), if ever.
     pub fn last_heard(&self, peer: u64) -> Option<Instant> {
         self.activity.lock().get(&peer).map(|(_, last)| *last)
@@ -370,11 +382,17 @@ async fn run_link(
     let peer = format!("{id:x}");
     // The last refusal, logged once rather than at every retry.
     let mut refused = String::new();
+    // The first connection is made at once, so that the peer learns this member is up (see
+    // `Transport::peer_dialed`); later ones wait for traffic, the peer dialing us, or the next
+    // link heartbeat.
+    let mut first = true;
     loop {
-        // Wait for traffic, or the next link heartbeat, before (re)connecting.
-        tokio::select! {
-            _ = link.wake.notified() => {}
-            _ = tokio::time::sleep(LINK_HEARTBEAT) => {}
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                _ = link.wake.notified() => {}
+                _ = link.redial.notified() => {}
+                _ = tokio::time::sleep(LINK_HEARTBEAT) => {}
+            }
         }
         if link.closed() {
             return;
@@ -387,6 +405,9 @@ async fn run_link(
                     out.stream = Some(stream.clone());
                     out.tls = tls;
                 }
+                // A leader heartbeats the peer now: one that just restarted learns its leader
+                // without waiting for the next heartbeat tick.
+                let _ = loop_tx.send(Command::LinkUp(id));
                 let end = serve_link(id, &stream, &link, &loop_tx).await;
                 let mut out = link.out.lock();
                 out.stream = None;
@@ -417,7 +438,10 @@ async fn run_link(
         // The stream broke or could not be opened: the peer's process died (the kernel closed
         // its sockets), or the network between us failed.
         let _ = loop_tx.send(Command::LinkLost(id));
-        tokio::time::sleep(RECONNECT_BACKOFF).await;
+        tokio::select! {
+            _ = tokio::time::sleep(RECONNECT_BACKOFF) => {}
+            _ = link.redial.notified() => {}
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use etcd_proto::pgraftpb::{FollowerProgress, RaftStatusResponse};
 use prost::Message;
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use raft::StateRole;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A learner may be promoted once it has this share of the leader's log.
@@ -369,7 +370,17 @@ impl EtcdServer {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "publishing member attributes, will retry");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    // Clients are served once this is applied. Without a leader (a member just
+                    // started), the retry goes as soon as one is known, which the leader's
+                    // first heartbeat tells; otherwise after 200 ms.
+                    let leader = || self.raft.status.leader.load(Ordering::Acquire);
+                    let retry = tokio::time::Instant::now() + Duration::from_millis(200);
+                    if leader() != 0 {
+                        tokio::time::sleep_until(retry).await;
+                    }
+                    while leader() == 0 && tokio::time::Instant::now() < retry {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
                 }
             }
         }
@@ -401,7 +412,7 @@ impl EtcdServer {
             last_index: rep.last_index,
             // The log starts right after the last compaction.
             snapshot_index: rep.first_index.saturating_sub(1),
-            elections: st.elections.load(std::sync::atomic::Ordering::Relaxed),
+            elections: st.elections.load(Ordering::Relaxed),
             leader_changes: crate::metrics::LEADER_CHANGES.get(),
             progress: rep
                 .progress

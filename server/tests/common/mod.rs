@@ -304,10 +304,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `n` members started together as a new cluster on free loopback peer ports, each with its
-/// data in its own directory under `dir` and `extra` flags; returns once every one serves
-/// (it has published itself through the log: a leader was elected).
-pub async fn start_cluster(dir: &Path, n: usize, extra: &[&str]) -> Vec<Node> {
+/// The command lines of `n` members of a new cluster on free loopback peer ports, each with its
+/// data in its own directory under `dir` and `extra` flags (a member restarts with its own).
+pub fn cluster_args(dir: &Path, n: usize, extra: &[&str]) -> Vec<Vec<String>> {
     let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let cluster = ports
         .iter()
@@ -315,24 +314,36 @@ pub async fn start_cluster(dir: &Path, n: usize, extra: &[&str]) -> Vec<Node> {
         .map(|(i, p)| format!("m{i}=http://127.0.0.1:{p}"))
         .collect::<Vec<_>>()
         .join(",");
-    let starts = ports.iter().enumerate().map(|(i, port)| {
-        let mut args = vec![
-            "pgraftd".to_string(),
-            format!("--name=m{i}"),
-            format!("--data-dir={}", dir.join(format!("m{i}")).display()),
-            "--listen-client-urls=http://127.0.0.1:0".into(),
-            "--advertise-client-urls=http://127.0.0.1:0".into(),
-            format!("--listen-peer-urls=http://127.0.0.1:{port}"),
-            format!("--initial-advertise-peer-urls=http://127.0.0.1:{port}"),
-            format!("--initial-cluster={cluster}"),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        async move {
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let mut args = vec![
+                "pgraftd".to_string(),
+                format!("--name=m{i}"),
+                format!("--data-dir={}", dir.join(format!("m{i}")).display()),
+                "--listen-client-urls=http://127.0.0.1:0".into(),
+                "--advertise-client-urls=http://127.0.0.1:0".into(),
+                format!("--listen-peer-urls=http://127.0.0.1:{port}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{port}"),
+                format!("--initial-cluster={cluster}"),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args
+        })
+        .collect()
+}
+
+/// `n` members started together as a new cluster (see [`cluster_args`]); returns once every one
+/// serves (it has published itself through the log: a leader was elected).
+pub async fn start_cluster(dir: &Path, n: usize, extra: &[&str]) -> Vec<Node> {
+    let starts = cluster_args(dir, n, extra)
+        .into_iter()
+        .map(|args| async move {
             Node::start(Config::parse_from(args))
                 .await
                 .expect("member starts")
-        }
-    });
+        });
     let nodes = futures::future::join_all(starts).await;
     for node in &nodes {
         tokio::time::timeout(Duration::from_secs(30), node.ready())
