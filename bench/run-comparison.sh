@@ -17,7 +17,8 @@
 # rounds pgraft first) and the table shows the median of the rounds, with each round's figures.
 #
 # Knobs (environment): QUICK=1, ROUNDS (default 1), PUT_TOTAL, RANGE_TOTAL, LAT_TOTAL, CONNS,
-# WATCHERS (a multiple of 100), WATCH_KEYS, WATCH_PUTS, WATCH_STREAMS,
+# WATCHERS (a multiple of 100), WATCH_KEYS, WATCH_PUTS, WATCH_STREAMS, WIDE_CLIENTS and WIDE_CONNS
+# (e.g. 1000 and 100 on a many-core machine: put and linearizable range with that many clients),
 # SETTLE (seconds before reading RSS), ETCD (etcd binary), PGRAFTD and BENCH (prebuilt
 # binaries, with SKIP_BUILD=1), SKIP_BUILD=1, CARGO_JOBS,
 # RESULTS_DIR, KEEP_WORK=1 (the temp dir with data and logs is also kept when the script
@@ -43,6 +44,8 @@ else
     SETTLE=${SETTLE:-10}
 fi
 CONNS=${CONNS:-16}
+WIDE_CLIENTS=${WIDE_CLIENTS:-0}
+WIDE_CONNS=${WIDE_CONNS:-100}
 WATCH_KEYS=${WATCH_KEYS:-100}
 ROUNDS=${ROUNDS:-1}
 ((WATCHERS >= 100 && WATCHERS % 100 == 0)) || { echo "WATCHERS must be a multiple of 100" >&2; exit 2; }
@@ -248,10 +251,18 @@ run_matrix() {
     local put=(put --key-size 8 --val-size 256 --sequential-keys --key-space-size "$PUT_TOTAL")
     staged "$kind" put16 --target-leader --conns "$CONNS" --clients 16 --total "$PUT_TOTAL" "${put[@]}"
     staged "$kind" put64 --target-leader --conns "$CONNS" --clients 64 --total "$PUT_TOTAL" "${put[@]}"
+    if ((WIDE_CLIENTS > 0)); then
+        staged "$kind" putwide --target-leader --conns "$WIDE_CONNS" --clients "$WIDE_CLIENTS" \
+            --total "$PUT_TOTAL" "${put[@]}"
+    fi
     bench "$kind" put1 --target-leader --conns 1 --clients 1 --total "$LAT_TOTAL" "${put[@]}"
     etcdctl --endpoints="$ENDPOINTS" put "$RANGE_KEY" "$(printf 'v%.0s' $(seq 256))" >/dev/null
     bench "$kind" range-l --conns "$CONNS" --clients 64 --total "$RANGE_TOTAL" range "$RANGE_KEY" --consistency l
     bench "$kind" range-s --conns "$CONNS" --clients 64 --total "$RANGE_TOTAL" range "$RANGE_KEY" --consistency s
+    if ((WIDE_CLIENTS > 0)); then
+        bench "$kind" range-lwide --conns "$WIDE_CONNS" --clients "$WIDE_CLIENTS" --total "$RANGE_TOTAL" \
+            range "$RANGE_KEY" --consistency l
+    fi
     log "$kind: idle for ${SETTLE}s before reading RSS"
     sleep "$SETTLE"
     : >"$ROUND_DIR/$kind-rss-kib"
@@ -290,7 +301,11 @@ j() {
 each() { jq -s -r "map($2 | round) | map(tostring) | join(\", \")" "$RESULTS_DIR"/round*/"$1.json"; }
 rss() { cat "$RESULTS_DIR"/round*/"$1-rss-kib" | awk -v f="$2" '{s += $1; if ($1 > m) m = $1} END {printf "%.1f", (f == "max" ? m : s / NR) / 1024}'; }
 errors() {
-    cat "$RESULTS_DIR"/round*/"$1"-{put16,put64,put1,range-l,range-s,watch,watch-streams,watch-ranges}.json |
+    local f files=()
+    for f in "$RESULTS_DIR"/round*/"$1"-{put16,put64,putwide,put1,range-l,range-s,range-lwide,watch,watch-streams,watch-ranges}.json; do
+        [[ -f $f ]] && files+=("$f")
+    done
+    cat "${files[@]}" |
         jq -s 'map(if has("watch") then .put.errors + .watch.errors else .errors end) | add'
 }
 # per_watcher KIND TEST: the median over the rounds.
@@ -344,6 +359,12 @@ report() {
         "$(fmt "$(j etcd-put16 .percentiles_ms.p99)" 2)" "$(fmt "$(j pgraft-put16 .percentiles_ms.p99)" 2)"
     row "put, 64 clients, p99 latency (ms, lower is better)" \
         "$(fmt "$(j etcd-put64 .percentiles_ms.p99)" 2)" "$(fmt "$(j pgraft-put64 .percentiles_ms.p99)" 2)"
+    if ((WIDE_CLIENTS > 0)); then
+        row "put, $WIDE_CLIENTS clients over $WIDE_CONNS connections (req/s, higher is better)" \
+            "$(fmt "$(j etcd-putwide .requests_per_sec)" 0)" "$(fmt "$(j pgraft-putwide .requests_per_sec)" 0)"
+        row "put, $WIDE_CLIENTS clients, p99 latency (ms, lower is better)" \
+            "$(fmt "$(j etcd-putwide .percentiles_ms.p99)" 2)" "$(fmt "$(j pgraft-putwide .percentiles_ms.p99)" 2)"
+    fi
     row "put, 1 client, p50 latency (ms, lower is better)" \
         "$(fmt "$(j etcd-put1 .percentiles_ms.p50)" 2)" "$(fmt "$(j pgraft-put1 .percentiles_ms.p50)" 2)"
     row "put, 1 client, p99 latency (ms, lower is better)" \
@@ -352,6 +373,10 @@ report() {
         "$(fmt "$(j etcd-range-l .requests_per_sec)" 0)" "$(fmt "$(j pgraft-range-l .requests_per_sec)" 0)"
     row "serializable range, 64 clients (req/s, higher is better)" \
         "$(fmt "$(j etcd-range-s .requests_per_sec)" 0)" "$(fmt "$(j pgraft-range-s .requests_per_sec)" 0)"
+    if ((WIDE_CLIENTS > 0)); then
+        row "linearizable range, $WIDE_CLIENTS clients (req/s, higher is better)" \
+            "$(fmt "$(j etcd-range-lwide .requests_per_sec)" 0)" "$(fmt "$(j pgraft-range-lwide .requests_per_sec)" 0)"
+    fi
     row "put, 16 clients, CPU of all members per put (µs, lower is better)" \
         "$(fmt "$(j stages-etcd-put16 .cpu_us_per_request)" 1)" "$(fmt "$(j stages-pgraft-put16 .cpu_us_per_request)" 1)"
     row "put, 64 clients, CPU of all members per put (µs, lower is better)" \
@@ -393,7 +418,7 @@ report() {
         "($("$PGRAFTD" --version | sed -n 1p)); clients, servers and all three members of each" \
         "cluster share this machine; data dirs on $(df -P "$WORK" | awk 'NR == 2 {print $1}')."
     echo
-    echo "Command: \`$(env | grep -E '^(QUICK|ROUNDS|PUT_TOTAL|RANGE_TOTAL|LAT_TOTAL|CONNS|SETTLE|WATCHERS|WATCH_KEYS|WATCH_PUTS|WATCH_STREAMS)=' | sort | tr '\n' ' ')bench/run-comparison.sh\`" \
+    echo "Command: \`$(env | grep -E '^(QUICK|ROUNDS|PUT_TOTAL|RANGE_TOTAL|LAT_TOTAL|CONNS|SETTLE|WATCHERS|WATCH_KEYS|WATCH_PUTS|WATCH_STREAMS|WIDE_CLIENTS|WIDE_CONNS)=' | sort | tr '\n' ' ')bench/run-comparison.sh\`" \
         "(ROUNDS=$ROUNDS PUT_TOTAL=$PUT_TOTAL RANGE_TOTAL=$RANGE_TOTAL LAT_TOTAL=$LAT_TOTAL CONNS=$CONNS SETTLE=$SETTLE WATCHERS=$WATCHERS WATCH_KEYS=$WATCH_KEYS WATCH_PUTS=$WATCH_PUTS WATCH_STREAMS=$WATCH_STREAMS)."
     echo "Benchmarks run against each cluster (\$ENDPOINTS: its three client URLs):"
     echo '```'
