@@ -191,7 +191,8 @@ pub enum Command {
     /// follower's leader and then stays silent, its lease is given up early (see
     /// `Loop::leader_silent`).
     LinkLost(u64),
-    /// The raft stream to this peer (re)connected: a leader sends its heartbeats now.
+    /// The raft stream to this peer (re)connected: a leader sends its heartbeats now (at most
+    /// once per heartbeat interval).
     LinkUp(u64),
     /// A snapshot stream to this peer finished (`true`) or failed.
     SnapshotStatus(u64, bool),
@@ -356,6 +357,7 @@ pub fn start<S: StateMachine>(
         term_vote_syncing: 0,
         applied_ahead: 0,
         leader_link_lost: None,
+        link_up_ping: None,
         cfg,
         read_seq: read_seq_seed(),
         pending_reads: Vec::new(),
@@ -426,6 +428,9 @@ struct Loop<S> {
     applied_ahead: u64,
     /// The stream to this leader broke at this instant (see [`Loop::link_lost`]).
     leader_link_lost: Option<(u64, Instant)>,
+    /// When a link coming up last made this leader heartbeat (at most once per heartbeat
+    /// interval: a link that keeps failing must not multiply the heartbeats).
+    link_up_ping: Option<Instant>,
     cfg: RaftConfig,
     /// The last ReadIndex sequence number used; starts at [`read_seq_seed`].
     read_seq: u64,
@@ -762,7 +767,15 @@ impl<S: StateMachine> Loop<S> {
                 self.raw.report_unreachable(id);
                 self.link_lost(id);
             }
-            Command::LinkUp(_) => self.raw.ping(),
+            Command::LinkUp(_) => {
+                if self
+                    .link_up_ping
+                    .is_none_or(|at| at.elapsed() >= self.cfg.heartbeat)
+                {
+                    self.link_up_ping = Some(Instant::now());
+                    self.raw.ping();
+                }
+            }
             Command::SnapshotStatus(id, ok) => {
                 let st = if ok {
                     SnapshotStatus::Finish

@@ -266,7 +266,11 @@ impl Transport {
     /// from the leader at once instead of after the leader's next retry).
     pub fn peer_dialed(&self, peer: u64) {
         if let Some(p) = self.peers.lock().get(&peer) {
-            p.link.redial.notify_one();
+            // Only a link that is down: a permit left on a connected one would cut the backoff
+            // of its next reconnection short for no reason.
+            if p.link.out.lock().stream.is_none() {
+                p.link.redial.notify_one();
+            }
         }
     }
 
