@@ -332,28 +332,9 @@ async fn cluster(dir: &std::path::Path, extra: &[&str]) -> Vec<(Node, Channel)> 
 }
 
 async fn try_cluster(dir: &std::path::Path, extra: &[&str]) -> Option<Vec<(Node, Channel)>> {
-    let urls: Vec<String> = (0..3)
-        .map(|_| format!("http://127.0.0.1:{}", free_port()))
-        .collect();
-    let initial: Vec<String> = urls
-        .iter()
-        .enumerate()
-        .map(|(i, u)| format!("m{i}={u}"))
-        .collect();
-    let starts = urls.iter().enumerate().map(|(i, u)| {
-        let mut args = vec![
-            "pgraftd".to_string(),
-            format!("--name=m{i}"),
-            format!("--data-dir={}", dir.join(format!("m{i}")).display()),
-            "--listen-client-urls=http://127.0.0.1:0".into(),
-            "--advertise-client-urls=http://127.0.0.1:0".into(),
-            format!("--listen-peer-urls={u}"),
-            format!("--initial-advertise-peer-urls={u}"),
-            format!("--initial-cluster={}", initial.join(",")),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Node::start(Config::parse_from(args))
-    });
+    let starts = common::cluster_args(dir, 3, extra)
+        .into_iter()
+        .map(|args| Node::start(Config::parse_from(args)));
     let results = futures::future::join_all(starts).await;
     if results.iter().any(|r| r.is_err()) {
         for node in results.into_iter().flatten() {
