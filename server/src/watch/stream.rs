@@ -401,8 +401,9 @@ impl WatchStream {
         events: Vec<Event>,
     ) -> Result<(), Closed> {
         let header = Some((self.header)(rev));
-        let size: usize = events.iter().map(|e| e.encoded_len()).sum();
-        if !fragment || size <= self.cfg.max_response_bytes || events.len() < 2 {
+        // Sized only for a `fragment` watcher: the others get one response whatever its size.
+        let whole = || events.iter().map(|e| e.encoded_len()).sum::<usize>();
+        if !fragment || events.len() < 2 || whole() <= self.cfg.max_response_bytes {
             return self
                 .send(WatchResponse {
                     header,
