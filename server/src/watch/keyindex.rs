@@ -57,6 +57,14 @@ impl<V> KeyIndex<V> {
         }
     }
 
+    /// Lets `f` take something out of the entry of `range`, if any; the entry goes once `f`
+    /// says it is left empty.
+    pub fn release(&mut self, range: &KeyRange, f: impl FnOnce(&mut V) -> bool) {
+        if self.get_mut(range).is_some_and(f) {
+            self.remove(range);
+        }
+    }
+
     /// Calls `f` with the entry of every range that holds `key`.
     pub fn holding(&self, key: &[u8], mut f: impl FnMut(&V)) {
         if let Some(v) = self.keys.get(key) {
@@ -68,7 +76,11 @@ impl<V> KeyIndex<V> {
     /// How many distinct keys and ranges have an entry.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.keys.len() + self.ranges.len
+        fn count<V>(link: &Link<V>) -> usize {
+            link.as_ref()
+                .map_or(0, |n| 1 + count(&n.left) + count(&n.right))
+        }
+        self.keys.len() + count(&self.ranges.root)
     }
 
     #[cfg(test)]
@@ -89,6 +101,7 @@ impl End {
     fn of(end: &RangeEnd) -> End {
         match end {
             RangeEnd::Before(e) => End::Before(e.as_slice().into()),
+            // `Single` never reaches the tree (single keys are hashed).
             RangeEnd::Open | RangeEnd::Single => End::Open,
         }
     }
@@ -146,7 +159,6 @@ impl<V> Node<V> {
 
 struct Treap<V> {
     root: Link<V>,
-    len: usize,
     /// State of the priorities' generator (splitmix64).
     seed: u64,
 }
@@ -155,7 +167,6 @@ impl<V> Default for Treap<V> {
     fn default() -> Self {
         Treap {
             root: None,
-            len: 0,
             // Random, so that no client can choose ranges that line the tree up into a chain
             // (a deep recursion, and a search in time linear in the ranges).
             seed: rand::random(),
@@ -200,7 +211,6 @@ impl<V> Treap<V> {
             });
             let (less, rest) = split(self.root.take(), &|n| n.cmp_to(start, end).is_lt());
             self.root = merge(merge(less, Some(node)), rest);
-            self.len += 1;
         }
         self.get_mut(start, end).expect("just added")
     }
@@ -209,9 +219,7 @@ impl<V> Treap<V> {
         let (less, rest) = split(self.root.take(), &|n| n.cmp_to(start, end).is_lt());
         let (found, greater) = split(rest, &|n| n.cmp_to(start, end).is_le());
         self.root = merge(less, greater);
-        let found = found?;
-        self.len -= 1;
-        Some(found.value)
+        found.map(|n| n.value)
     }
 
     /// Calls `f` with the value of every range under `link` that holds `key`.
@@ -372,7 +380,7 @@ mod tests {
             all.push((range, id));
         }
         let depth = check(&ix.ranges.root);
-        assert!(depth < 60, "depth {depth} for {} ranges", ix.ranges.len);
+        assert!(depth < 60, "depth {depth} for {} entries", ix.len());
         for _ in 0..2000 {
             let k = key(next(10_100));
             let mut want: Vec<u32> = all

@@ -244,9 +244,7 @@ impl Route {
     /// Undoes one [`Route::watch`] of `range`.
     pub fn unwatch(&self, range: &KeyRange) {
         let mut r = self.router.routes.lock();
-        if r.index.get_mut(range).is_some_and(|w| w.remove(self.id)) {
-            r.index.remove(range);
-        }
+        r.index.release(range, |w| w.remove(self.id));
     }
 
     /// The spans routed here since the last call, oldest first, and the newest revision routed

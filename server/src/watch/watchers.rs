@@ -99,12 +99,10 @@ impl Watchers {
 
     pub fn remove(&mut self, id: i64) -> Option<Watcher> {
         let w = self.by_id.remove(&id)?;
-        if let Some(ids) = self.index.get_mut(&w.range) {
+        self.index.release(&w.range, |ids| {
             ids.remove(&id);
-            if ids.is_empty() {
-                self.index.remove(&w.range);
-            }
-        }
+            ids.is_empty()
+        });
         self.behind.remove(&id);
         Some(w)
     }
