@@ -19,7 +19,7 @@ pub mod routing;
 pub mod stream;
 mod watchers;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::mvcc::{RevEvents, Store};
 use etcd_proto::etcdserverpb::WatchResponse;
 use etcd_proto::mvccpb::{Event, KeyValue};
@@ -213,7 +213,8 @@ impl WatchHub {
     /// until about `max_bytes` of them are gathered (at least one revision). Recent revisions are
     /// shared with the history; older ones are read from the store a few at a time, each read
     /// sized from the revisions read before it, so a step never loads much more than `max_bytes`.
-    /// Errors with `Compacted` when `from` is below the compaction point.
+    /// Errors with `Compacted` when a revision it must read from the store is below the
+    /// compaction point ([`WatchHub::readable_from`] says when none is).
     pub fn events(&self, from: i64, to: i64, max_bytes: usize) -> Result<EventBatch> {
         let mut batch = EventBatch {
             revs: Vec::new(),
@@ -221,9 +222,6 @@ impl WatchHub {
         };
         if from > to {
             return Ok(batch);
-        }
-        if from < self.store.compact_rev() {
-            return Err(Error::Compacted);
         }
         let mut bytes = 0;
         let mut window = FIRST_STORE_WINDOW;
@@ -246,6 +244,23 @@ impl WatchHub {
             window = (room as i64).clamp(1, MAX_STORE_WINDOW);
         }
         Ok(batch)
+    }
+
+    /// Whether every revision from `rev` on can still be read: none is below the compaction
+    /// point, or the history holds `rev` and every revision after it up to that point. A
+    /// compaction removes old revisions from the store, not from the history: a stream a little
+    /// behind when the store was compacted to its current revision still reads what it missed
+    /// (etcd's synced watchers got those events as they were written).
+    pub fn readable_from(&self, rev: i64) -> bool {
+        let compact = self.store.compact_rev();
+        if rev >= compact {
+            return true;
+        }
+        let recent = self.recent.read();
+        match (recent.revs.front(), recent.revs.back()) {
+            (Some((first, _)), Some((last, _))) => first.rev <= rev && last.rev + 1 >= compact,
+            _ => false,
+        }
     }
 
     /// Takes what the history holds from `next` on into `batch`; false when it took nothing

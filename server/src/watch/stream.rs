@@ -350,35 +350,42 @@ impl WatchStream {
         (self.pending.is_empty() && !behind).then_some(rev)
     }
 
-    /// Cancels the watchers that need a revision below the compaction point. Watchers only
-    /// move forward, so once every one was checked against a compaction revision, none needs
-    /// checking again until the next compaction or a new watcher.
+    /// Cancels the watchers that need a revision below the compaction point that can no longer
+    /// be read. Watchers only move forward, so once none is owed a revision below a compaction
+    /// point, none needs checking again until the next compaction or a new watcher.
     ///
     /// The synced watchers are checked only once their position is known at or past the
     /// compaction, or a revision routed to them is below it: a compaction is visible from the
     /// applier's commit on, before its chunk's revisions are routed, and a quiet stream's
-    /// position moves only with what was routed.
+    /// position moves only with what was routed. They are cancelled only when the hub's
+    /// history no longer holds what they missed (etcd's synced watchers got it as it was
+    /// written; only a slow one is cancelled). A watcher behind (etcd's unsynced: created in the
+    /// past) reads the store as etcd's does, and is cancelled once below the compaction point.
     async fn cancel_compacted(&mut self) -> Result<(), Closed> {
         let compact = self.hub.store().compact_rev();
         if compact <= self.compact_checked {
             return Ok(());
         }
         // With a span pending, the synced watchers are at `synced_next` for sure.
-        let synced_known = self.watchers.synced_next() >= compact || !self.pending.is_empty();
+        let synced_next = self.watchers.synced_next();
+        let synced_known = synced_next >= compact || !self.pending.is_empty();
+        let synced_lost = synced_known && !self.hub.readable_from(synced_next);
         let behind: Vec<i64> = self
             .watchers
             .iter()
             .filter(|(id, _, next)| {
-                *next < compact && (synced_known || self.watchers.is_behind(*id))
+                *next < compact && (self.watchers.is_behind(*id) || synced_lost)
             })
             .map(|(id, _, _)| id)
             .collect();
         for &id in &behind {
             self.remove(id);
         }
-        if synced_known {
-            self.compact_checked = compact;
+        if synced_lost {
             self.watchers.compacted(compact);
+        }
+        if synced_known && self.watchers.iter().all(|(_, _, next)| next >= compact) {
+            self.compact_checked = compact;
         }
         for id in behind {
             self.send(WatchResponse {

@@ -119,111 +119,181 @@ fn commit_puts(
     (w.commit().unwrap(), current)
 }
 
-/// A stream that fell behind (here: its runtime busy) while the store was compacted past the
-/// stream's position: the watcher owed compacted revisions is cancelled, and the stream goes
-/// on serving a watcher that starts after the compaction point. (The synced position once stayed
-/// below the compaction point with nothing left to cancel, and the stream spun on the failing
-/// read for good.)
-#[tokio::test]
-async fn a_compaction_past_a_lagging_stream_leaves_its_later_watcher_served() {
-    use super::outbox;
-    use super::stream::{self, HeaderFn, StreamConfig};
-    use etcd_proto::etcdserverpb::{watch_request::RequestUnion, ResponseHeader};
-    use etcd_proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
-    use futures::StreamExt;
-    use std::time::Duration;
+/// A stream on a hub keeping `history` bytes of recent revisions, with two watchers of one key:
+/// watcher 0 from now on, watcher 1 from revision `later` on. It falls behind (its runtime's
+/// only worker is held) while 20 puts land and the store is compacted at `compact_at`, past the
+/// stream's position; then it runs again.
+struct Lagging {
+    hub: Arc<WatchHub>,
+    requests: futures::channel::mpsc::UnboundedSender<etcd_proto::etcdserverpb::WatchRequest>,
+    responses: super::outbox::Responses,
+    start: i64,
+    compact_at: i64,
+    later: i64,
+    /// The stream's runtime, left behind when the test ends: a stream that spins fails the
+    /// test instead of hanging it.
+    _rt: LeftBehind,
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let hub = Arc::new(hub_with_puts(dir.path(), HISTORY_BYTES, 1, 8));
-    let start = hub.current_rev();
-    let (req_tx, req_rx) = futures::channel::mpsc::unbounded();
-    let (out, mut responses) = outbox::channel(outbox::MAX_QUEUED, 1 << 20);
-    let header: HeaderFn = Arc::new(|revision| ResponseHeader {
-        revision,
-        ..Default::default()
-    });
-    let cfg = StreamConfig {
-        progress_interval: Duration::ZERO,
-        max_response_bytes: 1 << 20,
-        permit: None,
-    };
-    // The stream runs on a runtime of its own, left behind when the test ends: a stream that
-    // spins fails the test instead of hanging it.
-    struct LeftBehind(Option<tokio::runtime::Runtime>);
-    impl Drop for LeftBehind {
-        fn drop(&mut self) {
-            if let Some(rt) = self.0.take() {
-                rt.shutdown_background();
-            }
+struct LeftBehind(Option<tokio::runtime::Runtime>);
+
+impl Drop for LeftBehind {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
         }
     }
-    let rt = LeftBehind(Some(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap(),
-    ));
-    rt.0.as_ref()
-        .unwrap()
-        .spawn(stream::serve(hub.clone(), header, cfg, req_rx, out));
-    let create = |start_revision| WatchRequest {
+}
+
+fn create_request(key: &[u8], start_revision: i64) -> etcd_proto::etcdserverpb::WatchRequest {
+    use etcd_proto::etcdserverpb::{watch_request::RequestUnion, WatchCreateRequest};
+    etcd_proto::etcdserverpb::WatchRequest {
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-            key: b"key".to_vec(),
+            key: key.to_vec(),
             start_revision,
             ..Default::default()
         })),
-    };
-    async fn next(rx: &mut outbox::Responses) -> WatchResponse {
-        tokio::time::timeout(Duration::from_secs(10), rx.next())
+    }
+}
+
+impl Lagging {
+    async fn new(dir: &std::path::Path, history: usize) -> Self {
+        use super::stream::{self, HeaderFn, StreamConfig};
+        use etcd_proto::etcdserverpb::ResponseHeader;
+        use std::time::Duration;
+
+        let hub = Arc::new(hub_with_puts(dir, history, 1, 8));
+        let start = hub.current_rev();
+        let (requests, req_rx) = futures::channel::mpsc::unbounded();
+        let (out, responses) = super::outbox::channel(super::outbox::MAX_QUEUED, 1 << 20);
+        let header: HeaderFn = Arc::new(|revision| ResponseHeader {
+            revision,
+            ..Default::default()
+        });
+        let cfg = StreamConfig {
+            progress_interval: Duration::ZERO,
+            max_response_bytes: 1 << 20,
+            permit: None,
+        };
+        let rt = LeftBehind(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap(),
+        ));
+        rt.0.as_ref()
+            .unwrap()
+            .spawn(stream::serve(hub.clone(), header, cfg, req_rx, out));
+        let mut s = Lagging {
+            hub,
+            requests,
+            responses,
+            start,
+            compact_at: start + 15,
+            later: start + 40,
+            _rt: rt,
+        };
+        s.requests
+            .unbounded_send(create_request(b"key", 0))
+            .unwrap();
+        assert!(s.next().await.created);
+        let later = create_request(b"key", s.later);
+        s.requests.unbounded_send(later).unwrap();
+        let created = s.next().await;
+        assert!(created.created && created.watch_id == 1, "{created:?}");
+
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        s._rt.0.as_ref().unwrap().spawn(async move {
+            held_tx.send(()).unwrap();
+            let _ = release_rx.recv_timeout(Duration::from_secs(30));
+        });
+        held_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        for _ in 0..20 {
+            put(&s.hub, b"key", b"v");
+        }
+        let mut w = s.hub.store().write();
+        w.compact(s.compact_at);
+        w.commit().unwrap();
+        release_tx.send(()).unwrap();
+        s
+    }
+
+    async fn next(&mut self) -> etcd_proto::etcdserverpb::WatchResponse {
+        use futures::StreamExt;
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.responses.next())
             .await
             .expect("a response within 10 s")
             .expect("the stream goes on")
     }
-    let later = start + 40;
-    req_tx.unbounded_send(create(0)).unwrap();
-    assert!(next(&mut responses).await.created);
-    req_tx.unbounded_send(create(later)).unwrap();
-    let created = next(&mut responses).await;
-    assert!(created.created && created.watch_id == 1, "{created:?}");
 
-    // The stream falls behind: its runtime's only worker is held while 20 puts land and the
-    // store is compacted past the stream's position.
-    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    rt.0.as_ref().unwrap().spawn(async move {
-        held_tx.send(()).unwrap();
-        let _ = release_rx.recv_timeout(Duration::from_secs(30));
-    });
-    held_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    for _ in 0..20 {
-        put(&hub, b"key", b"v");
+    /// Puts until the current revision is `later`; the events the next responses hold for
+    /// watcher 1 then: only `later`'s.
+    async fn later_watcher_gets_its_first_revision_only(&mut self) {
+        while self.hub.current_rev() < self.later {
+            put(&self.hub, b"key", b"v");
+        }
+        loop {
+            let r = self.next().await;
+            assert!(!r.canceled, "{r:?}");
+            if r.watch_id != 1 {
+                continue;
+            }
+            let revs: Vec<i64> = r
+                .events
+                .iter()
+                .map(|e| e.kv.as_ref().unwrap().mod_revision)
+                .collect();
+            assert_eq!(revs, vec![self.later]);
+            return;
+        }
     }
-    let compact_at = start + 15;
-    let mut w = hub.store().write();
-    w.compact(compact_at);
-    w.commit().unwrap();
-    release_tx.send(()).unwrap();
+}
 
-    // The first watcher is owed revisions from start + 1 on: cancelled for the compaction.
-    let r = next(&mut responses).await;
+/// A stream that fell behind while the store was compacted past the stream's position, the
+/// revisions it missed gone from memory too (a history of 0 bytes): the watcher owed compacted
+/// revisions is cancelled, and the stream goes on serving a watcher that starts after the
+/// compaction point. (The synced position once stayed below the compaction point with nothing
+/// left to cancel, and the stream spun on the failing read for good.)
+#[tokio::test]
+async fn a_compaction_past_a_lagging_stream_leaves_its_later_watcher_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Lagging::new(dir.path(), 0).await;
+    let r = s.next().await;
     assert!(
-        r.watch_id == 0 && r.canceled && r.compact_revision == compact_at,
+        r.watch_id == 0 && r.canceled && r.compact_revision == s.compact_at,
         "{r:?}"
     );
+    s.later_watcher_gets_its_first_revision_only().await;
+}
 
-    // The later watcher gets its first revision and nothing before it.
-    while hub.current_rev() < later {
-        put(&hub, b"key", b"v");
+/// The same stream with the revisions it missed still in the hub's memory: a compaction to a
+/// revision the stream had not read yet cancels nothing (etcd's synced watchers got those
+/// events as they were written): watcher 0 gets every revision, in order, once. A watch created
+/// below the compaction point is still cancelled, as etcd's.
+#[tokio::test]
+async fn a_lagging_stream_reads_what_it_missed_from_memory_past_a_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Lagging::new(dir.path(), HISTORY_BYTES).await;
+    let mut revs = Vec::new();
+    while revs.len() < 20 {
+        let r = s.next().await;
+        assert!(r.watch_id == 0 && !r.canceled, "{r:?}");
+        revs.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
     }
-    let r = next(&mut responses).await;
-    assert_eq!(r.watch_id, 1, "{r:?}");
-    let revs: Vec<i64> = r
-        .events
-        .iter()
-        .map(|e| e.kv.as_ref().unwrap().mod_revision)
-        .collect();
-    assert_eq!(revs, vec![later]);
+    assert_eq!(revs, (s.start + 1..=s.start + 20).collect::<Vec<_>>());
+
+    let past = create_request(b"key", s.start + 1);
+    s.requests.unbounded_send(past).unwrap();
+    let created = s.next().await;
+    assert!(created.created && !created.canceled, "{created:?}");
+    let r = s.next().await;
+    assert!(
+        r.watch_id == created.watch_id && r.canceled && r.compact_revision == s.compact_at,
+        "{r:?}"
+    );
+    s.later_watcher_gets_its_first_revision_only().await;
 }
 
 /// The applier records a chunk's revisions (a watch created then starts past them), answers its
