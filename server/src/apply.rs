@@ -70,7 +70,7 @@ pub fn rev_header(revision: i64) -> Option<ResponseHeader> {
 }
 
 impl StateMachine for Applier {
-    fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
+    fn apply(&self, entries: Vec<Entry>) -> Result<()> {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(());
         };
@@ -131,7 +131,7 @@ impl StateMachine for Applier {
         Ok(())
     }
 
-    fn apply_conf_change(&mut self, index: u64, cc: &ConfChangeV2, _cs: &ConfState) -> Result<()> {
+    fn apply_conf_change(&self, index: u64, cc: &ConfChangeV2, _cs: &ConfState) -> Result<()> {
         let ctx = ConfChangeContext::decode(cc.context.as_ref()).unwrap_or_default();
         let mut batch = self.backend.db.batch();
         for change in cc.get_changes() {
@@ -208,11 +208,15 @@ impl StateMachine for Applier {
         self.membership.peers()
     }
 
-    fn proposal_dropped(&mut self, id: u64, err: Error) {
+    fn may_take_long(e: &Entry) -> bool {
+        e.get_entry_type() == EntryType::EntryNormal && crate::request::may_take_long(&e.data)
+    }
+
+    fn proposal_dropped(&self, id: u64, err: Error) {
         self.wait.trigger(id, Err(err));
     }
 
-    fn leadership_changed(&mut self, is_leader: bool) {
+    fn leadership_changed(&self, is_leader: bool) {
         if is_leader {
             self.lessor.promote(self.lease_extend);
         } else {
@@ -517,7 +521,7 @@ mod tests {
         let (store, _) = Store::open(backend.clone()).unwrap();
         let store = Arc::new(store);
         let backend_for_auth = backend.clone();
-        let mut a = Applier {
+        let a = Applier {
             backend: backend.clone(),
             hub: Arc::new(WatchHub::new(store.clone())),
             store,

@@ -71,3 +71,171 @@ pub struct ConfChangeContext {
     #[prost(message, optional, tag = "2")]
     pub member: Option<Member>,
 }
+
+/// Whether applying the request in a log entry's `data` may take long: its cost grows with the
+/// stored keys it reaches rather than with its own size. A range delete, a lease revoke (the
+/// lease's keys go with it), and a txn holding a range delete or a range read (a txn's reads
+/// run at apply). Malformed data counts as long too: the applier rejects it anyway. Read through
+/// [`RequestShape`]: the keys and values are skipped, not copied.
+pub fn may_take_long(data: &[u8]) -> bool {
+    use prost::Message;
+    let Ok(req) = RequestShape::decode(data) else {
+        return true;
+    };
+    req.lease_revoke.is_some()
+        || req.delete_range.is_some_and(|d| d.is_range())
+        || req.txn.is_some_and(|t| t.may_take_long())
+}
+
+/// The fields of an [`InternalRequest`] that [`may_take_long`] looks at (prost skips the rest).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RequestShape {
+    #[prost(message, optional, tag = "3")]
+    delete_range: Option<RangeShape>,
+    #[prost(message, optional, tag = "4")]
+    txn: Option<TxnShape>,
+    #[prost(message, optional, tag = "7")]
+    lease_revoke: Option<LeaseRevokeRequest>,
+}
+
+/// A `DeleteRangeRequest` or `RangeRequest`: both hold `range_end` at tag 2.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RangeShape {
+    #[prost(bytes = "vec", tag = "2")]
+    range_end: Vec<u8>,
+}
+
+impl RangeShape {
+    fn is_range(&self) -> bool {
+        !self.range_end.is_empty()
+    }
+}
+
+/// A `TxnRequest`'s branches.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TxnShape {
+    #[prost(message, repeated, tag = "2")]
+    success: Vec<OpShape>,
+    #[prost(message, repeated, tag = "3")]
+    failure: Vec<OpShape>,
+}
+
+impl TxnShape {
+    fn may_take_long(&self) -> bool {
+        self.success.iter().chain(&self.failure).any(|op| {
+            op.range.as_ref().is_some_and(RangeShape::is_range)
+                || op.delete_range.as_ref().is_some_and(RangeShape::is_range)
+                || op.txn.as_ref().is_some_and(|t| t.may_take_long())
+        })
+    }
+}
+
+/// A `RequestOp`: a range, a range delete or a nested txn (a put is skipped).
+#[derive(Clone, PartialEq, prost::Message)]
+struct OpShape {
+    #[prost(message, optional, tag = "1")]
+    range: Option<RangeShape>,
+    #[prost(message, optional, tag = "3")]
+    delete_range: Option<RangeShape>,
+    #[prost(message, optional, boxed, tag = "4")]
+    txn: Option<Box<TxnShape>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcd_proto::etcdserverpb::request_op::Request;
+    use etcd_proto::etcdserverpb::{RangeRequest, RequestOp};
+    use prost::Message;
+
+    fn entry(op: Op) -> Vec<u8> {
+        InternalRequest {
+            id: 7,
+            op: Some(op),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    fn txn(success: Vec<Request>) -> Op {
+        Op::Txn(TxnRequest {
+            success: success
+                .into_iter()
+                .map(|r| RequestOp { request: Some(r) })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn delete(range_end: &[u8]) -> DeleteRangeRequest {
+        DeleteRangeRequest {
+            key: b"a".to_vec(),
+            range_end: range_end.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// Range deletes, lease revokes and txns reading or deleting a range may take long; puts,
+    /// single-key deletes and txns of those do not; nesting is looked through.
+    #[test]
+    fn requests_reaching_ranges_of_keys_may_take_long() {
+        let put = || {
+            Request::RequestPut(PutRequest {
+                key: b"k".to_vec(),
+                value: vec![1; 300],
+                ..Default::default()
+            })
+        };
+        let range = |end: &[u8]| {
+            Request::RequestRange(RangeRequest {
+                key: b"a".to_vec(),
+                range_end: end.to_vec(),
+                ..Default::default()
+            })
+        };
+        let quick = [
+            entry(Op::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: vec![1; 300],
+                ..Default::default()
+            })),
+            entry(Op::DeleteRange(delete(b""))),
+            entry(txn(vec![
+                put(),
+                range(b""),
+                Request::RequestDeleteRange(delete(b"")),
+            ])),
+            entry(Op::Compaction(CompactionRequest {
+                revision: 5,
+                ..Default::default()
+            })),
+            entry(Op::LeaseGrant(LeaseGrantRequest { ttl: 5, id: 3 })),
+        ];
+        for data in &quick {
+            assert!(!may_take_long(data), "{data:?}");
+        }
+        let nested = |inner: Request| {
+            txn(vec![
+                put(),
+                Request::RequestTxn(TxnRequest {
+                    failure: vec![RequestOp {
+                        request: Some(inner),
+                    }],
+                    ..Default::default()
+                }),
+            ])
+        };
+        let long = [
+            entry(Op::DeleteRange(delete(b"\0"))),
+            entry(Op::LeaseRevoke(LeaseRevokeRequest { id: 3 })),
+            entry(txn(vec![put(), range(b"b")])),
+            entry(txn(vec![Request::RequestDeleteRange(delete(b"b"))])),
+            entry(nested(range(b"b"))),
+            entry(nested(Request::RequestDeleteRange(delete(b"b")))),
+            vec![0xff, 0xff, 0xff],
+        ];
+        for data in &long {
+            assert!(may_take_long(data), "{data:?}");
+        }
+    }
+}

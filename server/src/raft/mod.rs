@@ -5,6 +5,7 @@
 //! ReadIndex, read the leader and term. Committed entries reach the [`StateMachine`] in log
 //! order.
 
+mod apply_queue;
 pub mod dial;
 pub mod leader_log;
 pub mod node;

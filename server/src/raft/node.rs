@@ -1,7 +1,9 @@
 //! The raft node loop (etcd's `raftNode`): one thread owns the `RawNode`. Each turn it takes
 //! every queued command (proposals, read requests, peer messages), ticks the clock, and handles
 //! one Ready in raft-rs's order: send what may leave now, apply committed entries (conf changes
-//! through raft first), write new entries and the hard state, answer ReadIndex requests.
+//! through raft first; an entry whose apply may take long, such as a range delete, on the
+//! applier thread: [`super::apply_queue`]), write new entries and the hard state, answer
+//! ReadIndex requests.
 //!
 //! Durability, as etcd's raftNode: the leader's appends leave before its own write. The loop
 //! writes each Ready without syncing and hands it to the [`Syncer`] thread, which does one
@@ -13,6 +15,7 @@
 //! towards a commit only once it is durable; the loop applies an entry once it is committed
 //! and written, durable here or not yet (`Loop::apply_ahead` says why that is safe).
 
+use super::apply_queue::ApplyQueue;
 use super::queued::{ProposalQueue, Queued, MAX_QUEUED_PROPOSAL_BYTES};
 use super::round::RoundTimer;
 use super::syncer::Syncer;
@@ -33,21 +36,26 @@ use tokio::sync::{oneshot, watch};
 /// Installs a staged snapshot (see [`StateMachine::installer`]).
 pub type Installer = Box<dyn FnOnce(&Snapshot) -> Result<()> + Send>;
 
-/// Applies committed entries; implemented by the server's applier.
-pub trait StateMachine: Send + 'static {
+/// Applies committed entries; implemented by the server's applier. Shared by the raft loop and
+/// the applier thread ([`super::apply_queue`]), which never apply at the same time.
+pub trait StateMachine: Send + Sync + 'static {
     /// Applies committed normal entries, in order, with the applied index in the same batch.
-    fn apply(&mut self, entries: Vec<Entry>) -> Result<()>;
+    fn apply(&self, entries: Vec<Entry>) -> Result<()>;
+    /// Whether applying `e` may take long: its cost grows with the stored keys it reaches (a
+    /// range delete, a lease revoke), not with its own size. Such an entry is applied on the
+    /// applier thread, so that the raft loop goes on meanwhile.
+    fn may_take_long(e: &Entry) -> bool;
     /// Applies the membership effect of a committed conf change at `index` (raft's own view
     /// already changed to `cs`).
-    fn apply_conf_change(&mut self, index: u64, cc: &ConfChangeV2, cs: &ConfState) -> Result<()>;
+    fn apply_conf_change(&self, index: u64, cc: &ConfChangeV2, cs: &ConfState) -> Result<()>;
     /// What replaces the whole state with a staged snapshot's (once the raft log was reset to
     /// it: `snapshot::install::stage`), run on an installer thread while the raft loop goes
     /// on; it reloads every in-memory view before it returns.
     fn installer(&self) -> Installer;
     /// A proposal could not enter the log (no leader): fail its waiter now.
-    fn proposal_dropped(&mut self, id: u64, err: Error);
+    fn proposal_dropped(&self, id: u64, err: Error);
     /// This member became leader (`true`) or stopped being leader (`false`).
-    fn leadership_changed(&mut self, is_leader: bool);
+    fn leadership_changed(&self, is_leader: bool);
     /// Every other member, with the URL to reach it at.
     fn peers(&self) -> Vec<(u64, String)>;
 }
@@ -138,7 +146,7 @@ impl RaftStatus {
     }
     /// Raises the applied index to `index`; never lowers it (raft hands over again entries
     /// already applied ahead of their fsync).
-    fn raise_applied(&self, index: u64) {
+    pub(super) fn raise_applied(&self, index: u64) {
         self.applied.send_if_modified(|a| {
             let raised = index > *a;
             if raised {
@@ -344,10 +352,14 @@ pub fn start<S: StateMachine>(
     transport.set_peers(sm.peers());
     let syncer = Syncer::start(storage.backend().clone(), transport.clone(), tx.clone())
         .map_err(Error::internal)?;
+    let sm = Arc::new(sm);
+    let applying = ApplyQueue::start(sm.clone(), status.clone()).map_err(Error::internal)?;
     let mut lp = Loop {
         raw,
         storage,
         sm,
+        applying,
+        compacted_for: applied,
         rx,
         status: status.clone(),
         transport: transport.clone(),
@@ -410,7 +422,12 @@ struct Installing {
 struct Loop<S> {
     raw: RawNode<RaftStorage>,
     storage: RaftStorage,
-    sm: S,
+    /// Shared with the applier thread (see [`Loop::apply_normal`]); the loop applies conf
+    /// changes and installs snapshots itself, once the applier is done with what came before.
+    sm: Arc<S>,
+    applying: ApplyQueue,
+    /// The applied index the log was last considered for compaction at.
+    compacted_for: u64,
     rx: Receiver<Command>,
     status: Arc<RaftStatus>,
     transport: Arc<Transport>,
@@ -706,6 +723,7 @@ impl<S: StateMachine> Loop<S> {
                 return Ok(());
             }
             self.apply_ahead()?;
+            self.compact_log_as_applied()?;
             self.storage.backend().rotate_full_memtables()?;
             crate::metrics::RAFT_LOOP_TURN.since(turn);
             crate::metrics::warn_if_slow("raft loop turn", turn);
@@ -728,7 +746,8 @@ impl<S: StateMachine> Loop<S> {
             Command::Propose { id, data, queued } => {
                 crate::metrics::PROPOSAL_QUEUE.since(queued.at);
                 if self.raw.propose(Vec::new(), data).is_err() {
-                    self.sm.proposal_dropped(id, self.drop_reason());
+                    let reason = self.drop_reason();
+                    self.sm.proposal_dropped(id, reason);
                 } else if self.raw.raft.state == StateRole::Leader {
                     self.round.appended(self.raw.raft.raft_log.last_index());
                 }
@@ -1009,6 +1028,8 @@ impl<S: StateMachine> Loop<S> {
             // its log cannot serve): the first one finishes first.
             self.finish_install(inst)?;
         }
+        // The state is replaced only once every entry before the snapshot was applied.
+        self.applying.drain();
         crate::snapshot::install::stage(self.storage.backend(), &self.storage, &snap)?;
         let meta = snap.get_metadata();
         let (index, conf_state) = (meta.index, meta.get_conf_state().clone());
@@ -1101,13 +1122,17 @@ impl<S: StateMachine> Loop<S> {
         Ok(removed)
     }
 
-    /// Applies committed entries: runs of normal entries go to the state machine in one batch;
-    /// a conf change is applied to raft first, then to the membership.
+    /// Applies committed entries: runs of normal entries go to the applier thread in one batch;
+    /// a conf change is applied here, once the applier applied every entry before it: to raft
+    /// first, then to the membership.
     fn apply(&mut self, entries: Vec<Entry>) -> Result<bool> {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(false);
         };
         self.note_committed(last);
+        // Committed before the applier raises the applied index to any of them: the status
+        // never shows an applied index ahead of the commit index.
+        self.status.commit_index.fetch_max(last, Ordering::AcqRel);
         let mut normal = Vec::new();
         let mut removed = false;
         for e in entries {
@@ -1118,16 +1143,15 @@ impl<S: StateMachine> Loop<S> {
                     if !normal.is_empty() {
                         self.apply_normal(std::mem::take(&mut normal))?;
                     }
+                    self.applying.drain();
                     removed |= self.apply_conf_change(&e)?;
+                    self.status.raise_applied(e.index);
                 }
             }
         }
         if !normal.is_empty() {
             self.apply_normal(normal)?;
         }
-        self.status.commit_index.fetch_max(last, Ordering::AcqRel);
-        self.status.raise_applied(last);
-        self.maybe_compact_log(last)?;
         Ok(removed)
     }
 
@@ -1142,14 +1166,31 @@ impl<S: StateMachine> Loop<S> {
         }
     }
 
-    /// One batch of normal entries to the state machine, timed.
+    /// Applies one batch of normal entries here, or hands it to the applier thread: when one
+    /// of them may take long (see [`super::apply_queue`]), or the applier still has batches
+    /// (which go first).
     fn apply_normal(&mut self, entries: Vec<Entry>) -> Result<()> {
-        let start = Instant::now();
-        let n = entries.len() as u64;
-        self.sm.apply(entries)?;
-        crate::metrics::APPLY_BATCH.since(start);
-        crate::metrics::APPLIED_ENTRIES.add(n);
-        Ok(())
+        if self.applying.idle() && !entries.iter().any(S::may_take_long) {
+            super::apply_queue::apply(&*self.sm, &self.status, entries)
+        } else {
+            self.applying.submit(entries);
+            Ok(())
+        }
+    }
+
+    /// Considers the log for compaction each time the applied index moved: only entries the
+    /// state machine holds (not those still queued for the applier) and raft counts as applied
+    /// (durable here, so not those applied ahead) may leave the log.
+    fn compact_log_as_applied(&mut self) -> Result<()> {
+        let applied = self
+            .status
+            .applied_index()
+            .min(self.raw.raft.raft_log.applied);
+        if applied == self.compacted_for {
+            return Ok(());
+        }
+        self.compacted_for = applied;
+        self.maybe_compact_log(applied)
     }
 
     /// Applies entries that are committed but not yet durable on this member. raft-rs (as
@@ -1194,12 +1235,11 @@ impl<S: StateMachine> Loop<S> {
             return Ok(());
         };
         self.note_committed(last);
-        self.apply_normal(normal)?;
-        self.applied_ahead = last;
         // Committed (raft's commit index is at or past it) before it is applied: the status
         // never shows an applied index ahead of the commit index.
         self.status.commit_index.fetch_max(last, Ordering::AcqRel);
-        self.status.raise_applied(last);
+        self.apply_normal(normal)?;
+        self.applied_ahead = last;
         Ok(())
     }
 
