@@ -246,13 +246,13 @@ impl WatchHub {
         Ok(batch)
     }
 
-    /// Whether every revision from `rev` on can still be read: none is below the compaction
-    /// point, or the history holds `rev` and every revision after it up to that point. A
-    /// compaction removes old revisions from the store, not from the history: a stream a little
-    /// behind when the store was compacted to its current revision still reads what it missed
-    /// (etcd's synced watchers got those events as they were written).
-    pub fn readable_from(&self, rev: i64) -> bool {
-        let compact = self.store.compact_rev();
+    /// Whether every revision from `rev` on can still be read, the store being compacted at
+    /// `compact`: none is below the compaction point, or the history holds `rev` and every
+    /// revision after it up to that point. A compaction removes old revisions from the store,
+    /// not from the history: a stream a little behind when the store was compacted to its
+    /// current revision still reads what it missed (etcd's synced watchers got those events as
+    /// they were written).
+    pub fn readable_from(&self, rev: i64, compact: i64) -> bool {
         if rev >= compact {
             return true;
         }

@@ -221,6 +221,7 @@ impl WatchStream {
         let current = self.current();
         // It may start below the compaction point.
         self.compact_checked = 0;
+        let compact = self.hub.store().compact_rev();
         let filters: Vec<i32> = c.filters;
         self.watchers.insert(
             id,
@@ -247,6 +248,12 @@ impl WatchStream {
             ..Default::default()
         })
         .await?;
+        if c.start_revision != 0 && c.start_revision < compact {
+            // etcd's: created, then cancelled. Here at once, even while the compaction's
+            // chunk is not routed yet (the watcher would count as synced, reading the history).
+            self.remove(id);
+            return self.send_compacted(id, compact).await;
+        }
         self.catch_up().await
     }
 
@@ -275,7 +282,8 @@ impl WatchStream {
             };
             let batch = match self.hub.events(from, to, BATCH_BYTES) {
                 Ok(b) => b,
-                // A compaction raced with us: the next turn cancels the affected watchers.
+                // A compaction raced with us, or the history dropped what a compaction left
+                // only there: the next turn cancels the affected watchers.
                 Err(Error::Compacted) => continue,
                 // The store is being replaced by a snapshot: the watchers stay where they are,
                 // and catch up once the install is done (the hub wakes every stream).
@@ -286,7 +294,14 @@ impl WatchStream {
                 }
             };
             let upto = batch.upto;
-            let compact = self.hub.store().compact_rev();
+            // A watcher behind gets a `prev_kv` only while it is above the compaction point,
+            // as etcd's unsynced watchers read it from the store; the synced ones get it as
+            // it was when written (from the history), as etcd's got it then.
+            let compact = if synced {
+                0
+            } else {
+                self.hub.store().compact_rev()
+            };
             // The watchers of the group move past the batch; those of its keys (found through
             // the key index) are owed some of its events.
             let due = if synced {
@@ -369,7 +384,7 @@ impl WatchStream {
         // With a span pending, the synced watchers are at `synced_next` for sure.
         let synced_next = self.watchers.synced_next();
         let synced_known = synced_next >= compact || !self.pending.is_empty();
-        let synced_lost = synced_known && !self.hub.readable_from(synced_next);
+        let synced_lost = synced_known && !self.hub.readable_from(synced_next, compact);
         let behind: Vec<i64> = self
             .watchers
             .iter()
@@ -388,16 +403,21 @@ impl WatchStream {
             self.compact_checked = compact;
         }
         for id in behind {
-            self.send(WatchResponse {
-                header: Some((self.header)(0)),
-                watch_id: id,
-                canceled: true,
-                compact_revision: compact,
-                ..Default::default()
-            })
-            .await?;
+            self.send_compacted(id, compact).await?;
         }
         Ok(())
+    }
+
+    /// Tells the client that watcher `id` was cancelled: it is owed revisions compacted away.
+    async fn send_compacted(&self, id: i64, compact: i64) -> Result<(), Closed> {
+        self.send(WatchResponse {
+            header: Some((self.header)(0)),
+            watch_id: id,
+            canceled: true,
+            compact_revision: compact,
+            ..Default::default()
+        })
+        .await
     }
 
     async fn send_events(

@@ -119,8 +119,8 @@ fn commit_puts(
     (w.commit().unwrap(), current)
 }
 
-/// A stream on a hub keeping `history` bytes of recent revisions, with two watchers of one key:
-/// watcher 0 from now on, watcher 1 from revision `later` on. It falls behind (its runtime's
+/// A stream on a hub keeping `history` bytes of recent revisions, with two watchers of one key
+/// (with `prev_kv`): watcher 0 from now on, watcher 1 from revision `later` on. It falls behind (its runtime's
 /// only worker is held) while 20 puts land and the store is compacted at `compact_at`, past the
 /// stream's position; then it runs again.
 struct Lagging {
@@ -151,6 +151,7 @@ fn create_request(key: &[u8], start_revision: i64) -> etcd_proto::etcdserverpb::
         request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
             key: key.to_vec(),
             start_revision,
+            prev_kv: true,
             ..Default::default()
         })),
     }
@@ -270,8 +271,9 @@ async fn a_compaction_past_a_lagging_stream_leaves_its_later_watcher_served() {
 
 /// The same stream with the revisions it missed still in the hub's memory: a compaction to a
 /// revision the stream had not read yet cancels nothing (etcd's synced watchers got those
-/// events as they were written): watcher 0 gets every revision, in order, once. A watch created
-/// below the compaction point is still cancelled, as etcd's.
+/// events as they were written): watcher 0 gets every revision, in order, once, each with its
+/// `prev_kv` (as written: the compaction does not take it away). A watch created below the
+/// compaction point is still cancelled, as etcd's.
 #[tokio::test]
 async fn a_lagging_stream_reads_what_it_missed_from_memory_past_a_compaction() {
     let dir = tempfile::tempdir().unwrap();
@@ -280,7 +282,12 @@ async fn a_lagging_stream_reads_what_it_missed_from_memory_past_a_compaction() {
     while revs.len() < 20 {
         let r = s.next().await;
         assert!(r.watch_id == 0 && !r.canceled, "{r:?}");
-        revs.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+        for e in &r.events {
+            let kv = e.kv.as_ref().unwrap();
+            let prev = e.prev_kv.as_ref().expect("a prev_kv");
+            assert_eq!(prev.mod_revision, kv.mod_revision - 1, "{e:?}");
+            revs.push(kv.mod_revision);
+        }
     }
     assert_eq!(revs, (s.start + 1..=s.start + 20).collect::<Vec<_>>());
 
@@ -553,4 +560,66 @@ async fn a_watch_created_while_its_revision_is_recorded_gets_it() {
     let id = s.watch(b"q", b"", 0).await;
     assert_eq!(s.events(1).await, vec![(id, b"q".to_vec(), current)]);
     assert_eq!(s.progress().await, current);
+}
+
+/// The same stream when the hub's memory holds only the newest of the revisions it missed (8 of
+/// 20): the older ones are compacted away from the store, so watcher 0 is cancelled.
+#[tokio::test]
+async fn a_lagging_stream_is_cancelled_when_memory_lost_part_of_what_it_missed() {
+    // The bytes one revision of `Lagging`'s puts takes in the history.
+    let sample_dir = tempfile::tempdir().unwrap();
+    let sample = hub_with_puts(sample_dir.path(), HISTORY_BYTES, 1, 8);
+    put(&sample, b"key", b"v");
+    let before = sample.history_bytes();
+    put(&sample, b"key", b"v");
+    let per_rev = sample.history_bytes() - before;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Lagging::new(dir.path(), 8 * per_rev).await;
+    let held = s
+        .hub
+        .recent
+        .read()
+        .revs
+        .front()
+        .map(|(r, _)| r.rev)
+        .unwrap();
+    assert!(
+        held > s.start + 1 && held <= s.compact_at,
+        "history from {held}"
+    );
+    let r = s.next().await;
+    assert!(
+        r.watch_id == 0 && r.canceled && r.compact_revision == s.compact_at,
+        "{r:?}"
+    );
+    s.later_watcher_gets_its_first_revision_only().await;
+}
+
+/// A compaction is visible from the applier's commit on, before its chunk's revisions reach the
+/// hub: a watch created then from a revision below the compaction point is cancelled all the
+/// same (it would count as synced, and read the chunk from memory once recorded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_created_below_a_compaction_not_yet_routed_is_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Arc::new(hub_with_puts(dir.path(), HISTORY_BYTES, 1, 8));
+    let first = hub.current_rev() + 1;
+    let mut s = TestStream::open(&hub);
+    // Two puts and a compaction at the second, committed, not yet recorded.
+    let (events, current) = commit_puts(&hub, b"q", b"v", 2, true);
+    s.requests
+        .unbounded_send(create_request(b"q", first))
+        .unwrap();
+    let created = s.next().await.unwrap();
+    assert!(created.created && !created.canceled, "{created:?}");
+    let r = s.next().await.unwrap();
+    assert!(
+        r.watch_id == created.watch_id && r.canceled && r.compact_revision == current,
+        "{r:?}"
+    );
+    hub.publish(events, current);
+    assert!(s
+        .next_within(std::time::Duration::from_millis(200))
+        .await
+        .is_none());
 }
