@@ -74,8 +74,8 @@ pub struct ConfChangeContext {
 
 /// Whether applying the request in a log entry's `data` may take long: its cost grows with the
 /// stored keys it reaches rather than with its own size. A range delete, a lease revoke (the
-/// lease's keys go with it), and a txn holding a range delete or a range read (a txn's reads
-/// run at apply). Malformed data counts as long too: the applier rejects it anyway. Read through
+/// lease's keys go with it), and a txn holding a range delete, a range read or a compare over
+/// a range (a txn's reads and compares run at apply). Malformed data counts as long too: the applier rejects it anyway. Read through
 /// [`RequestShape`]: the keys and values are skipped, not copied.
 pub fn may_take_long(data: &[u8]) -> bool {
     use prost::Message;
@@ -111,9 +111,18 @@ impl RangeShape {
     }
 }
 
-/// A `TxnRequest`'s branches.
+/// A `Compare`: one over a range reads every key in it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct CompareShape {
+    #[prost(bytes = "vec", tag = "64")]
+    range_end: Vec<u8>,
+}
+
+/// A `TxnRequest`'s compares and branches.
 #[derive(Clone, PartialEq, prost::Message)]
 struct TxnShape {
+    #[prost(message, repeated, tag = "1")]
+    compare: Vec<CompareShape>,
     #[prost(message, repeated, tag = "2")]
     success: Vec<OpShape>,
     #[prost(message, repeated, tag = "3")]
@@ -122,11 +131,12 @@ struct TxnShape {
 
 impl TxnShape {
     fn may_take_long(&self) -> bool {
-        self.success.iter().chain(&self.failure).any(|op| {
-            op.range.as_ref().is_some_and(RangeShape::is_range)
-                || op.delete_range.as_ref().is_some_and(RangeShape::is_range)
-                || op.txn.as_ref().is_some_and(|t| t.may_take_long())
-        })
+        self.compare.iter().any(|c| !c.range_end.is_empty())
+            || self.success.iter().chain(&self.failure).any(|op| {
+                op.range.as_ref().is_some_and(RangeShape::is_range)
+                    || op.delete_range.as_ref().is_some_and(RangeShape::is_range)
+                    || op.txn.as_ref().is_some_and(|t| t.may_take_long())
+            })
     }
 }
 
@@ -232,6 +242,14 @@ mod tests {
             entry(txn(vec![Request::RequestDeleteRange(delete(b"b"))])),
             entry(nested(range(b"b"))),
             entry(nested(Request::RequestDeleteRange(delete(b"b")))),
+            entry(Op::Txn(TxnRequest {
+                compare: vec![etcd_proto::etcdserverpb::Compare {
+                    key: b"a".to_vec(),
+                    range_end: b"b".to_vec(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
             vec![0xff, 0xff, 0xff],
         ];
         for data in &long {

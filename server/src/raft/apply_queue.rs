@@ -15,8 +15,9 @@
 //! the log in order and is never applied by two threads at once.
 //!
 //! Memory: at most [`MAX_QUEUED_BYTES`] of entries wait; past that the loop waits for the
-//! applier, as it did when it applied every entry itself. (Proposals stop long before that:
-//! `etcdserver: too many requests` once 5000 entries wait to be applied.)
+//! applier (no heartbeats meanwhile), as it did when it applied every entry itself. So does a
+//! conf change or a snapshot install that comes right after a long entry: it waits until that
+//! entry is applied.
 //!
 //! Durability is unchanged: the loop writes entries before it queues them (fjall's one journal
 //! keeps that order), and the log is compacted only up to the index the applier raised.
@@ -151,14 +152,16 @@ mod tests {
     use super::super::RaftStorage;
     use super::*;
     use crate::backend::Backend;
-    use raft::eraftpb::{ConfChangeV2, ConfState};
+    use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState};
 
-    /// An entry whose apply takes [`SLOW_APPLY`].
+    /// Entries whose apply takes long: [`SLOW_APPLY`] and [`BRIEF_APPLY`].
     const SLOW: &[u8] = b"slow";
     const SLOW_APPLY: Duration = Duration::from_millis(1500);
+    const BRIEF: &[u8] = b"brief";
+    const BRIEF_APPLY: Duration = Duration::from_millis(300);
 
-    /// A state machine that records what it applied, in order; an entry holding [`SLOW`] takes
-    /// [`SLOW_APPLY`] to apply and may take long.
+    /// A state machine that records what it applied, in order (a conf change as "conf"); the
+    /// entries [`SLOW`] and [`BRIEF`] take long to apply, and say so.
     #[derive(Clone, Default)]
     struct Recorder {
         applied: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -167,8 +170,10 @@ mod tests {
     impl StateMachine for Recorder {
         fn apply(&self, entries: Vec<Entry>) -> crate::error::Result<()> {
             for e in entries {
-                if e.data.as_ref() == SLOW {
-                    std::thread::sleep(SLOW_APPLY);
+                match e.data.as_ref() {
+                    SLOW => std::thread::sleep(SLOW_APPLY),
+                    BRIEF => std::thread::sleep(BRIEF_APPLY),
+                    _ => {}
                 }
                 if !e.data.is_empty() {
                     self.applied.lock().push(e.data.to_vec());
@@ -177,7 +182,7 @@ mod tests {
             Ok(())
         }
         fn may_take_long(e: &Entry) -> bool {
-            e.data.as_ref() == SLOW
+            e.data.as_ref() == SLOW || e.data.as_ref() == BRIEF
         }
         fn apply_conf_change(
             &self,
@@ -185,6 +190,7 @@ mod tests {
             _: &ConfChangeV2,
             _: &ConfState,
         ) -> crate::error::Result<()> {
+            self.applied.lock().push(b"conf".to_vec());
             Ok(())
         }
         fn installer(&self) -> Installer {
@@ -197,10 +203,20 @@ mod tests {
         }
     }
 
+    /// Waits until `cond` holds, for at most `within`.
+    async fn until(within: Duration, what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + within;
+        while !cond() {
+            assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// While an entry that may take long applies, the raft loop goes on: it answers a status
     /// report at once (it waited out the whole apply when the loop applied every entry), the
     /// applied index stays below that entry until it is applied, and the entries after it are
-    /// applied after it, in order, though the loop could have applied them itself.
+    /// applied after it, in order, though the loop could have applied them itself. A conf
+    /// change right after such an entry waits for it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_loop_goes_on_while_an_entry_that_may_take_long_applies() {
         let dir = tempfile::tempdir().unwrap();
@@ -225,20 +241,21 @@ mod tests {
             tokio::runtime::Handle::current(),
         )
         .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !raft.status.is_leader() {
-            assert!(Instant::now() < deadline, "no leader");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let st = raft.status.clone();
+        let long = Duration::from_secs(10);
+        until(long, "a leader, its first entry applied", || {
+            st.is_leader() && st.applied_index() == st.commit_index() && st.commit_index() > 1
+        })
+        .await;
+        let base = st.applied_index();
+
         raft.propose(1, b"before".to_vec()).unwrap();
         raft.propose(2, SLOW.to_vec()).unwrap();
         raft.propose(3, b"after".to_vec()).unwrap();
-        let started = Instant::now();
-        // The slow entry is committed and being applied.
-        while raft.status.commit_index() < raft.status.applied_index() + 2 {
-            assert!(started.elapsed() < SLOW_APPLY / 2, "not committed in time");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        until(SLOW_APPLY / 2, "committed", || {
+            st.commit_index() >= base + 3
+        })
+        .await;
         let asked = Instant::now();
         raft.report().await.unwrap();
         let took = asked.elapsed();
@@ -247,18 +264,32 @@ mod tests {
             "the loop answered after {took:?}, behind the apply"
         );
         assert!(
-            sm.applied.lock().len() < 3,
-            "{:?} applied while the slow entry should still be applying",
-            sm.applied.lock()
+            st.applied_index() < base + 2,
+            "applied {} while the slow entry at {} applies",
+            st.applied_index(),
+            base + 2
         );
-        let last = raft.status.commit_index();
-        tokio::time::timeout(SLOW_APPLY * 3, raft.status.wait_applied(last))
+        tokio::time::timeout(SLOW_APPLY * 3, st.wait_applied(base + 3))
             .await
             .expect("everything applied");
-        assert_eq!(
-            *sm.applied.lock(),
-            vec![b"before".to_vec(), SLOW.to_vec(), b"after".to_vec()]
-        );
+
+        raft.propose(4, BRIEF.to_vec()).unwrap();
+        let add = ConfChangeSingle {
+            change_type: ConfChangeType::AddLearnerNode,
+            node_id: 2,
+            ..Default::default()
+        };
+        let cc = ConfChangeV2 {
+            changes: vec![add].into(),
+            ..Default::default()
+        };
+        raft.propose_conf_change(5, cc).unwrap();
+        tokio::time::timeout(long, st.wait_applied(base + 5))
+            .await
+            .expect("the conf change applied");
+        let applied: Vec<Vec<u8>> = sm.applied.lock().clone();
+        let want: Vec<&[u8]> = vec![b"before", SLOW, b"after", BRIEF, b"conf"];
+        assert_eq!(applied, want.iter().map(|d| d.to_vec()).collect::<Vec<_>>());
         raft.stop();
         thread.join().unwrap();
     }

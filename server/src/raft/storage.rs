@@ -516,9 +516,10 @@ impl Storage for RaftStorage {
     /// O(1): a storage snapshot and the metadata of the applied index it reflects; the state
     /// is read by the sender, off this thread (see [`crate::snapshot::source`]).
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Called on the raft loop thread, between applies: the state is exactly the applied one,
-        // and the header's conf state is the one of the applied index (conf changes are applied
-        // in order, never ahead).
+        // Called on the raft loop thread. The view holds whole entries (each applied batch is
+        // committed with its index), and the header's conf state is the one of the applied
+        // index: conf changes are applied on this thread, in order, once every entry before
+        // them was (`super::apply_queue`), never ahead.
         let start = self.header.read().start.0;
         // A snapshot being installed here leaves the stored state half replaced until it is
         // done: nothing can be captured from it meanwhile.

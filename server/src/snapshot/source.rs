@@ -59,8 +59,9 @@ impl SnapshotSource {
             .cloned()
     }
 
-    /// Captures the applied state now: must run where no apply interleaves (the raft loop),
-    /// so that `metadata` (term, conf state) describes the applied index read from the view.
+    /// Captures the applied state now: must run where no conf change is applied meanwhile (the
+    /// raft loop, which applies them), so that `metadata` (term, conf state) describes the
+    /// applied index read from the view.
     /// `metadata` gets the index and returns the rest.
     pub fn capture(
         &self,
