@@ -58,29 +58,21 @@ impl ApplyQueue {
         let (tx, rx) = mpsc::channel::<Vec<Entry>>();
         let queued = Arc::new(Queued::default());
         let q = queued.clone();
-        let thread = std::thread::Builder::new()
-            .name("apply".into())
-            .spawn(move || {
-                // A member whose applier died must not go on serving, as its raft loop.
-                let run = std::panic::AssertUnwindSafe(|| {
-                    // Polls before sleeping, as the loop does: under load the next batch
-                    // nearly always comes within the poll window.
-                    while let Ok(entries) = poll_recv(&rx, Duration::MAX) {
-                        let bytes: usize = entries.iter().map(entry_bytes).sum();
-                        if let Err(e) = apply(&*sm, &status, entries) {
-                            tracing::error!(error = %e, "applier stopped on a storage error");
-                            std::process::abort();
-                        }
-                        let mut left = q.bytes.lock();
-                        *left -= bytes;
-                        q.applied.notify_all();
-                    }
-                });
-                if std::panic::catch_unwind(run).is_err() {
-                    tracing::error!("applier panicked");
+        let thread = super::spawn_vital("apply", move || {
+            // Polls before sleeping, as the loop does: under load the next batch nearly always
+            // comes within the poll window.
+            while let Ok(entries) = poll_recv(&rx, Duration::MAX) {
+                let bytes: usize = entries.iter().map(entry_bytes).sum();
+                if let Err(e) = apply(&*sm, &status, entries) {
+                    // As the raft loop on a storage error: a member must not go on from here.
+                    tracing::error!(error = %e, "applier stopped on a storage error");
                     std::process::abort();
                 }
-            })?;
+                let mut left = q.bytes.lock();
+                *left -= bytes;
+                q.applied.notify_all();
+            }
+        })?;
         Ok(ApplyQueue {
             tx: Some(tx),
             queued,

@@ -17,5 +17,22 @@ pub mod transport;
 pub mod wire;
 
 pub use node::{Installer, RaftConfig, RaftHandle, RaftStatus, StateMachine};
+
+/// Starts a thread the member cannot go on without (the syncer, the applier): if it panics, the
+/// process stops, as it does when the raft loop dies.
+fn spawn_vital(
+    name: &str,
+    body: impl FnOnce() + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let label = name.to_string();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
+                tracing::error!(thread = %label, "a raft thread panicked");
+                std::process::abort();
+            }
+        })
+}
 pub use storage::RaftStorage;
 pub use transport::Transport;

@@ -49,17 +49,9 @@ impl Syncer {
         loop_tx: Sender<Command>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("raft-sync".into())
-            .spawn(move || {
-                // A syncer that died would leave raft waiting for persistence forever: stop the
-                // process, as the raft loop does.
-                let run = std::panic::AssertUnwindSafe(|| run(rx, &backend, &transport, &loop_tx));
-                if std::panic::catch_unwind(run).is_err() {
-                    tracing::error!("raft syncer panicked");
-                    std::process::abort();
-                }
-            })?;
+        // A syncer that died would leave raft waiting for persistence forever.
+        let thread =
+            super::spawn_vital("raft-sync", move || run(rx, &backend, &transport, &loop_tx))?;
         Ok(Syncer {
             tx: Some(tx),
             thread: Some(thread),

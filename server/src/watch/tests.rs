@@ -159,23 +159,11 @@ fn create_request(key: &[u8], start_revision: i64) -> etcd_proto::etcdserverpb::
 
 impl Lagging {
     async fn new(dir: &std::path::Path, history: usize) -> Self {
-        use super::stream::{self, HeaderFn, StreamConfig};
-        use etcd_proto::etcdserverpb::ResponseHeader;
         use std::time::Duration;
 
         let hub = Arc::new(hub_with_puts(dir, history, 1, 8));
         let start = hub.current_rev();
-        let (requests, req_rx) = futures::channel::mpsc::unbounded();
-        let (out, responses) = super::outbox::channel(super::outbox::MAX_QUEUED, 1 << 20);
-        let header: HeaderFn = Arc::new(|revision| ResponseHeader {
-            revision,
-            ..Default::default()
-        });
-        let cfg = StreamConfig {
-            progress_interval: Duration::ZERO,
-            max_response_bytes: 1 << 20,
-            permit: None,
-        };
+        let (requests, responses, serving) = serve_stream(&hub);
         let rt = LeftBehind(Some(
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -183,9 +171,7 @@ impl Lagging {
                 .build()
                 .unwrap(),
         ));
-        rt.0.as_ref()
-            .unwrap()
-            .spawn(stream::serve(hub.clone(), header, cfg, req_rx, out));
+        rt.0.as_ref().unwrap().spawn(serving);
         let mut s = Lagging {
             hub,
             requests,
@@ -347,22 +333,36 @@ struct TestStream {
     responses: super::outbox::Responses,
 }
 
+/// A watch stream on `hub`: its requests' sender, its responses, and the task serving it (for
+/// the caller to spawn).
+fn serve_stream(
+    hub: &Arc<WatchHub>,
+) -> (
+    futures::channel::mpsc::UnboundedSender<etcd_proto::etcdserverpb::WatchRequest>,
+    super::outbox::Responses,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    use super::stream::{self, HeaderFn, StreamConfig};
+    use etcd_proto::etcdserverpb::ResponseHeader;
+    let (requests, req_rx) = futures::channel::mpsc::unbounded();
+    let (out, responses) = super::outbox::channel(super::outbox::MAX_QUEUED, 1 << 20);
+    let header: HeaderFn = Arc::new(|revision| ResponseHeader {
+        revision,
+        ..Default::default()
+    });
+    let cfg = StreamConfig {
+        progress_interval: std::time::Duration::ZERO,
+        max_response_bytes: 1 << 20,
+        permit: None,
+    };
+    let serving = stream::serve(hub.clone(), header, cfg, req_rx, out);
+    (requests, responses, serving)
+}
+
 impl TestStream {
     fn open(hub: &Arc<WatchHub>) -> Self {
-        use super::stream::{self, HeaderFn, StreamConfig};
-        use etcd_proto::etcdserverpb::ResponseHeader;
-        let (requests, req_rx) = futures::channel::mpsc::unbounded();
-        let (out, responses) = super::outbox::channel(super::outbox::MAX_QUEUED, 1 << 20);
-        let header: HeaderFn = Arc::new(|revision| ResponseHeader {
-            revision,
-            ..Default::default()
-        });
-        let cfg = StreamConfig {
-            progress_interval: std::time::Duration::ZERO,
-            max_response_bytes: 1 << 20,
-            permit: None,
-        };
-        tokio::spawn(stream::serve(hub.clone(), header, cfg, req_rx, out));
+        let (requests, responses, serving) = serve_stream(hub);
+        tokio::spawn(serving);
         TestStream {
             requests,
             responses,
