@@ -122,9 +122,6 @@ impl StateMachine for Applier {
         let events = w.commit()?;
         crate::metrics::BACKEND_COMMIT.since(start);
         crate::metrics::warn_if_slow("apply commit", start);
-        // A writer seals its full memtables itself (see `Backend::rotate_full_memtables`): on
-        // the applier thread, the raft loop may not turn for a while.
-        self.backend.rotate_full_memtables()?;
         // The proposers hear first, then the watch streams (see `WatchHub::record`).
         self.hub.record(events, current);
         for (id, res) in results {

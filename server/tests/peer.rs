@@ -486,15 +486,7 @@ async fn a_restarted_follower_serves_within_a_heartbeat() {
 
     let dir = tempfile::tempdir().unwrap();
     let args = common::cluster_args(dir.path(), 3, &[]);
-    let mut nodes = Vec::new();
-    for a in &args {
-        nodes.push(Node::start(Config::parse_from(a.clone())).await.unwrap());
-    }
-    for n in &nodes {
-        tokio::time::timeout(Duration::from_secs(30), n.ready())
-            .await
-            .expect("member serves");
-    }
+    let mut nodes = common::start_members(&args).await;
     let f = nodes
         .iter()
         .position(|n| !n.server.raft.status.is_leader())

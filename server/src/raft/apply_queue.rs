@@ -23,6 +23,7 @@
 //! keeps that order), and the log is compacted only up to the index the applier raised.
 
 use super::node::{poll_recv, RaftStatus, StateMachine};
+use crate::backend::Backend;
 use parking_lot::{Condvar, Mutex};
 use raft::eraftpb::Entry;
 use std::sync::mpsc::{self, Sender};
@@ -47,23 +48,32 @@ struct Queued {
 
 /// The loop's handle; dropping it ends the thread once every queued batch was applied.
 pub struct ApplyQueue {
-    tx: Option<Sender<Vec<Entry>>>,
+    /// Each batch with the bytes it counts for in [`Queued`].
+    tx: Option<Sender<(Vec<Entry>, usize)>>,
     queued: Arc<Queued>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl ApplyQueue {
-    /// Starts the applier thread for `sm`, which the loop shares for what it applies itself.
-    pub fn start<S: StateMachine>(sm: Arc<S>, status: Arc<RaftStatus>) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<Vec<Entry>>();
+    /// Starts the applier thread for `sm`, which the loop shares for what it applies itself;
+    /// `sm` writes to `backend`.
+    pub fn start<S: StateMachine>(
+        sm: Arc<S>,
+        status: Arc<RaftStatus>,
+        backend: Backend,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<(Vec<Entry>, usize)>();
         let queued = Arc::new(Queued::default());
         let q = queued.clone();
         let thread = super::spawn_vital("apply", move || {
             // Polls before sleeping, as the loop does: under load the next batch nearly always
             // comes within the poll window.
-            while let Ok(entries) = poll_recv(&rx, Duration::MAX) {
-                let bytes: usize = entries.iter().map(entry_bytes).sum();
-                if let Err(e) = apply(&*sm, &status, entries) {
+            while let Ok((entries, bytes)) = poll_recv(&rx, Duration::MAX) {
+                // A writer seals its full memtables itself (`Backend::rotate_full_memtables`):
+                // the loop, which does it once a turn, may be waiting for this thread.
+                let applied =
+                    apply(&*sm, &status, entries).and_then(|()| backend.rotate_full_memtables());
+                if let Err(e) = applied {
                     // As the raft loop on a storage error: a member must not go on from here.
                     tracing::error!(error = %e, "applier stopped on a storage error");
                     std::process::abort();
@@ -93,7 +103,7 @@ impl ApplyQueue {
         }
         if let Some(tx) = &self.tx {
             // The thread only ends when this sender is dropped, or aborts the process.
-            let _ = tx.send(entries);
+            let _ = tx.send((entries, bytes));
         }
     }
 

@@ -17,6 +17,8 @@ pub mod transport;
 pub mod wire;
 
 pub use node::{Installer, RaftConfig, RaftHandle, RaftStatus, StateMachine};
+pub use storage::RaftStorage;
+pub use transport::Transport;
 
 /// Starts a thread the member cannot go on without (the syncer, the applier): if it panics, the
 /// process stops, as it does when the raft loop dies.
@@ -34,5 +36,3 @@ fn spawn_vital(
             }
         })
 }
-pub use storage::RaftStorage;
-pub use transport::Transport;

@@ -353,7 +353,8 @@ pub fn start<S: StateMachine>(
     let syncer = Syncer::start(storage.backend().clone(), transport.clone(), tx.clone())
         .map_err(Error::internal)?;
     let sm = Arc::new(sm);
-    let applying = ApplyQueue::start(sm.clone(), status.clone()).map_err(Error::internal)?;
+    let applying = ApplyQueue::start(sm.clone(), status.clone(), storage.backend().clone())
+        .map_err(Error::internal)?;
     let mut lp = Loop {
         raw,
         storage,

@@ -337,13 +337,16 @@ pub fn cluster_args(dir: &Path, n: usize, extra: &[&str]) -> Vec<Vec<String>> {
 /// `n` members started together as a new cluster (see [`cluster_args`]); returns once every one
 /// serves (it has published itself through the log: a leader was elected).
 pub async fn start_cluster(dir: &Path, n: usize, extra: &[&str]) -> Vec<Node> {
-    let starts = cluster_args(dir, n, extra)
-        .into_iter()
-        .map(|args| async move {
-            Node::start(Config::parse_from(args))
-                .await
-                .expect("member starts")
-        });
+    start_members(&cluster_args(dir, n, extra)).await
+}
+
+/// Members started together from their command lines; returns once every one serves.
+pub async fn start_members(args: &[Vec<String>]) -> Vec<Node> {
+    let starts = args.iter().cloned().map(|args| async move {
+        Node::start(Config::parse_from(args))
+            .await
+            .expect("member starts")
+    });
     let nodes = futures::future::join_all(starts).await;
     for node in &nodes {
         tokio::time::timeout(Duration::from_secs(30), node.ready())
