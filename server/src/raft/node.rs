@@ -210,8 +210,9 @@ pub enum Command {
     Persisted(u64),
     /// A peer refused our traffic: this member was removed while it was not listening.
     Removed,
-    /// The snapshot installer thread is done (see [`Loop::progress_install`]).
-    InstallDone,
+    /// Only wakes the loop: the snapshot installer is done, or the applier applied every
+    /// batch queued while the loop holds entries back for it (see [`Loop::progress_held_back`]).
+    Wake,
     Stop,
 }
 
@@ -341,6 +342,10 @@ pub fn start<S: StateMachine>(
         applied: applied_tx,
     });
     let (tx, rx) = mpsc::channel();
+    if single {
+        // The campaign's Ready is handled in the loop's first turn, not after a heartbeat.
+        let _ = tx.send(Command::Wake);
+    }
     let transport = Arc::new(Transport::new(
         cfg.id,
         cfg.cluster_id,
@@ -353,8 +358,16 @@ pub fn start<S: StateMachine>(
     let syncer = Syncer::start(storage.backend().clone(), transport.clone(), tx.clone())
         .map_err(Error::internal)?;
     let sm = Arc::new(sm);
-    let applying = ApplyQueue::start(sm.clone(), status.clone(), storage.backend().clone())
-        .map_err(Error::internal)?;
+    let wake = tx.clone();
+    let applying = ApplyQueue::start(
+        sm.clone(),
+        status.clone(),
+        storage.backend().clone(),
+        move || {
+            let _ = wake.send(Command::Wake);
+        },
+    )
+    .map_err(Error::internal)?;
     let mut lp = Loop {
         raw,
         storage,
@@ -418,6 +431,9 @@ struct Installing {
     index: u64,
     conf_state: ConfState,
     thread: std::thread::JoinHandle<Result<()>>,
+    /// Set by the installer as it is done, before it wakes the loop (the thread may not have
+    /// ended yet when the loop wakes).
+    done: Arc<AtomicBool>,
 }
 
 struct Loop<S> {
@@ -461,9 +477,11 @@ struct Loop<S> {
     read_waiters: HashMap<Vec<u8>, (Instant, Vec<ReadWaiter>)>,
     /// A snapshot being installed by its own thread (see [`Loop::start_install`]).
     installing: Option<Installing>,
-    /// Committed entries held back by a snapshot install: the next index to apply and the
-    /// last committed one raft handed out. They are in the log; once the install is done they
-    /// are applied from it, a bounded step per turn ([`Loop::progress_install`]).
+    /// Committed entries held back, by a snapshot install or for the applier (a conf change
+    /// while it is busy, or a batch past its queue's bound): the next index to apply and the
+    /// last committed one raft handed out. They are in the log; once the install is done and
+    /// the applier idle they are applied from it, a bounded step per turn
+    /// ([`Loop::progress_held_back`]).
     deferred: Option<(u64, u64)>,
     /// For the installer thread, to wake the loop when it is done.
     wake: Sender<Command>,
@@ -676,7 +694,8 @@ const COMPACT_STEP: u64 = 2048;
 const MIN_FOLLOWER_RETENTION: u64 = 20_000;
 /// Bytes of entries a leader holds uncommitted before it refuses proposals (etcd: 1 GiB).
 const MAX_UNCOMMITTED_BYTES: u64 = 1 << 30;
-/// Entries (and bytes) applied per turn from the log after a snapshot install.
+/// Entries (and bytes) applied per turn from the log when they were held back
+/// ([`Loop::deferred`]).
 const DEFERRED_STEP: u64 = 1024;
 const DEFERRED_STEP_BYTES: u64 = 4 * 1024 * 1024;
 /// Upper bound of commands taken in one turn, so a flood cannot starve ticks.
@@ -716,7 +735,7 @@ impl<S: StateMachine> Loop<S> {
                 }
             }
             self.issue_read_index();
-            if self.removed || self.drain_ready()? || self.progress_install()? {
+            if self.removed || self.drain_ready()? || self.progress_held_back()? {
                 tracing::warn!("this member was removed from the cluster; raft stopped");
                 self.status.removed.store(true, Ordering::Release);
                 self.status.leader.store(0, Ordering::Release);
@@ -759,8 +778,8 @@ impl<S: StateMachine> Loop<S> {
                 }
             }
             Command::ReadIndex(tx) => self.pending_reads.push(tx),
-            // Only wakes the loop: the turn looks at the installer.
-            Command::InstallDone => {}
+            // The turn looks at the installer and the applier.
+            Command::Wake => {}
             Command::Step(m, _) if m.get_msg_type() == MessageType::MsgSnapshot => {
                 self.step_snapshot(m)
             }
@@ -924,7 +943,7 @@ impl<S: StateMachine> Loop<S> {
         }
         if !rd.committed_entries().is_empty() {
             if let Some((_, last)) = self.deferred.as_mut() {
-                // Behind a snapshot install: applied from the log once it is done.
+                // Behind those held back: applied from the log after them.
                 *last = rd.committed_entries().last().map_or(*last, |e| e.index);
             } else if self.apply(rd.take_committed_entries())? {
                 // Removed: raft no longer tracks this member's own progress; stop here.
@@ -1029,28 +1048,33 @@ impl<S: StateMachine> Loop<S> {
             // its log cannot serve): the first one finishes first.
             self.finish_install(inst)?;
         }
-        // The state is replaced only once every entry before the snapshot was applied.
-        self.applying.drain();
         crate::snapshot::install::stage(self.storage.backend(), &self.storage, &snap)?;
         let meta = snap.get_metadata();
         let (index, conf_state) = (meta.index, meta.get_conf_state().clone());
         let job = self.sm.installer();
         let wake = self.wake.clone();
+        let applier = self.applying.idle_waiter();
+        let done = Arc::new(AtomicBool::new(false));
+        let finished = done.clone();
         let thread = std::thread::Builder::new()
             .name("snapshot-install".into())
             .spawn(move || {
-                let done = job(&snap);
-                let _ = wake.send(Command::InstallDone);
-                done
+                // The state is replaced only once every entry before the snapshot was applied.
+                applier.wait();
+                let result = job(&snap);
+                finished.store(true, Ordering::Release);
+                let _ = wake.send(Command::Wake);
+                result
             })
             .map_err(Error::internal)?;
         self.installing = Some(Installing {
             index,
             conf_state,
             thread,
+            done,
         });
         // Sent only to a member missing entries before the snapshot: nothing was applied
-        // past it here.
+        // past it here, and what was held back is in it.
         self.deferred = Some((index + 1, index));
         self.applied_ahead = 0;
         self.compacting = false;
@@ -1083,13 +1107,13 @@ impl<S: StateMachine> Loop<S> {
         Ok(())
     }
 
-    /// Once the installer is done: applies the entries held back meanwhile, from the log, a
-    /// bounded step per turn. True when applying removed this member.
-    fn progress_install(&mut self) -> Result<bool> {
+    /// Once the installer is done and the applier idle: applies the entries held back, from
+    /// the log, a bounded step per turn. True when applying removed this member.
+    fn progress_held_back(&mut self) -> Result<bool> {
         if self
             .installing
             .as_ref()
-            .is_some_and(|inst| !inst.thread.is_finished())
+            .is_some_and(|inst| !inst.done.load(Ordering::Acquire))
         {
             return Ok(false);
         }
@@ -1102,6 +1126,9 @@ impl<S: StateMachine> Loop<S> {
         };
         if next > last {
             self.deferred = None;
+            return Ok(false);
+        }
+        if !self.applying.notify_when_idle() {
             return Ok(false);
         }
         let high = last.min(next + DEFERRED_STEP - 1) + 1;
@@ -1119,13 +1146,27 @@ impl<S: StateMachine> Loop<S> {
         };
         self.deferred = (got < last).then_some((got + 1, last));
         let removed = self.apply(entries)?;
-        self.raw.advance_apply_to(got);
+        // Up to what was applied or queued: `apply` may have held some back again.
+        self.raw
+            .advance_apply_to(self.deferred.map_or(got, |(next, _)| next - 1));
+        if self.deferred.is_some() && self.applying.notify_when_idle() {
+            // More to apply, and nothing else will wake the loop for it: the next turn goes on
+            // at once (after the commands that came meanwhile). A busy applier wakes it.
+            let _ = self.wake.send(Command::Wake);
+        }
         Ok(removed)
     }
 
-    /// Applies committed entries: runs of normal entries go to the applier thread in one batch;
-    /// a conf change is applied here, once the applier applied every entry before it: to raft
-    /// first, then to the membership.
+    /// Holds back committed entries `from..=upto` (and those already held back) in the log.
+    fn hold_back(&mut self, from: u64, upto: u64) {
+        let last = self.deferred.map_or(upto, |(_, last)| last.max(upto));
+        self.deferred = Some((from, last));
+    }
+
+    /// Applies committed entries: runs of normal entries in one batch, here or on the applier
+    /// thread; a conf change here, once the applier applied every entry before it: to raft
+    /// first, then to the membership. What cannot be applied or queued now is held back
+    /// ([`Loop::deferred`]). True when applying removed this member.
     fn apply(&mut self, entries: Vec<Entry>) -> Result<bool> {
         let Some(last) = entries.last().map(|e| e.index) else {
             return Ok(false);
@@ -1141,18 +1182,19 @@ impl<S: StateMachine> Loop<S> {
                 EntryType::EntryNormal if e.index <= self.applied_ahead => {}
                 EntryType::EntryNormal => normal.push(e),
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    if !normal.is_empty() {
-                        self.apply_normal(std::mem::take(&mut normal))?;
+                    if !self.apply_normal(std::mem::take(&mut normal), last)? {
+                        return Ok(removed);
                     }
-                    self.applying.drain();
+                    if !self.applying.notify_when_idle() {
+                        self.hold_back(e.index, last);
+                        return Ok(removed);
+                    }
                     removed |= self.apply_conf_change(&e)?;
                     self.status.raise_applied(e.index);
                 }
             }
         }
-        if !normal.is_empty() {
-            self.apply_normal(normal)?;
-        }
+        self.apply_normal(normal, last)?;
         Ok(removed)
     }
 
@@ -1169,14 +1211,19 @@ impl<S: StateMachine> Loop<S> {
 
     /// Applies one batch of normal entries here, or hands it to the applier thread: when one
     /// of them may take long (see [`super::apply_queue`]), or the applier still has batches
-    /// (which go first).
-    fn apply_normal(&mut self, entries: Vec<Entry>) -> Result<()> {
+    /// (which go first). False when the queue was full (never while the applier is idle): the
+    /// batch is held back, with the rest up to `last`.
+    fn apply_normal(&mut self, entries: Vec<Entry>, last: u64) -> Result<bool> {
+        let Some(first) = entries.first().map(|e| e.index) else {
+            return Ok(true);
+        };
         if self.applying.idle() && !entries.iter().any(S::may_take_long) {
-            super::apply_queue::apply(&*self.sm, &self.status, entries)
-        } else {
-            self.applying.submit(entries);
-            Ok(())
+            super::apply_queue::apply(&*self.sm, &self.status, entries)?;
+        } else if self.applying.try_submit(entries).is_err() {
+            self.hold_back(first, last);
+            return Ok(false);
         }
+        Ok(true)
     }
 
     /// Considers the log for compaction each time the applied index moved: only entries the
@@ -1209,14 +1256,17 @@ impl<S: StateMachine> Loop<S> {
     /// Measured (3 members, 256-byte puts, medians of 4 interleaved runs): 16 clients 12.1k ->
     /// 12.4k puts/s, 64 clients 21.3k -> 22.2k, server CPU per put 58 -> 55 µs.
     /// Runs after every Ready was handled, when each entry raft holds has been written to
-    /// storage; stops at a conf change, which goes through raft's own apply.
+    /// storage, and only while nothing is held back and the applier is idle; stops at a conf
+    /// change, which goes through raft's own apply.
     ///
     /// This rests on fjall making a memtable durable (an SST) only after the journal that
     /// holds it: its flush task syncs the journal, then flushes the sealed memtables. With one
     /// fjall worker, which both seals and flushes, no memtable can be sealed in between
     /// (`backend::FJALL_WORKERS`, checked at compile time there).
     fn apply_ahead(&mut self) -> Result<()> {
-        if self.deferred.is_some() {
+        // Only while the applier is idle, so the batch is never refused for a full queue (and
+        // held back before raft handed it out).
+        if self.deferred.is_some() || !self.applying.idle() {
             return Ok(());
         }
         let log = &self.raw.raft.raft_log;
@@ -1239,7 +1289,8 @@ impl<S: StateMachine> Loop<S> {
         // Committed (raft's commit index is at or past it) before it is applied: the status
         // never shows an applied index ahead of the commit index.
         self.status.commit_index.fetch_max(last, Ordering::AcqRel);
-        self.apply_normal(normal)?;
+        let taken = self.apply_normal(normal, last)?;
+        debug_assert!(taken, "an idle applier refused a batch");
         self.applied_ahead = last;
         Ok(())
     }
