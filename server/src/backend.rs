@@ -45,8 +45,8 @@ const MAX_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 /// (3 members, 100k keys, 256-byte puts, 4 interleaved runs each): 64-client puts 18.2k -> 19.2k
 /// per second, 69 -> 64 µs of server CPU per put.
 ///
-/// Also required for safety: the raft loop applies entries before they are synced
-/// (`Loop::apply_ahead`), which needs every SST to come from a memtable whose journal was synced
+/// Also required for safety: committed entries are applied before they are synced here
+/// (`Loop::apply_ahead`, on the raft thread or the applier's), which needs every SST to come from a memtable whose journal was synced
 /// first. fjall's flush task syncs the journal, then flushes the sealed memtables; a second
 /// worker could seal a memtable holding unsynced writes in between.
 pub(crate) const FJALL_WORKERS: usize = 1;
